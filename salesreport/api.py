@@ -1,0 +1,264 @@
+"""The HTTP API: routes, error responses, and the app's life cycle."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import msgspec
+import sqlalchemy as sa
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from . import config, db, reports
+from .ingestion import Batcher, Catalog, Malformed, Rejected, Unavailable, check_sales, parse_sales
+from .schemas import FieldError, Problem, Product, Store, encoder, format_money, parse_month
+
+log = logging.getLogger("salesreport.api")
+
+MAX_BODY = 1024 * 1024
+PROBLEM = "application/problem+json"
+
+
+@dataclass
+class Service:
+    settings: config.Settings
+    db: db.Database
+    catalog: Catalog
+    batcher: Batcher
+
+
+class ProblemError(Exception):
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.problem = Problem(status=status, title=title, detail=detail, errors=errors)
+        self.headers = headers
+
+
+def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> Response:
+    return Response(encoder.encode(problem), status_code=problem.status, media_type=PROBLEM, headers=headers)
+
+
+def json_response(value: Any, status: int = 200) -> Response:
+    return Response(encoder.encode(value), status_code=status, media_type="application/json")
+
+
+def invalid(errors: list[FieldError], detail: str = "the request has invalid fields") -> ProblemError:
+    return ProblemError(422, "Unprocessable Content", detail, errors)
+
+
+def unavailable(exc: Unavailable) -> ProblemError:
+    return ProblemError(
+        503, "Service Unavailable", exc.detail, headers={"Retry-After": str(exc.retry_after)}
+    )
+
+
+def service(request: Request) -> Service:
+    svc: Service = request.app.state.service
+    return svc
+
+
+@contextlib.asynccontextmanager
+async def reading(request: Request) -> AsyncIterator[Any]:
+    """A read connection; a database that cannot be reached answers 503."""
+    try:
+        async with service(request).db.reader.connect() as conn:
+            yield conn
+    except (sa.exc.DBAPIError, OSError, TimeoutError) as exc:
+        log.warning("read failed: database unavailable: %s", exc)
+        raise unavailable(Unavailable("the database is unavailable", retry_after=2)) from None
+
+
+# --- endpoints -----------------------------------------------------------------
+
+
+async def get_products(request: Request) -> Response:
+    async with reading(request) as conn:
+        rows = await db.list_products(conn)
+    return json_response([Product(id=r.id, name=r.name, price=format_money(r.price)) for r in rows])
+
+
+async def get_stores(request: Request) -> Response:
+    async with reading(request) as conn:
+        rows = await db.list_stores(conn)
+    return json_response([Store(id=r.id, address=r.address, timezone=r.timezone) for r in rows])
+
+
+async def read_body(request: Request) -> bytes:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise ProblemError(415, "Unsupported Media Type", "send the sales as Content-Type: application/json")
+    too_large = ProblemError(413, "Content Too Large", f"the body must be at most {MAX_BODY} bytes")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        raise too_large
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def post_sales(request: Request) -> Response:
+    body = await read_body(request)
+    now = datetime.now(UTC)
+    try:
+        sales, is_array = parse_sales(body)
+    except Malformed as exc:
+        raise ProblemError(400, "Bad Request", f"the body is not valid JSON: {exc}") from None
+    except Rejected as exc:
+        raise invalid(exc.errors) from None
+    errors = check_sales(sales, now, is_array)
+    svc = service(request)
+    unknown = svc.catalog.unknown(sales, is_array)
+    if unknown:
+        # The catalog may have changed since this process loaded it.
+        async with reading(request) as conn:
+            await svc.catalog.refresh(conn)
+        unknown = svc.catalog.unknown(sales, is_array)
+    errors += unknown
+    if errors:
+        raise invalid(errors)
+    try:
+        stored, created = await svc.batcher.submit(sales, is_array, now)
+    except Rejected as exc:
+        raise invalid(exc.errors) from None
+    except Unavailable as exc:
+        raise unavailable(exc) from None
+    return json_response(stored if is_array else stored[0], 201 if created else 200)
+
+
+def _month_param(request: Request, *, default_current: bool) -> int | None:
+    raw = request.query_params.get("month")
+    if raw is None:
+        if not default_current:
+            return None
+        now = datetime.now(ZoneInfo(service(request).settings.default_timezone))
+        return now.year * 100 + now.month
+    try:
+        return parse_month(raw)
+    except ValueError as exc:
+        raise invalid([FieldError(field="month", message=str(exc))], "invalid query parameter") from None
+
+
+async def get_top_stores(request: Request) -> Response:
+    month = _month_param(request, default_current=True)
+    assert month is not None
+    async with reading(request) as conn:
+        rows = await reports.top_stores(conn, month)
+    return json_response(rows)
+
+
+async def get_top_products(request: Request) -> Response:
+    month = _month_param(request, default_current=False)
+    async with reading(request) as conn:
+        rows = await reports.top_products(conn, month)
+    return json_response(rows)
+
+
+async def health_live(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def health_ready(request: Request) -> Response:
+    async with reading(request) as conn:
+        await conn.execute(sa.text("SELECT 1"))
+    return json_response({"status": "ok"})
+
+
+async def openapi(request: Request) -> Response:
+    from .openapi import document
+
+    return json_response(document())
+
+
+# --- errors ----------------------------------------------------------------------
+
+_TITLES = {404: "Not Found", 405: "Method Not Allowed"}
+
+
+async def on_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProblemError)
+    return problem_response(exc.problem, exc.headers)
+
+
+async def on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    title = _TITLES.get(exc.status_code, "Error")
+    detail = {404: f"no such path: {request.url.path}", 405: f"{request.method} is not allowed here"}.get(
+        exc.status_code, str(exc.detail)
+    )
+    return problem_response(Problem(status=exc.status_code, title=title, detail=detail), exc.headers)
+
+
+async def on_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error")
+    return problem_response(Problem(status=500, title="Internal Server Error", detail="an unexpected error occurred"))
+
+
+# --- the app -----------------------------------------------------------------------
+
+routes = [
+    Route("/products", get_products, methods=["GET"]),
+    Route("/stores", get_stores, methods=["GET"]),
+    Route("/sales", post_sales, methods=["POST"]),
+    Route("/reports/top-stores", get_top_stores, methods=["GET"]),
+    Route("/reports/top-products", get_top_products, methods=["GET"]),
+    Route("/health/live", health_live, methods=["GET"]),
+    Route("/health/ready", health_ready, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+]
+
+
+def create_app(settings: config.Settings | None = None) -> Starlette:
+    settings = settings or config.load()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        database = db.connect(settings)
+        catalog = Catalog()
+        with contextlib.suppress(sa.exc.DBAPIError, OSError, TimeoutError):
+            async with database.reader.connect() as conn:
+                await catalog.refresh(conn)
+        batcher = Batcher(
+            database,
+            catalog,
+            max_sales=settings.batch_max_sales,
+            flush_ms=settings.flush_ms,
+            queue_max_sales=settings.queue_max_sales,
+        )
+        batcher.start()
+        app.state.service = Service(settings, database, catalog, batcher)
+        try:
+            yield
+        finally:
+            await batcher.close()
+            await database.dispose()
+
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            ProblemError: on_problem,
+            HTTPException: on_http_exception,
+            Exception: on_error,
+        },
+    )

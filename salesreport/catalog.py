@@ -1,0 +1,96 @@
+"""Loading the catalog (products and stores) from CSV files."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .schemas import MAX_ID, parse_money
+
+MAX_PRICE = 99_999_999_99  # cents; keeps quantity × price far inside BIGINT
+
+
+class CatalogError(Exception):
+    """A CSV file has bad rows; nothing was written."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _id(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ValueError(f"id must be a positive integer, got {text!r}")
+    value = int(text)
+    if not 1 <= value <= MAX_ID:
+        raise ValueError(f"id must be between 1 and {MAX_ID}")
+    return value
+
+
+def _text(limit: int) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        text = text.strip()
+        if not 1 <= len(text) <= limit:
+            raise ValueError(f"must be 1 to {limit} characters")
+        return text
+
+    return parse
+
+
+def _price(text: str) -> int:
+    cents = parse_money(text)
+    if not 1 <= cents <= MAX_PRICE:
+        raise ValueError(f"price must be between 0.01 and {MAX_PRICE / 100:.2f}")
+    return cents
+
+
+def _timezone(text: str) -> str:
+    text = text.strip()
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"not an IANA time zone: {text!r}") from None
+    return text
+
+
+PRODUCT_COLUMNS: dict[str, Callable[[str], Any]] = {"id": _id, "name": _text(200), "price": _price}
+STORE_COLUMNS: dict[str, Callable[[str], Any]] = {"id": _id, "address": _text(500), "timezone": _timezone}
+
+
+def read_csv(path: Path, columns: dict[str, Callable[[str], Any]]) -> list[dict[str, Any]]:
+    """Parse a catalog CSV; raise CatalogError naming every bad line."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogError([f"{path}: cannot read: {exc}"]) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    expected = list(columns)
+    if header is None or [h.strip().lower() for h in header] != expected:
+        raise CatalogError([f"{path}:1: the header must be {','.join(expected)}, got {','.join(header or [])!r}"])
+    rows: dict[int, dict[str, Any]] = {}
+    problems: list[str] = []
+    for line, fields in enumerate(reader, start=2):
+        if not fields:
+            continue
+        if len(fields) != len(expected):
+            problems.append(f"{path}:{line}: expected {len(expected)} fields, got {len(fields)}")
+            continue
+        row: dict[str, Any] = {}
+        for (name, parse), value in zip(columns.items(), fields, strict=True):
+            try:
+                row[name] = parse(value)
+            except ValueError as exc:
+                problems.append(f"{path}:{line}: {name}: {exc}")
+        if len(row) == len(expected):
+            if row["id"] in rows:
+                problems.append(f"{path}:{line}: id {row['id']} appears twice")
+            rows[row["id"]] = row
+    if problems:
+        raise CatalogError(problems)
+    return list(rows.values())
+

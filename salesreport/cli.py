@@ -1,0 +1,187 @@
+"""``python -m salesreport``: migrate, import, demo, check, serve."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import catalog, config, db, demo, reports
+from .ingestion import store_history
+
+Command = Callable[[argparse.Namespace, config.Settings], int]
+
+
+def _migrate(args: argparse.Namespace, settings: config.Settings) -> int:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", settings.database_url.replace("%", "%%"))
+    command.upgrade(cfg, "head")
+    print("schema is up to date")
+    return 0
+
+
+def _run(coro: Callable[[db.Database], Awaitable[int]], settings: config.Settings) -> int:
+    async def main() -> int:
+        database = db.connect(settings)
+        try:
+            return await coro(database)
+        finally:
+            await database.dispose()
+
+    return asyncio.run(main())
+
+
+def _import(args: argparse.Namespace, settings: config.Settings) -> int:
+    if not args.products and not args.stores:
+        print("import: give --products FILE.csv, --stores FILE.csv, or both", file=sys.stderr)
+        return 2
+    problems: list[str] = []
+    parsed: dict[str, list[dict[str, Any]]] = {"products": [], "stores": []}
+    for name, path, columns in (
+        ("products", args.products, catalog.PRODUCT_COLUMNS),
+        ("stores", args.stores, catalog.STORE_COLUMNS),
+    ):
+        if path:
+            try:
+                parsed[name] = catalog.read_csv(Path(path), columns)
+            except catalog.CatalogError as exc:
+                problems += exc.problems
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        print("nothing was imported", file=sys.stderr)
+        return 1
+
+    async def save(database: db.Database) -> int:
+        async with database.writer.begin() as conn:
+            await db.save_catalog(conn, parsed["products"], parsed["stores"])
+        print(f"imported {len(parsed['products'])} products and {len(parsed['stores'])} stores")
+        return 0
+
+    return _run(save, settings)
+
+
+def _demo(args: argparse.Namespace, settings: config.Settings) -> int:
+    async def fill(database: db.Database) -> int:
+        async with database.reader.connect() as conn:
+            existing = await conn.scalar(sa.select(sa.func.count()).select_from(db.products))
+        if existing:
+            print("the database already has a catalog; demo data not loaded")
+            return 0
+        store_rows, product_rows = demo.stores(args.stores), demo.products(args.products)
+        async with database.writer.begin() as conn:
+            await db.save_catalog(conn, product_rows, store_rows)
+        started = time.perf_counter()
+        chunk: list[dict[str, Any]] = []
+        done = 0
+        for row in demo.sales(store_rows, product_rows, args.sales, now=datetime.now(UTC)):
+            chunk.append(row)
+            if len(chunk) == 50_000:
+                async with database.writer.begin() as conn:
+                    await store_history(conn, chunk)
+                done += len(chunk)
+                chunk = []
+                print(f"  {done} sales…", file=sys.stderr)
+        if chunk:
+            async with database.writer.begin() as conn:
+                await store_history(conn, chunk)
+        elapsed = time.perf_counter() - started
+        rate = args.sales / elapsed if elapsed else 0
+        print(
+            f"demo chain: {len(store_rows)} stores, {len(product_rows)} products, "
+            f"{args.sales} sales ({elapsed:.1f} s, {rate:,.0f} sales/s)"
+        )
+        return 0
+
+    return _run(fill, settings)
+
+
+def _check(args: argparse.Namespace, settings: config.Settings) -> int:
+    async def check(database: db.Database) -> int:
+        if args.repair:
+            async with database.writer.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    # Wait for in-flight batches, and hold new ones, while rebuilding.
+                    await conn.execute(sa.text("LOCK TABLE store_month, product_month, product_total IN EXCLUSIVE MODE"))
+                found = await reports.differences(conn)
+                if found:
+                    await reports.rebuild(conn)
+            for difference in found:
+                print(difference)
+            print(f"repaired {len(found)} differences" if found else "rollups equal the raw sales")
+            return 0
+        async with database.reader.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                # One snapshot for the rollups and the raw sales.
+                await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                found = await reports.differences(conn)
+        for difference in found:
+            print(difference)
+        print(f"{len(found)} differences; run check --repair to rebuild" if found else "rollups equal the raw sales")
+        return 1 if found else 0
+
+    return _run(check, settings)
+
+
+def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces
+
+    workers = args.workers
+    if settings.is_sqlite and workers > 1:
+        print("SQLite has one writer: serving with 1 worker (use PostgreSQL for more)", file=sys.stderr)
+        workers = 1
+    Granian(
+        "salesreport.api:create_app",
+        factory=True,
+        address=args.host,
+        port=args.port,
+        interface=Interfaces.ASGI,
+        workers=workers,
+        http=HTTPModes.http1,
+        backlog=2048,
+        log_access=False,
+    ).serve()
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m salesreport", description="The retail chain's sales service.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="create or upgrade the schema").set_defaults(func=_migrate)
+    imp = sub.add_parser("import", help="load or update products and stores from CSV")
+    imp.add_argument("--products", metavar="FILE.csv", help="columns id,name,price")
+    imp.add_argument("--stores", metavar="FILE.csv", help="columns id,address,timezone")
+    imp.set_defaults(func=_import)
+    dem = sub.add_parser("demo", help="fill an empty database with a demo chain")
+    dem.add_argument("--sales", type=int, default=50_000, help="number of sales (default 50000)")
+    dem.add_argument("--stores", type=int, default=50)
+    dem.add_argument("--products", type=int, default=500)
+    dem.set_defaults(func=_demo)
+    chk = sub.add_parser("check", help="compare the report rollups with the raw sales")
+    chk.add_argument("--repair", action="store_true", help="rebuild the rollups from the raw sales")
+    chk.set_defaults(func=_check)
+    srv = sub.add_parser("serve", help="run the HTTP service")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--workers", type=int, default=1)
+    srv.set_defaults(func=_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = config.load()
+    func: Command = args.func
+    return func(args, settings)

@@ -1,0 +1,64 @@
+"""Settings, read once from the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+def async_url(url: str) -> str:
+    """Map the user-facing URL to the async driver SQLAlchemy should use."""
+    if url.startswith("sqlite:"):
+        return "sqlite+aiosqlite:" + url[len("sqlite:") :]
+    for prefix in ("postgresql:", "postgres:"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg:" + url[len(prefix) :]
+    if url.startswith(("sqlite+aiosqlite:", "postgresql+asyncpg:")):
+        return url
+    raise SystemExit(f"DATABASE_URL must start with sqlite:/// or postgresql://, got {url!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str
+    default_timezone: str
+    # Group commit: a batch is written when this many sales are pending, or
+    # after flush_ms once the first one arrived.
+    batch_max_sales: int
+    flush_ms: int
+    # Sales waiting for the writer; beyond this a POST gets 503 + Retry-After.
+    queue_max_sales: int
+    pool_size: int
+    log_format: str
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def load() -> Settings:
+    tz = os.environ.get("SALESREPORT_TIMEZONE") or "UTC"
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SystemExit(f"SALESREPORT_TIMEZONE is not an IANA time zone: {tz!r}") from None
+    return Settings(
+        database_url=async_url(os.environ.get("DATABASE_URL") or "sqlite:///salesreport.db"),
+        default_timezone=tz,
+        batch_max_sales=_int("SALESREPORT_BATCH_MAX_SALES", 2000),
+        flush_ms=_int("SALESREPORT_FLUSH_MS", 2),
+        queue_max_sales=_int("SALESREPORT_QUEUE_MAX_SALES", 50_000),
+        pool_size=_int("SALESREPORT_POOL_SIZE", 8),
+        log_format=os.environ.get("SALESREPORT_LOG_FORMAT") or ("console" if os.isatty(2) else "json"),
+    )

@@ -1,0 +1,321 @@
+"""The schema, the engines, and the SQL that reads and writes it.
+
+Both databases share one schema. Money is integer minor units (``BIGINT``);
+instants are UTC; ``month`` is a sale's month in its store's local calendar as
+an integer ``YYYYMM``, computed once when the sale is stored.
+
+The rollup tables hold one row per key and *slot*: each writer process adds
+into its own slot so that concurrent writers never queue on one hot row, and
+readers sum the slots.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from .config import Settings
+
+SLOTS = 8
+MAX_ID = 2**63 - 1
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timezone-aware instant, stored in UTC (SQLite keeps it as naive text)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+products = sa.Table(
+    "products",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("price", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("price > 0", name="products_price_positive"),
+)
+
+stores = sa.Table(
+    "stores",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("address", sa.String(500), nullable=False),
+    sa.Column("timezone", sa.String(64), nullable=False),
+)
+
+# No foreign keys: they halve the batched insert rate (see BENCHMARKS.md);
+# the writer checks ids against its copy of the catalog, and catalog rows are
+# never deleted.
+sales = sa.Table(
+    "sales",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("store_id", sa.BigInteger, nullable=False),
+    sa.Column("product_id", sa.BigInteger, nullable=False),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("unit_price", sa.BigInteger, nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("sold_at", UTCDateTime, nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("month", sa.Integer, nullable=False),
+    sa.Column("idempotency_key", sa.String(128), nullable=True),
+    sa.UniqueConstraint("store_id", "idempotency_key", name="sales_store_id_idempotency_key_key"),
+)
+
+store_month = sa.Table(
+    "store_month",
+    metadata,
+    sa.Column("store_id", sa.BigInteger, primary_key=True),
+    sa.Column("month", sa.Integer, primary_key=True),
+    sa.Column("slot", sa.SmallInteger, primary_key=True),
+    sa.Column("revenue", sa.BigInteger, nullable=False),
+    sa.Column("sales", sa.BigInteger, nullable=False),
+    sa.Index("store_month_month_idx", "month"),
+)
+
+product_month = sa.Table(
+    "product_month",
+    metadata,
+    sa.Column("product_id", sa.BigInteger, primary_key=True),
+    sa.Column("month", sa.Integer, primary_key=True),
+    sa.Column("slot", sa.SmallInteger, primary_key=True),
+    sa.Column("quantity", sa.BigInteger, nullable=False),
+    sa.Index("product_month_month_idx", "month"),
+)
+
+product_total = sa.Table(
+    "product_total",
+    metadata,
+    sa.Column("product_id", sa.BigInteger, primary_key=True),
+    sa.Column("slot", sa.SmallInteger, primary_key=True),
+    sa.Column("quantity", sa.BigInteger, nullable=False),
+)
+
+# One row; bumped by every catalog change so that writers know to reload.
+catalog_version = sa.Table(
+    "catalog_version",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """Readers use ``reader``; the process's one writer uses ``writer``.
+
+    On PostgreSQL both are the same pool. On SQLite the writer is a single
+    connection that opens its transactions with ``BEGIN IMMEDIATE``, so a
+    batch never fails half-way on a lock upgrade; readers never block it (WAL).
+    """
+
+    reader: AsyncEngine
+    writer: AsyncEngine
+
+    @property
+    def dialect(self) -> str:
+        return self.writer.dialect.name
+
+    async def dispose(self) -> None:
+        await self.reader.dispose()
+        if self.writer is not self.reader:
+            await self.writer.dispose()
+
+
+def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=30)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy emit BEGIN itself (pysqlite's own BEGIN is deferred).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def connect(settings: Settings) -> Database:
+    url = settings.database_url
+    if settings.is_sqlite:
+        return Database(
+            reader=_sqlite_engine(url, immediate=False, pool_size=settings.pool_size),
+            writer=_sqlite_engine(url, immediate=True, pool_size=1),
+        )
+    engine = create_async_engine(
+        url,
+        pool_size=settings.pool_size,
+        max_overflow=0,
+        pool_timeout=5,
+        pool_pre_ping=False,
+        connect_args={"timeout": 5, "command_timeout": 30, "server_settings": {"synchronous_commit": "on"}},
+    )
+    return Database(reader=engine, writer=engine)
+
+
+def writer_slot() -> int:
+    return os.getpid() % SLOTS
+
+
+def upsert(conn: AsyncConnection, table: sa.Table) -> Any:
+    """An ``INSERT`` of the dialect in use, which has ``on_conflict_do_*``."""
+    module = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return module.insert(table)
+
+
+# --- catalog -----------------------------------------------------------------
+
+
+async def list_products(conn: AsyncConnection) -> Sequence[sa.Row[Any]]:
+    result = await conn.execute(sa.select(products).order_by(products.c.id))
+    return result.all()
+
+
+async def list_stores(conn: AsyncConnection) -> Sequence[sa.Row[Any]]:
+    result = await conn.execute(sa.select(stores).order_by(stores.c.id))
+    return result.all()
+
+
+async def get_catalog_version(conn: AsyncConnection) -> int:
+    version = await conn.scalar(sa.select(catalog_version.c.version).where(catalog_version.c.id == 1))
+    return int(version or 0)
+
+
+async def save_catalog(
+    conn: AsyncConnection,
+    product_rows: Sequence[dict[str, Any]],
+    store_rows: Sequence[dict[str, Any]],
+) -> None:
+    """Insert or update products and stores and bump the catalog version."""
+    for table, rows in ((products, product_rows), (stores, store_rows)):
+        if not rows:
+            continue
+        stmt = upsert(conn, table)
+        columns = {c.name: stmt.excluded[c.name] for c in table.columns if not c.primary_key}
+        await conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=columns), list(rows))
+    stmt = upsert(conn, catalog_version).values(id=1, version=1)
+    await conn.execute(
+        stmt.on_conflict_do_update(index_elements=["id"], set_={"version": catalog_version.c.version + 1})
+    )
+
+
+# --- sales and rollups -------------------------------------------------------
+
+
+async def find_sales_by_key(conn: AsyncConnection, keys: Iterable[tuple[int, str]]) -> dict[tuple[int, str], sa.Row[Any]]:
+    keys = list(keys)
+    found: dict[tuple[int, str], sa.Row[Any]] = {}
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        result = await conn.execute(
+            sa.select(sales).where(sa.tuple_(sales.c.store_id, sales.c.idempotency_key).in_(chunk))
+        )
+        for row in result:
+            found[(row.store_id, row.idempotency_key)] = row
+    return found
+
+
+async def insert_sales(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert sales and return their new ids, in the order given."""
+    result = await conn.execute(
+        sa.insert(sales).returning(sales.c.id, sort_by_parameter_order=True), list(rows)
+    )
+    return [row.id for row in result]
+
+
+async def insert_sales_bulk(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert sales without reading anything back (history loads)."""
+    if conn.dialect.name == "postgresql":
+        # COPY is several times faster than INSERT for millions of rows.
+        raw = (await conn.get_raw_connection()).driver_connection
+        columns = [c.name for c in sales.columns if c.name != "id"]
+        records = [tuple(row[c] for c in columns) for row in rows]
+        await raw.copy_records_to_table("sales", records=records, columns=columns)
+    else:
+        await conn.execute(sa.insert(sales), list(rows))
+
+
+async def add_to_rollups(
+    conn: AsyncConnection,
+    slot: int,
+    store_revenue: dict[tuple[int, int], tuple[int, int]],
+    product_quantity: dict[tuple[int, int], int],
+) -> None:
+    """Add one batch's aggregates into the rollups.
+
+    Keys are written in sorted order, so two writers that touch the same rows
+    lock them in the same order and cannot deadlock.
+    """
+    if store_revenue:
+        stmt = upsert(conn, store_month)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["store_id", "month", "slot"],
+            set_={
+                "revenue": store_month.c.revenue + stmt.excluded.revenue,
+                "sales": store_month.c.sales + stmt.excluded.sales,
+            },
+        )
+        await conn.execute(
+            stmt,
+            [
+                {"store_id": s, "month": m, "slot": slot, "revenue": r, "sales": n}
+                for (s, m), (r, n) in sorted(store_revenue.items())
+            ],
+        )
+    if product_quantity:
+        stmt = upsert(conn, product_month)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["product_id", "month", "slot"],
+            set_={"quantity": product_month.c.quantity + stmt.excluded.quantity},
+        )
+        await conn.execute(
+            stmt,
+            [
+                {"product_id": p, "month": m, "slot": slot, "quantity": q}
+                for (p, m), q in sorted(product_quantity.items())
+            ],
+        )
+        totals: dict[int, int] = {}
+        for (p, _m), q in product_quantity.items():
+            totals[p] = totals.get(p, 0) + q
+        stmt = upsert(conn, product_total)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["product_id", "slot"],
+            set_={"quantity": product_total.c.quantity + stmt.excluded.quantity},
+        )
+        await conn.execute(
+            stmt,
+            [{"product_id": p, "slot": slot, "quantity": q} for p, q in sorted(totals.items())],
+        )

@@ -1,0 +1,436 @@
+"""From a POST body to a committed sale: validation, the catalog, group commit.
+
+A request hands its validated sales to the process's ``Batcher``. The batcher's
+one task takes everything pending, writes it in one transaction together with
+the rollups, commits, and only then answers each request: an acknowledged sale
+is durable. A request whose sales cannot be stored (a conflicting replay) fails
+alone; its batch-mates are written without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from . import db
+from .schemas import EARLIEST_SALE, MAX_BATCH, FieldError, SaleIn, SaleOut, SalesIn, format_money, month_of
+
+log = logging.getLogger("salesreport.ingestion")
+
+FUTURE_TOLERANCE = timedelta(minutes=5)
+_sale_fields = msgspec.structs.fields(SaleIn)
+
+
+class Malformed(Exception):
+    """The body is not JSON (or not JSON this service can represent)."""
+
+
+class Rejected(Exception):
+    """The sales were refused; nothing of the request was stored."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__(errors)
+        self.errors = errors
+
+
+class Unavailable(Exception):
+    """The sales could not be stored now; the client should retry later."""
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+# --- parsing -------------------------------------------------------------------
+
+_decoder = msgspec.json.Decoder(SalesIn)
+
+
+def parse_sales(body: bytes) -> tuple[list[SaleIn], bool]:
+    """Decode a POST body into sales, and whether it was an array.
+
+    The typed decoder is the fast path. When it refuses, the body is decoded
+    again untyped to tell malformed JSON (400) from a wrong shape (422) and to
+    name *every* offending field, which msgspec alone stops at the first of.
+    """
+    try:
+        decoded = _decoder.decode(body)
+    except msgspec.ValidationError:
+        pass
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise Malformed(str(exc)) from None
+    else:
+        return (decoded, True) if isinstance(decoded, list) else ([decoded], False)
+    try:
+        generic = msgspec.json.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+        raise Malformed(str(exc)) from None
+    raise Rejected(shape_errors(generic))
+
+
+def shape_errors(value: Any) -> list[FieldError]:
+    if isinstance(value, dict):
+        return _item_errors(value, None)
+    if isinstance(value, list):
+        if not 1 <= len(value) <= MAX_BATCH:
+            return [FieldError(field="body", message=f"an array must hold 1 to {MAX_BATCH} sales, got {len(value)}")]
+        return [error for index, item in enumerate(value) for error in _item_errors(item, index)]
+    return [FieldError(field="body", message="expected a sale object or an array of sale objects")]
+
+
+def _item_errors(item: Any, index: int | None) -> list[FieldError]:
+    if not isinstance(item, dict):
+        return [FieldError(field="body", index=index, message="expected a sale object")]
+    known = {f.encode_name for f in _sale_fields}
+    errors = [
+        FieldError(field=str(name)[:64], index=index, message="unknown field")
+        for name in item
+        if name not in known
+    ]
+    for f in _sale_fields:
+        if f.encode_name not in item:
+            if f.required:
+                errors.append(FieldError(field=f.encode_name, index=index, message="required"))
+            continue
+        try:
+            msgspec.convert(item[f.encode_name], f.type, strict=True)
+        except msgspec.ValidationError as exc:
+            errors.append(FieldError(field=f.encode_name, index=index, message=str(exc).split(" - at ")[0]))
+    return errors
+
+
+def same_sale(a: SaleIn, b: SaleIn) -> bool:
+    """Whether ``b`` repeats ``a`` (the rule for replays inside one array)."""
+    return (
+        a.product_id == b.product_id
+        and a.quantity == b.quantity
+        and (a.sold_at is None or b.sold_at is None or a.sold_at == b.sold_at)
+    )
+
+
+def check_sales(sales: Sequence[SaleIn], now: datetime, is_array: bool) -> list[FieldError]:
+    """Rules beyond types: time bounds and one key, one sale within an array."""
+    errors: list[FieldError] = []
+    seen: dict[tuple[int, str], SaleIn] = {}
+    for i, sale in enumerate(sales):
+        index = i if is_array else None
+        if sale.sold_at is not None:
+            if sale.sold_at > now + FUTURE_TOLERANCE:
+                errors.append(FieldError(field="sold_at", index=index, message="more than 5 minutes in the future"))
+            elif sale.sold_at < EARLIEST_SALE:
+                errors.append(FieldError(field="sold_at", index=index, message="before 2000-01-01"))
+        if sale.idempotency_key is not None:
+            key = (sale.store_id, sale.idempotency_key)
+            first = seen.setdefault(key, sale)
+            if first is not sale and not same_sale(first, sale):
+                errors.append(
+                    FieldError(
+                        field="idempotency_key",
+                        index=index,
+                        message="used by an earlier item of this array for a different sale",
+                    )
+                )
+    return errors
+
+
+# --- the catalog -----------------------------------------------------------------
+
+
+@dataclass
+class Catalog:
+    """This process's copy of prices and store time zones.
+
+    Every catalog change bumps ``catalog_version``; the writer compares it at
+    the start of each batch, so a price change applies from the next batch on.
+    """
+
+    version: int = -1
+    prices: dict[int, int] = field(default_factory=dict)
+    zones: dict[int, ZoneInfo] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def refresh(self, conn: AsyncConnection) -> None:
+        version = await db.get_catalog_version(conn)
+        if version == self.version:
+            return
+        async with self._lock:
+            if version == self.version:
+                return
+            products = await conn.execute(sa.select(db.products.c.id, db.products.c.price))
+            stores = await conn.execute(sa.select(db.stores.c.id, db.stores.c.timezone))
+            self.prices = {row.id: row.price for row in products}
+            self.zones = {row.id: ZoneInfo(row.timezone) for row in stores}
+            self.version = version
+
+    def unknown(self, sales: Sequence[SaleIn], is_array: bool) -> list[FieldError]:
+        errors = []
+        for i, sale in enumerate(sales):
+            index = i if is_array else None
+            if sale.product_id not in self.prices:
+                errors.append(FieldError(field="product_id", index=index, message="no such product"))
+            if sale.store_id not in self.zones:
+                errors.append(FieldError(field="store_id", index=index, message="no such store"))
+        return errors
+
+
+# --- group commit ----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Request:
+    sales: list[SaleIn]
+    is_array: bool
+    received_at: datetime
+    future: asyncio.Future[tuple[list[SaleOut], bool]]
+
+
+def _sale_out(row: Any) -> SaleOut:
+    return SaleOut(
+        id=row.id,
+        product_id=row.product_id,
+        store_id=row.store_id,
+        quantity=row.quantity,
+        unit_price=format_money(row.unit_price),
+        amount=format_money(row.amount),
+        sold_at=row.sold_at,
+        idempotency_key=row.idempotency_key,
+    )
+
+
+class Batcher:
+    def __init__(
+        self,
+        database: db.Database,
+        catalog: Catalog,
+        *,
+        max_sales: int,
+        flush_ms: int,
+        queue_max_sales: int,
+        slot: int | None = None,
+    ) -> None:
+        self.db = database
+        self.catalog = catalog
+        self.max_sales = max_sales
+        self.flush_seconds = flush_ms / 1000
+        self.queue_max_sales = queue_max_sales
+        self.slot = db.writer_slot() if slot is None else slot
+        self._queue: deque[_Request] = deque()
+        self._queued_sales = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def queued_sales(self) -> int:
+        return self._queued_sales
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="salesreport-batcher")
+
+    async def close(self) -> None:
+        """Refuse new sales, write everything queued, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def submit(self, sales: list[SaleIn], is_array: bool, received_at: datetime) -> tuple[list[SaleOut], bool]:
+        """Store ``sales``; return them as stored and whether any was new."""
+        if self._closing:
+            raise Unavailable("the service is shutting down", retry_after=1)
+        if self._queued_sales + len(sales) > self.queue_max_sales:
+            raise Unavailable("too many sales waiting to be written", retry_after=1)
+        future: asyncio.Future[tuple[list[SaleOut], bool]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Request(sales, is_array, received_at, future))
+        self._queued_sales += len(sales)
+        self._wakeup.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self._queued_sales < self.max_sales and self.flush_seconds > 0 and not self._closing:
+                # Let concurrent requests join this batch.
+                await asyncio.sleep(self.flush_seconds)
+            batch: list[_Request] = []
+            size = 0
+            while self._queue and (not batch or size + len(self._queue[0].sales) <= self.max_sales):
+                request = self._queue.popleft()
+                batch.append(request)
+                size += len(request.sales)
+            self._queued_sales -= size
+            await self._write(batch)
+
+    async def _write(self, batch: list[_Request]) -> None:
+        for attempt in range(3):
+            try:
+                outcomes = await self._transaction(batch)
+            except sa.exc.IntegrityError:
+                # Another writer stored one of these idempotency keys after we
+                # looked: the next attempt sees it and answers a replay.
+                log.info("idempotency race, retrying batch", extra={"attempt": attempt})
+                continue
+            except (sa.exc.DBAPIError, OSError, TimeoutError) as exc:
+                log.warning("batch failed: database unavailable: %s", exc)
+                outcomes = [Unavailable("the database is unavailable", retry_after=2)] * len(batch)
+            except Exception as exc:  # never leave a request without an answer
+                log.exception("batch failed")
+                outcomes = [Unavailable(f"sales could not be stored: {type(exc).__name__}", retry_after=2)] * len(batch)
+            break
+        else:
+            outcomes = [Unavailable("conflicting concurrent writes, retry", retry_after=1)] * len(batch)
+        for request, outcome in zip(batch, outcomes, strict=True):
+            if request.future.done():
+                continue
+            if isinstance(outcome, Exception):
+                request.future.set_exception(outcome)
+            else:
+                request.future.set_result(outcome)
+
+    async def _transaction(self, batch: list[_Request]) -> list[tuple[list[SaleOut], bool] | Exception]:
+        async with self.db.writer.begin() as conn:
+            await self.catalog.refresh(conn)
+            keys = {
+                (sale.store_id, sale.idempotency_key)
+                for request in batch
+                for sale in request.sales
+                if sale.idempotency_key is not None
+            }
+            stored = await db.find_sales_by_key(conn, keys) if keys else {}
+            new_rows: list[dict[str, Any]] = []
+            new_by_key: dict[tuple[int, str], int] = {}
+            # Per request: its answer, each sale either a stored row or the index of a new row.
+            plans = [self._plan(request, stored, new_rows, new_by_key) for request in batch]
+            ids = await db.insert_sales(conn, new_rows) if new_rows else []
+            if new_rows:
+                await add_to_rollups(conn, new_rows, self.slot)
+        # Committed: build the answers.
+        for row, new_id in zip(new_rows, ids, strict=True):
+            row["id"] = new_id
+        outcomes: list[tuple[list[SaleOut], bool] | Exception] = []
+        for plan in plans:
+            if isinstance(plan, Exception):
+                outcomes.append(plan)
+                continue
+            created = any(isinstance(entry, int) for entry in plan)
+            rows = [_sale_out(_Row(new_rows[e]) if isinstance(e, int) else e) for e in plan]
+            outcomes.append((rows, created))
+        return outcomes
+
+    def _plan(
+        self,
+        request: _Request,
+        stored: dict[tuple[int, str], Any],
+        new_rows: list[dict[str, Any]],
+        new_by_key: dict[tuple[int, str], int],
+    ) -> list[Any] | Exception:
+        errors = self.catalog.unknown(request.sales, request.is_array)
+        if errors:
+            return Rejected(errors)
+        plan: list[Any] = []
+        pending: list[dict[str, Any]] = []
+        pending_keys: dict[tuple[int, str], int] = {}
+        for i, sale in enumerate(request.sales):
+            key = (sale.store_id, sale.idempotency_key) if sale.idempotency_key is not None else None
+            if key is not None:
+                previous = stored.get(key)
+                if previous is not None:
+                    if not _matches(previous, sale):
+                        errors.append(_conflict(i if request.is_array else None))
+                    plan.append(previous)
+                    continue
+                position = pending_keys.get(key, new_by_key.get(key))
+                if position is not None:
+                    row = pending[position - len(new_rows)] if position >= len(new_rows) else new_rows[position]
+                    if not _matches(_Row(row), sale):
+                        errors.append(_conflict(i if request.is_array else None))
+                    plan.append(position)
+                    continue
+            sold_at = sale.sold_at.astimezone(UTC) if sale.sold_at is not None else request.received_at
+            price = self.catalog.prices[sale.product_id]
+            row = {
+                "store_id": sale.store_id,
+                "product_id": sale.product_id,
+                "quantity": sale.quantity,
+                "unit_price": price,
+                "amount": price * sale.quantity,
+                "sold_at": sold_at,
+                "received_at": request.received_at,
+                "month": month_of(sold_at, self.catalog.zones[sale.store_id]),
+                "idempotency_key": sale.idempotency_key,
+            }
+            position = len(new_rows) + len(pending)
+            pending.append(row)
+            if key is not None:
+                pending_keys[key] = position
+            plan.append(position)
+        if errors:
+            return Rejected(errors)
+        new_rows.extend(pending)
+        new_by_key.update(pending_keys)
+        return plan
+
+async def add_to_rollups(conn: AsyncConnection, rows: Sequence[dict[str, Any]], slot: int) -> None:
+    """Aggregate new sales in memory, then add them to the rollups in one pass."""
+    store_revenue: dict[tuple[int, int], tuple[int, int]] = {}
+    product_quantity: dict[tuple[int, int], int] = {}
+    for row in rows:
+        key = (row["store_id"], row["month"])
+        revenue, count = store_revenue.get(key, (0, 0))
+        store_revenue[key] = (revenue + row["amount"], count + 1)
+        pkey = (row["product_id"], row["month"])
+        product_quantity[pkey] = product_quantity.get(pkey, 0) + row["quantity"]
+    await db.add_to_rollups(conn, slot, store_revenue, product_quantity)
+
+
+async def store_history(conn: AsyncConnection, rows: Sequence[dict[str, Any]], slot: int = 0) -> None:
+    """The bulk path: insert already-priced sales and their rollups, no answers."""
+    await db.insert_sales_bulk(conn, rows)
+    await add_to_rollups(conn, rows, slot)
+
+
+class _Row:
+    """Attribute access over a dict row, so stored and new rows read alike."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, d: dict[str, Any]) -> None:
+        self._d = d
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._d[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _matches(stored: Any, sale: SaleIn) -> bool:
+    return (
+        stored.product_id == sale.product_id
+        and stored.quantity == sale.quantity
+        and (sale.sold_at is None or stored.sold_at == sale.sold_at)
+    )
+
+
+def _conflict(index: int | None) -> FieldError:
+    return FieldError(
+        field="idempotency_key",
+        index=index,
+        message="already used for a different sale of this store",
+    )

@@ -1,0 +1,133 @@
+"""What goes over the wire: request and response shapes, money and months.
+
+The OpenAPI document is generated from these structs (see ``openapi.py``).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
+
+import msgspec
+
+MAX_ID = 2**63 - 1
+MAX_BATCH = 1000
+# Sales dated before this are refused: no POS sells in the past century, and
+# the bound keeps every local-calendar conversion far from datetime's limits.
+EARLIEST_SALE = datetime(2000, 1, 1, tzinfo=UTC)
+
+Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID, description="Identifier given by the chain.")]
+Quantity = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Money = Annotated[
+    str,
+    msgspec.Meta(pattern=r"^-?[0-9]+\.[0-9]{2}$", description="Exact amount, two fraction digits.", examples=["1234.50"]),
+]
+Instant = Annotated[datetime, msgspec.Meta(tz=True, description="RFC 3339 date-time with an offset.")]
+
+
+class SaleIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    product_id: Id
+    store_id: Id
+    quantity: Quantity = 1
+    sold_at: Instant | None = None
+    idempotency_key: IdempotencyKey | None = None
+
+
+SalesIn = SaleIn | Annotated[list[SaleIn], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class SaleOut(msgspec.Struct, kw_only=True):
+    id: int
+    product_id: int
+    store_id: int
+    quantity: int
+    unit_price: Money
+    amount: Money
+    sold_at: datetime
+    idempotency_key: str | None
+
+
+class Product(msgspec.Struct, kw_only=True):
+    id: int
+    name: str
+    price: Money
+
+
+class Store(msgspec.Struct, kw_only=True):
+    id: int
+    address: str
+    timezone: str
+
+
+class TopStore(msgspec.Struct, kw_only=True):
+    id: int
+    address: str
+    revenue: Money
+
+
+class TopProduct(msgspec.Struct, kw_only=True):
+    id: int
+    name: str
+    quantity: int
+
+
+class FieldError(msgspec.Struct, kw_only=True, omit_defaults=True):
+    field: str
+    message: str
+    index: int | None = None
+
+
+class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """An RFC 9457 problem document."""
+
+    status: int
+    title: str
+    detail: str
+    type: str = "about:blank"
+    errors: list[FieldError] | None = None
+
+
+# --- money ---------------------------------------------------------------------
+
+_MONEY_IN = re.compile(r"^[0-9]{1,15}(\.[0-9]{1,2})?$")
+
+
+def format_money(cents: int) -> str:
+    sign = "-" if cents < 0 else ""
+    whole, frac = divmod(abs(cents), 100)
+    return f"{sign}{whole}.{frac:02d}"
+
+
+def parse_money(text: str) -> int:
+    """Parse a non-negative decimal with at most two fraction digits into cents."""
+    text = text.strip()
+    if not _MONEY_IN.match(text):
+        raise ValueError(f"not an amount with at most two decimals: {text!r}")
+    try:
+        return int(Decimal(text) * 100)
+    except InvalidOperation:  # pragma: no cover - the pattern already excludes it
+        raise ValueError(f"not an amount: {text!r}") from None
+
+
+# --- months --------------------------------------------------------------------
+
+_MONTH = re.compile(r"^([0-9]{4})-(0[1-9]|1[0-2])$")
+
+
+def parse_month(text: str) -> int:
+    """``"2026-11"`` → ``202611``; anything else raises ValueError."""
+    match = _MONTH.match(text)
+    if not match:
+        raise ValueError("month must be YYYY-MM with a month 01..12")
+    return int(match.group(1)) * 100 + int(match.group(2))
+
+
+def month_of(instant: datetime, zone: Any) -> int:
+    local = instant.astimezone(zone)
+    return local.year * 100 + local.month
+
+
+encoder = msgspec.json.Encoder()
