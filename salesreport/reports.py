@@ -16,7 +16,8 @@ LIMIT = 10
 
 async def top_stores(conn: AsyncConnection, month: int) -> list[TopStore]:
     sm = db.store_month
-    revenue = sa.func.sum(sm.c.revenue).label("revenue")
+    # sum(bigint) is numeric on PostgreSQL; the total of a month fits a bigint.
+    revenue = sa.cast(sa.func.sum(sm.c.revenue), sa.BigInteger).label("revenue")
     totals = sa.select(sm.c.store_id, revenue).where(sm.c.month == month).group_by(sm.c.store_id).subquery()
     query = (
         sa.select(db.stores.c.id, db.stores.c.address, totals.c.revenue)
@@ -35,7 +36,7 @@ async def top_products(conn: AsyncConnection, month: int | None) -> list[TopProd
     else:
         table = db.product_month
         where = table.c.month == month
-    quantity = sa.func.sum(table.c.quantity).label("quantity")
+    quantity = sa.cast(sa.func.sum(table.c.quantity), sa.BigInteger).label("quantity")
     totals = sa.select(table.c.product_id, quantity).where(where).group_by(table.c.product_id).subquery()
     query = (
         sa.select(db.products.c.id, db.products.c.name, totals.c.quantity)
@@ -44,7 +45,7 @@ async def top_products(conn: AsyncConnection, month: int | None) -> list[TopProd
         .limit(LIMIT)
     )
     result = await conn.execute(query)
-    return [TopProduct(id=r.id, name=r.name, quantity=int(r.quantity)) for r in result]
+    return [TopProduct(id=r.id, name=r.name, quantity=r.quantity) for r in result]
 
 
 # --- check and repair --------------------------------------------------------------

@@ -1,0 +1,66 @@
+"""Catalog endpoints, the error format, and the OpenAPI document."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import PRODUCTS, STORES
+
+pytestmark = pytest.mark.anyio
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status
+    assert body["title"] and body["detail"]
+    return body
+
+
+async def test_products_ordered_by_id_with_decimal_prices(client: httpx.AsyncClient) -> None:
+    response = await client.get("/products")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == [
+        {"id": 1, "name": "Milk", "price": "0.10"},
+        {"id": 2, "name": "Bread", "price": "45.50"},
+        {"id": 3, "name": "Coffee", "price": "1234.56"},
+        {"id": 9_000_000_000_000_000_000, "name": "Big id", "price": "0.01"},
+    ]
+
+
+async def test_stores_ordered_by_id(client: httpx.AsyncClient) -> None:
+    response = await client.get("/stores")
+    assert response.status_code == 200
+    assert response.json() == [{"id": s["id"], "address": s["address"], "timezone": s["timezone"]} for s in STORES]
+
+
+async def test_unknown_path_is_a_problem(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get("/nowhere"), 404)
+
+
+async def test_wrong_method_is_a_problem_with_allow(client: httpx.AsyncClient) -> None:
+    response = await client.delete("/products")
+    assert_problem(response, 405)
+    assert "GET" in response.headers["allow"]
+    assert_problem(await client.get("/sales"), 405)
+
+
+async def test_health(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/health/live")).status_code == 200
+    assert (await client.get("/health/ready")).status_code == 200
+
+
+async def test_openapi_declares_every_status(client: httpx.AsyncClient) -> None:
+    response = await client.get("/openapi.json")
+    assert response.status_code == 200
+    doc = response.json()
+    post = doc["paths"]["/sales"]["post"]
+    assert {"200", "201", "400", "413", "415", "422", "503"} <= set(post["responses"])
+    assert "422" in doc["paths"]["/reports/top-stores"]["get"]["responses"]
+    sale = doc["components"]["schemas"]["SaleIn"]
+    assert sale["required"] == ["product_id", "store_id"]
+    assert sale["additionalProperties"] is False
+    assert len(PRODUCTS) == 4

@@ -1,0 +1,119 @@
+"""The command line, run as a user would: migrate, import, demo, check."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from salesreport import config, db
+from salesreport.api import create_app
+from tests.conftest import ROOT, count_sales, scalar
+
+pytestmark = pytest.mark.anyio
+
+
+def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": database_url}
+    return subprocess.run(
+        [sys.executable, "-m", "salesreport", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+async def test_migrate_twice_is_harmless(database_url: str) -> None:
+    assert cli(database_url, "migrate").returncode == 0
+    assert cli(database_url, "migrate").returncode == 0
+
+
+async def test_import_and_price_change_keeps_history(
+    database_url: str, settings: config.Settings, tmp_path: Path
+) -> None:
+    products = write(tmp_path / "p.csv", "id,name,price\n1,Tea,2.50\n2,\"Milk, 1 l\",0.99\n")
+    stores = write(tmp_path / "s.csv", "id,address,timezone\n7,\"Main st. 1, Omsk\",Asia/Omsk\n")
+    done = cli(database_url, "import", "--products", products, "--stores", stores)
+    assert done.returncode == 0, done.stderr
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            assert (await http.get("/products")).json() == [
+                {"id": 1, "name": "Tea", "price": "2.50"},
+                {"id": 2, "name": "Milk, 1 l", "price": "0.99"},
+            ]
+            assert (await http.get("/stores")).json() == [{"id": 7, "address": "Main st. 1, Omsk", "timezone": "Asia/Omsk"}]
+            sale = await http.post("/sales", json={"product_id": 1, "store_id": 7, "sold_at": "2026-05-05T05:05:05Z"})
+            assert sale.json()["unit_price"] == "2.50"
+            # The running service picks up the new price without a restart.
+            new_price = write(tmp_path / "p2.csv", "id,name,price\n1,Tea,3\n")
+            assert cli(database_url, "import", "--products", new_price).returncode == 0
+            later = await http.post("/sales", json={"product_id": 1, "store_id": 7, "sold_at": "2026-05-06T05:05:05Z"})
+            assert later.json()["unit_price"] == "3.00"
+            assert (await http.get("/reports/top-stores", params={"month": "2026-05"})).json()[0]["revenue"] == "5.50"
+            # A product added while the service runs can be sold at once.
+            added = write(tmp_path / "p3.csv", "id,name,price\n3,Sugar,1.00\n")
+            assert cli(database_url, "import", "--products", added).returncode == 0
+            assert (await http.post("/sales", json={"product_id": 3, "store_id": 7})).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("id,name,price\n1,Tea,2.50\n2,Milk,-1\n", ":3: price"),
+        ("id,name,price\n1,Tea,2.505\n", ":2: price"),
+        ("id,name,price\n1,Tea,0\n", ":2: price"),
+        ("id,name,price\nx,Tea,1\n", ":2: id"),
+        ("id,name,price\n1,,1\n", ":2: name"),
+        ("id,name,price\n1,Tea\n", ":2: expected 3 fields"),
+        ("id,name,price\n1,Tea,1\n1,Tea,2\n", ":3: id 1 appears twice"),
+        ("name,id,price\n1,Tea,1\n", ":1: the header"),
+    ],
+)
+async def test_bad_product_csv_writes_nothing(
+    database_url: str, settings: config.Settings, tmp_path: Path, text: str, problem: str
+) -> None:
+    good_stores = write(tmp_path / "s.csv", "id,address,timezone\n1,A,UTC\n")
+    done = cli(database_url, "import", "--products", write(tmp_path / "p.csv", text), "--stores", good_stores)
+    assert done.returncode == 1
+    assert problem in done.stderr
+    assert await scalar(settings, sa.select(sa.func.count()).select_from(db.products)) == 0
+    assert await scalar(settings, sa.select(sa.func.count()).select_from(db.stores)) == 0
+
+
+async def test_bad_store_csv_names_every_line(database_url: str, tmp_path: Path) -> None:
+    text = "id,address,timezone\n1,A,Mars/Olympus\n2,B,UTC\n3,C,\n"
+    done = cli(database_url, "import", "--stores", write(tmp_path / "s.csv", text))
+    assert done.returncode == 1
+    assert ":2: timezone" in done.stderr and ":4: timezone" in done.stderr and ":3:" not in done.stderr
+
+
+async def test_demo_then_check_then_repair(database_url: str, settings: config.Settings) -> None:
+    done = cli(database_url, "demo", "--sales", "3000", "--stores", "12", "--products", "40")
+    assert done.returncode == 0, done.stderr
+    assert await count_sales(settings) == 3000
+    assert cli(database_url, "demo").stdout.startswith("the database already has a catalog")
+    assert await count_sales(settings) == 3000
+    checked = cli(database_url, "check")
+    assert checked.returncode == 0, checked.stdout
+    database = db.connect(settings)
+    async with database.writer.begin() as conn:
+        await conn.execute(sa.update(db.store_month).values(revenue=db.store_month.c.revenue + 1).where(db.store_month.c.store_id == 1))
+        await conn.execute(sa.delete(db.product_total).where(db.product_total.c.product_id == 2))
+    await database.dispose()
+    broken = cli(database_url, "check")
+    assert broken.returncode == 1
+    assert "store_month (1," in broken.stdout and "product_total (2,)" in broken.stdout
+    assert cli(database_url, "check", "--repair").returncode == 0
+    assert cli(database_url, "check").returncode == 0
+
+
+async def test_import_needs_a_file(database_url: str) -> None:
+    assert cli(database_url, "import").returncode == 2
