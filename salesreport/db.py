@@ -247,12 +247,89 @@ async def find_sales_by_key(conn: AsyncConnection, keys: Iterable[tuple[int, str
     return found
 
 
-async def insert_sales(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> list[int]:
-    """Insert sales and return their new ids, in the order given."""
-    result = await conn.execute(
-        sa.insert(sales).returning(sales.c.id, sort_by_parameter_order=True), list(rows)
-    )
-    return [row.id for row in result]
+async def insert_sales(conn: AsyncConnection, rows: Sequence[dict[str, Any]], slot: int) -> list[int]:
+    """Insert priced sales, add them to the rollups, return their ids in the order given.
+
+    Rows with an idempotency key go in key order, so two writers inserting the
+    same keys wait on each other instead of deadlocking; rollup rows likewise.
+    """
+    order = sorted(range(len(rows)), key=lambda i: _key_order(rows[i]))
+    ordered = [rows[i] for i in order]
+    if conn.dialect.name == "postgresql":
+        new_ids = await _insert_sales_pg(conn, ordered, slot)
+    else:
+        result = await conn.execute(sa.insert(sales).returning(sales.c.id, sort_by_parameter_order=True), ordered)
+        new_ids = [row.id for row in result]
+        await add_to_rollups(conn, slot, *aggregate(ordered))
+    ids = [0] * len(rows)
+    for i, new_id in zip(order, new_ids, strict=True):
+        ids[i] = new_id
+    return ids
+
+
+def aggregate(
+    rows: Iterable[dict[str, Any]],
+) -> tuple[dict[tuple[int, int], tuple[int, int]], dict[tuple[int, int], int]]:
+    """Sum sales by (store, month) and (product, month), as the rollups hold them."""
+    store_revenue: dict[tuple[int, int], tuple[int, int]] = {}
+    product_quantity: dict[tuple[int, int], int] = {}
+    for row in rows:
+        key = (row["store_id"], row["month"])
+        revenue, count = store_revenue.get(key, (0, 0))
+        store_revenue[key] = (revenue + row["amount"], count + 1)
+        pkey = (row["product_id"], row["month"])
+        product_quantity[pkey] = product_quantity.get(pkey, 0) + row["quantity"]
+    return store_revenue, product_quantity
+
+
+# PostgreSQL's fast path: the sales and the three rollups in one statement and
+# one round trip, fed by arrays (measured in BENCHMARKS.md). Sequence values
+# follow the ORDER BY of the SELECT, so ids sorted ascending are in row order.
+_PG_INSERT = """
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::timestamptz[],
+                         $6::timestamptz[], $7::int[], $8::text[], $9::int[])
+        AS t(store_id, product_id, quantity, unit_price, sold_at, received_at, month, idempotency_key, ord)
+), inserted AS (
+    INSERT INTO sales (store_id, product_id, quantity, unit_price, amount, sold_at, received_at, month,
+                       idempotency_key)
+    SELECT store_id, product_id, quantity, unit_price, quantity * unit_price, sold_at, received_at, month,
+           idempotency_key
+    FROM input ORDER BY ord
+    RETURNING id
+), by_store AS (
+    INSERT INTO store_month AS r (store_id, month, slot, revenue, sales)
+    SELECT store_id, month, $10, sum(quantity * unit_price), count(*)
+    FROM input GROUP BY store_id, month ORDER BY store_id, month
+    ON CONFLICT (store_id, month, slot)
+    DO UPDATE SET revenue = r.revenue + excluded.revenue, sales = r.sales + excluded.sales
+), by_product AS (
+    INSERT INTO product_month AS r (product_id, month, slot, quantity)
+    SELECT product_id, month, $10, sum(quantity)
+    FROM input GROUP BY product_id, month ORDER BY product_id, month
+    ON CONFLICT (product_id, month, slot) DO UPDATE SET quantity = r.quantity + excluded.quantity
+), total AS (
+    INSERT INTO product_total AS r (product_id, slot, quantity)
+    SELECT product_id, $10, sum(quantity)
+    FROM input GROUP BY product_id ORDER BY product_id
+    ON CONFLICT (product_id, slot) DO UPDATE SET quantity = r.quantity + excluded.quantity
+)
+SELECT id FROM inserted ORDER BY id
+"""
+
+
+async def _insert_sales_pg(conn: AsyncConnection, rows: Sequence[dict[str, Any]], slot: int) -> list[int]:
+    raw = (await conn.get_raw_connection()).driver_connection
+    assert raw is not None
+    columns = ("store_id", "product_id", "quantity", "unit_price", "sold_at", "received_at", "month", "idempotency_key")
+    arrays = [[row[c] for row in rows] for c in columns]
+    records = await raw.fetch(_PG_INSERT, *arrays, list(range(len(rows))), slot)
+    return [record[0] for record in records]
+
+
+def _key_order(row: dict[str, Any]) -> tuple[int, str]:
+    key = row["idempotency_key"]
+    return (row["store_id"], key) if key is not None else (0, "")
 
 
 async def insert_sales_bulk(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:

@@ -278,23 +278,22 @@ class Batcher:
             await self._write(batch)
 
     async def _write(self, batch: list[_Request]) -> None:
-        for attempt in range(3):
+        outcomes: list[tuple[list[SaleOut], bool] | Exception]
+        for attempt in range(1, 4):
             try:
                 outcomes = await self._transaction(batch)
-            except sa.exc.IntegrityError:
-                # Another writer stored one of these idempotency keys after we
-                # looked: the next attempt sees it and answers a replay.
-                log.info("idempotency race, retrying batch", extra={"attempt": attempt})
-                continue
-            except (sa.exc.DBAPIError, OSError, TimeoutError) as exc:
-                log.warning("batch failed: database unavailable: %s", exc)
-                outcomes = [Unavailable("the database is unavailable", retry_after=2)] * len(batch)
-            except Exception as exc:  # never leave a request without an answer
-                log.exception("batch failed")
-                outcomes = [Unavailable(f"sales could not be stored: {type(exc).__name__}", retry_after=2)] * len(batch)
+            except Exception as exc:  # every request gets an answer, whatever happened
+                if _sqlstate(exc) in _RETRYABLE_SQLSTATES and attempt < 3:
+                    # Another writer stored one of these idempotency keys after
+                    # we looked: the next attempt sees it and answers a replay.
+                    log.info("batch conflicted with another writer, retrying (attempt %d): %s", attempt, exc)
+                    continue
+                if isinstance(exc, sa.exc.DBAPIError | OSError | TimeoutError) or _sqlstate(exc) is not None:
+                    log.warning("batch failed: %s", exc)
+                else:
+                    log.exception("batch failed")
+                outcomes = [Unavailable("the sales could not be stored now", retry_after=2)] * len(batch)
             break
-        else:
-            outcomes = [Unavailable("conflicting concurrent writes, retry", retry_after=1)] * len(batch)
         for request, outcome in zip(batch, outcomes, strict=True):
             if request.future.done():
                 continue
@@ -317,9 +316,7 @@ class Batcher:
             new_by_key: dict[tuple[int, str], int] = {}
             # Per request: its answer, each sale either a stored row or the index of a new row.
             plans = [self._plan(request, stored, new_rows, new_by_key) for request in batch]
-            ids = await db.insert_sales(conn, new_rows) if new_rows else []
-            if new_rows:
-                await add_to_rollups(conn, new_rows, self.slot)
+            ids = await db.insert_sales(conn, new_rows, self.slot) if new_rows else []
         # Committed: build the answers.
         for row, new_id in zip(new_rows, ids, strict=True):
             row["id"] = new_id
@@ -386,23 +383,10 @@ class Batcher:
         new_by_key.update(pending_keys)
         return plan
 
-async def add_to_rollups(conn: AsyncConnection, rows: Sequence[dict[str, Any]], slot: int) -> None:
-    """Aggregate new sales in memory, then add them to the rollups in one pass."""
-    store_revenue: dict[tuple[int, int], tuple[int, int]] = {}
-    product_quantity: dict[tuple[int, int], int] = {}
-    for row in rows:
-        key = (row["store_id"], row["month"])
-        revenue, count = store_revenue.get(key, (0, 0))
-        store_revenue[key] = (revenue + row["amount"], count + 1)
-        pkey = (row["product_id"], row["month"])
-        product_quantity[pkey] = product_quantity.get(pkey, 0) + row["quantity"]
-    await db.add_to_rollups(conn, slot, store_revenue, product_quantity)
-
-
 async def store_history(conn: AsyncConnection, rows: Sequence[dict[str, Any]], slot: int = 0) -> None:
     """The bulk path: insert already-priced sales and their rollups, no answers."""
     await db.insert_sales_bulk(conn, rows)
-    await add_to_rollups(conn, rows, slot)
+    await db.add_to_rollups(conn, slot, *db.aggregate(rows))
 
 
 class _Row:
@@ -418,6 +402,17 @@ class _Row:
             return self._d[name]
         except KeyError:
             raise AttributeError(name) from None
+
+
+# Unique violation, serialization failure, deadlock: another writer got there
+# first. (SQLite cannot race: its writer looks keys up under BEGIN IMMEDIATE.)
+_RETRYABLE_SQLSTATES = {"23505", "40001", "40P01"}
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a driver error, raw or wrapped by SQLAlchemy."""
+    state = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return state if isinstance(state, str) else None
 
 
 def _matches(stored: Any, sale: SaleIn) -> bool:

@@ -1,0 +1,132 @@
+"""Group commit: batches, isolation of failures, back-pressure, rollups."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from salesreport import config, db, reports
+from salesreport.api import create_app
+from salesreport.ingestion import Batcher, Catalog, Rejected, SaleIn, Unavailable
+from tests.conftest import PRODUCTS, STORES, count_sales, seed
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def batcher(settings: config.Settings):  # type: ignore[no-untyped-def]
+    await seed(settings, PRODUCTS, STORES)
+    database = db.connect(settings)
+    catalog = Catalog()
+    async with database.reader.connect() as conn:
+        await catalog.refresh(conn)
+    # A long flush interval so that concurrent submissions share one batch.
+    b = Batcher(database, catalog, max_sales=1000, flush_ms=200, queue_max_sales=10)
+    b.start()
+    yield b
+    await b.close()
+    await database.dispose()
+
+
+def sale(product_id: int = 1, store_id: int = 1, **kw: object) -> SaleIn:
+    return SaleIn(product_id=product_id, store_id=store_id, **kw)  # type: ignore[arg-type]
+
+
+async def test_a_failing_request_fails_alone(batcher: Batcher, settings: config.Settings) -> None:
+    now = datetime.now(UTC)
+    stored, created = await batcher.submit([sale(idempotency_key="k")], False, now)
+    assert created
+    results = await asyncio.gather(
+        batcher.submit([sale(2, 1)], False, now),
+        batcher.submit([sale(3, 1), sale(2, 1, idempotency_key="k")], True, now),  # conflicts with "k"
+        batcher.submit([sale(1, 2, idempotency_key="k")], False, now),  # same key, other store: new
+        batcher.submit([sale(1, 1, idempotency_key="k")], False, now),  # replay
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], Rejected)
+    assert [e.index for e in results[1].errors] == [1]
+    assert results[0][1] is True and results[2][1] is True
+    assert results[3] == (stored, False)
+    assert await count_sales(settings) == 3
+
+
+async def test_one_key_twice_in_one_batch_is_one_sale(batcher: Batcher, settings: config.Settings) -> None:
+    now = datetime.now(UTC)
+    first, second, other = await asyncio.gather(
+        batcher.submit([sale(idempotency_key="same")], False, now),
+        batcher.submit([sale(idempotency_key="same")], False, now),
+        batcher.submit([sale(2, idempotency_key="same")], False, now),
+        return_exceptions=True,
+    )
+    assert first[0] == second[0][0:1] and first[1] is True
+    assert isinstance(other, Rejected)
+    assert await count_sales(settings) == 1
+
+
+async def test_full_queue_answers_unavailable(batcher: Batcher) -> None:
+    now = datetime.now(UTC)
+    waiting = asyncio.ensure_future(batcher.submit([sale()] * 10, True, now))
+    await asyncio.sleep(0)
+    with pytest.raises(Unavailable) as info:
+        await batcher.submit([sale()], False, now)
+    assert info.value.retry_after >= 1
+    assert (await waiting)[1] is True
+    # Once written, there is room again.
+    assert (await batcher.submit([sale()], False, now))[1] is True
+
+
+async def test_close_writes_what_is_queued_and_refuses_more(batcher: Batcher, settings: config.Settings) -> None:
+    now = datetime.now(UTC)
+    pending = asyncio.ensure_future(batcher.submit([sale()], False, now))
+    await asyncio.sleep(0)
+    await batcher.close()
+    assert (await pending)[1] is True
+    with pytest.raises(Unavailable):
+        await batcher.submit([sale()], False, now)
+    assert await count_sales(settings) == 1
+
+
+async def test_503_with_retry_after_over_http(settings: config.Settings) -> None:
+    await seed(settings, PRODUCTS, STORES)
+    app = create_app(replace(settings, queue_max_sales=5, flush_ms=300))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            body = json.dumps([{"product_id": 1, "store_id": 1}] * 3)
+            responses = await asyncio.gather(
+                *(http.post("/sales", content=body, headers={"content-type": "application/json"}) for _ in range(4))
+            )
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(201) >= 1 and 503 in statuses
+    refused = next(r for r in responses if r.status_code == 503)
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert await count_sales(settings) == 3 * statuses.count(201)
+
+
+async def test_concurrent_load_keeps_rollups_equal_to_raw_sales(client: httpx.AsyncClient, settings: config.Settings) -> None:
+    async def post(i: int) -> int:
+        body = [
+            {"product_id": 1 + (i + j) % 3, "store_id": 1 + (i * 7 + j) % 4, "quantity": 1 + j % 5,
+             "sold_at": f"2025-{1 + i % 12:02d}-28T23:30:00Z", "idempotency_key": f"{i}-{j}"}
+            for j in range(1 + i % 5)
+        ]  # fmt: skip
+        response = await client.post("/sales", json=body if i % 2 else body[0])
+        return response.status_code
+
+    statuses = await asyncio.gather(*(post(i) for i in range(200)))
+    assert set(statuses) == {201}
+    replays = await asyncio.gather(*(post(i) for i in range(0, 200, 7)))
+    assert set(replays) == {200}
+    expected = sum(1 + i % 5 if i % 2 else 1 for i in range(200))
+    assert await count_sales(settings) == expected
+    database = db.connect(settings)
+    try:
+        async with database.reader.connect() as conn:
+            assert await reports.differences(conn) == []
+    finally:
+        await database.dispose()
