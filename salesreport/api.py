@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import logging
+import re
+import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import msgspec
 import sqlalchemy as sa
+import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import config, db, reports
+from .auth import Key, KeyRing, Unauthenticated
 from .ingestion import Batcher, Catalog, Malformed, Rejected, Unavailable, check_sales, parse_sales
 from .schemas import FieldError, Problem, Product, Store, encoder, format_money, parse_month
 
-log = logging.getLogger("salesreport.api")
+log = structlog.get_logger("salesreport.api")
 
 MAX_BODY = 1024 * 1024
+BODY_TIMEOUT = 10  # seconds for a client to send its whole body
 PROBLEM = "application/problem+json"
 
 
@@ -34,6 +41,7 @@ class Service:
     db: db.Database
     catalog: Catalog
     batcher: Batcher
+    keys: KeyRing
 
 
 class ProblemError(Exception):
@@ -80,20 +88,54 @@ async def reading(request: Request) -> AsyncIterator[Any]:
         async with service(request).db.reader.connect() as conn:
             yield conn
     except (sa.exc.DBAPIError, OSError, TimeoutError) as exc:
-        log.warning("read failed: database unavailable: %s", exc)
+        log.warning("read failed: database unavailable", error=str(exc))
         raise unavailable(Unavailable("the database is unavailable", retry_after=2)) from None
+
+
+DB_ERRORS = (sa.exc.DBAPIError, OSError, TimeoutError)
+
+
+async def authenticate(request: Request) -> Key | None:
+    """The caller's key (None while no key exists); 401 without a valid one."""
+    keys = service(request).keys
+    try:
+        await keys.refresh()
+    except DB_ERRORS as exc:
+        log.warning("cannot load API keys: database unavailable", error=str(exc))
+        raise unavailable(Unavailable("the database is unavailable", retry_after=2)) from None
+    try:
+        key = keys.authenticate(request.headers.get("authorization"))
+    except Unauthenticated as exc:
+        raise ProblemError(
+            401, "Unauthorized", str(exc), headers={"WWW-Authenticate": 'Bearer realm="salesreport"'}
+        ) from None
+    if key is not None:
+        request.scope["salesreport.key_id"] = key.id
+    return key
+
+
+def forbidden(detail: str, errors: list[FieldError] | None = None) -> ProblemError:
+    return ProblemError(403, "Forbidden", detail, errors)
+
+
+async def owner_only(request: Request) -> None:
+    key = await authenticate(request)
+    if key is not None and key.role != "owner":
+        raise forbidden("reports are for owner keys only")
 
 
 # --- endpoints -----------------------------------------------------------------
 
 
 async def get_products(request: Request) -> Response:
+    await authenticate(request)
     async with reading(request) as conn:
         rows = await db.list_products(conn)
     return json_response([Product(id=r.id, name=r.name, price=format_money(r.price)) for r in rows])
 
 
 async def get_stores(request: Request) -> Response:
+    await authenticate(request)
     async with reading(request) as conn:
         rows = await db.list_stores(conn)
     return json_response([Store(id=r.id, address=r.address, timezone=r.timezone) for r in rows])
@@ -109,15 +151,20 @@ async def read_body(request: Request) -> bytes:
         raise too_large
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ProblemError(408, "Request Timeout", f"the body did not arrive within {BODY_TIMEOUT} s") from None
     return b"".join(chunks)
 
 
 async def post_sales(request: Request) -> Response:
+    key = await authenticate(request)
     body = await read_body(request)
     now = datetime.now(UTC)
     try:
@@ -126,6 +173,14 @@ async def post_sales(request: Request) -> Response:
         raise ProblemError(400, "Bad Request", f"the body is not valid JSON: {exc}") from None
     except Rejected as exc:
         raise invalid(exc.errors) from None
+    if key is not None and key.role == "pos":
+        others = [
+            FieldError(field="store_id", index=i if is_array else None, message=f"this key may post for store {key.store_id} only")
+            for i, sale in enumerate(sales)
+            if sale.store_id != key.store_id
+        ]
+        if others:
+            raise forbidden("the key may not post sales for another store", others)
     errors = check_sales(sales, now, is_array)
     svc = service(request)
     unknown = svc.catalog.unknown(sales, is_array)
@@ -160,6 +215,7 @@ def _month_param(request: Request, *, default_current: bool) -> int | None:
 
 
 async def get_top_stores(request: Request) -> Response:
+    await owner_only(request)
     month = _month_param(request, default_current=True)
     assert month is not None
     async with reading(request) as conn:
@@ -168,6 +224,7 @@ async def get_top_stores(request: Request) -> Response:
 
 
 async def get_top_products(request: Request) -> Response:
+    await owner_only(request)
     month = _month_param(request, default_current=False)
     async with reading(request) as conn:
         rows = await reports.top_products(conn, month)
@@ -192,7 +249,7 @@ async def openapi(request: Request) -> Response:
 
 # --- errors ----------------------------------------------------------------------
 
-_TITLES = {404: "Not Found", 405: "Method Not Allowed"}
+_TITLES = {404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request"}
 
 
 async def on_problem(request: Request, exc: Exception) -> Response:
@@ -210,7 +267,7 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def on_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error")
+    log.exception("unhandled error", path=request.url.path)
     return problem_response(Problem(status=500, title="Internal Server Error", detail="an unexpected error occurred"))
 
 
@@ -228,14 +285,57 @@ routes = [
 ]
 
 
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class AccessLog:
+    """One log line per request, with a request id echoed in X-Request-ID.
+
+    The line names the API key by id; the Authorization header is never logged.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "request",
+                request_id=request_id,
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                ms=round((time.perf_counter() - started) * 1000, 2),
+                key_id=scope.get("salesreport.key_id"),
+            )
+
+
 def create_app(settings: config.Settings | None = None) -> Starlette:
     settings = settings or config.load()
+    config.configure_logging(settings.log_format)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         database = db.connect(settings)
         catalog = Catalog()
-        with contextlib.suppress(sa.exc.DBAPIError, OSError, TimeoutError):
+        with contextlib.suppress(*DB_ERRORS):
             async with database.reader.connect() as conn:
                 await catalog.refresh(conn)
         batcher = Batcher(
@@ -245,17 +345,22 @@ def create_app(settings: config.Settings | None = None) -> Starlette:
             flush_ms=settings.flush_ms,
             queue_max_sales=settings.queue_max_sales,
         )
+        keys = KeyRing(database)
         batcher.start()
-        app.state.service = Service(settings, database, catalog, batcher)
+        keys.start()
+        app.state.service = Service(settings, database, catalog, batcher, keys)
         try:
             yield
         finally:
+            # Drain: refuse new sales, commit every queued batch, then close.
             await batcher.close()
+            await keys.close()
             await database.dispose()
 
     return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(AccessLog)],
         exception_handlers={
             ProblemError: on_problem,
             HTTPException: on_http_exception,

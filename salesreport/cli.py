@@ -1,9 +1,10 @@
-"""``python -m salesreport``: migrate, import, demo, check, serve."""
+"""``python -m salesreport``: migrate, import, demo, check, keys, serve."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -13,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import catalog, config, db, demo, reports
+from . import auth, catalog, config, db, demo, reports
 from .ingestion import store_history
 
 Command = Callable[[argparse.Namespace, config.Settings], int]
@@ -134,10 +135,70 @@ def _check(args: argparse.Namespace, settings: config.Settings) -> int:
     return _run(check, settings)
 
 
+def _keys(args: argparse.Namespace, settings: config.Settings) -> int:
+    async def manage(database: db.Database) -> int:
+        if args.keys_command == "create":
+            if (args.role == "pos") != (args.store is not None):
+                print("keys create: a pos key needs --store ID; an owner key takes none", file=sys.stderr)
+                return 2
+            async with database.writer.begin() as conn:
+                if args.store is not None:
+                    found = await conn.scalar(sa.select(db.stores.c.id).where(db.stores.c.id == args.store))
+                    if found is None:
+                        print(f"keys create: no store {args.store}", file=sys.stderr)
+                        return 1
+                key_id, key = await auth.create_key(conn, args.role, args.store)
+            store = f" for store {args.store}" if args.store is not None else ""
+            print(f"created key {key_id}: {args.role}{store}. It is shown once, here; keep it secret:")
+            print(key)
+            return 0
+        if args.keys_command == "revoke":
+            async with database.writer.begin() as conn:
+                revoked = await auth.revoke_key(conn, args.id)
+            print(f"revoked key {args.id}" if revoked else f"no active key {args.id}", file=sys.stdout if revoked else sys.stderr)
+            return 0 if revoked else 1
+        async with database.reader.connect() as conn:
+            rows = await auth.list_keys(conn)
+        for r in rows:
+            used = r.last_used_at.isoformat(timespec="seconds") if r.last_used_at else "never"
+            status = f" revoked {r.revoked_at.isoformat(timespec='seconds')}" if r.revoked_at else ""
+            store = r.store_id if r.store_id is not None else "-"
+            print(f"{r.id} {r.role} {store} {r.created_at.isoformat(timespec='seconds')} {used}{status}")
+        return 0
+
+    return _run(manage, settings)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _any_key(settings: config.Settings) -> int:
+    async def count(database: db.Database) -> int:
+        async with database.reader.connect() as conn:
+            return int(await conn.scalar(sa.select(sa.func.count()).select_from(db.api_keys)) or 0)
+
+    return _run(count, settings)
+
+
 def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
 
+    if not _is_loopback(args.host) and _any_key(settings) == 0:
+        print(
+            f"refusing to serve on {args.host}: no API key exists, so anyone could post sales and read revenue.\n"
+            "Create keys first (python -m salesreport keys create --role owner, "
+            "keys create --role pos --store ID), or serve on 127.0.0.1.",
+            file=sys.stderr,
+        )
+        return 2
     workers = args.workers
     if settings.is_sqlite and workers > 1:
         print("SQLite has one writer: serving with 1 worker (use PostgreSQL for more)", file=sys.stderr)
@@ -151,6 +212,7 @@ def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
         workers=workers,
         http=HTTPModes.http1,
         backlog=2048,
+        http1_settings=HTTP1Settings(header_read_timeout=10_000),
         log_access=False,
     ).serve()
     return 0
@@ -172,6 +234,15 @@ def parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check", help="compare the report rollups with the raw sales")
     chk.add_argument("--repair", action="store_true", help="rebuild the rollups from the raw sales")
     chk.set_defaults(func=_check)
+    keys = sub.add_parser("keys", help="create, list and revoke API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print it once")
+    create.add_argument("--role", choices=auth.ROLES, required=True)
+    create.add_argument("--store", type=int, help="the store a pos key may post for")
+    keys_sub.add_parser("list", help="one line per key: id role store created last-used [revoked]")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key at once, on every worker")
+    revoke.add_argument("id", type=int)
+    keys.set_defaults(func=_keys)
     srv = sub.add_parser("serve", help="run the HTTP service")
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)

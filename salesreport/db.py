@@ -116,12 +116,27 @@ product_total = sa.Table(
     sa.Column("quantity", sa.BigInteger, nullable=False),
 )
 
-# One row; bumped by every catalog change so that writers know to reload.
-catalog_version = sa.Table(
-    "catalog_version",
+# Change counters, one row per name ("catalog", "keys"): every process holds
+# a copy of the catalog and of the API keys, and reloads when a counter moves.
+versions = sa.Table(
+    "versions",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(32), primary_key=True),
     sa.Column("version", sa.BigInteger, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("store_id", sa.BigInteger, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("last_used_at", UTCDateTime, nullable=True),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+    sa.CheckConstraint("role IN ('owner', 'pos')", name="api_keys_role"),
+    sa.CheckConstraint("(role = 'pos') = (store_id IS NOT NULL)", name="api_keys_pos_has_store"),
 )
 
 
@@ -208,9 +223,14 @@ async def list_stores(conn: AsyncConnection) -> Sequence[sa.Row[Any]]:
     return result.all()
 
 
-async def get_catalog_version(conn: AsyncConnection) -> int:
-    version = await conn.scalar(sa.select(catalog_version.c.version).where(catalog_version.c.id == 1))
+async def get_version(conn: AsyncConnection, name: str) -> int:
+    version = await conn.scalar(sa.select(versions.c.version).where(versions.c.name == name))
     return int(version or 0)
+
+
+async def bump_version(conn: AsyncConnection, name: str) -> None:
+    stmt = upsert(conn, versions).values(name=name, version=1)
+    await conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_={"version": versions.c.version + 1}))
 
 
 async def save_catalog(
@@ -225,10 +245,7 @@ async def save_catalog(
         stmt = upsert(conn, table)
         columns = {c.name: stmt.excluded[c.name] for c in table.columns if not c.primary_key}
         await conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=columns), list(rows))
-    stmt = upsert(conn, catalog_version).values(id=1, version=1)
-    await conn.execute(
-        stmt.on_conflict_do_update(index_elements=["id"], set_={"version": catalog_version.c.version + 1})
-    )
+    await bump_version(conn, "catalog")
 
 
 # --- sales and rollups -------------------------------------------------------

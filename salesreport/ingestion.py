@@ -10,7 +10,6 @@ alone; its batch-mates are written without it.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,12 +19,13 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import db
 from .schemas import EARLIEST_SALE, MAX_BATCH, FieldError, SaleIn, SaleOut, SalesIn, format_money, month_of
 
-log = logging.getLogger("salesreport.ingestion")
+log = structlog.get_logger("salesreport.ingestion")
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
 _sale_fields = msgspec.structs.fields(SaleIn)
@@ -151,7 +151,7 @@ def check_sales(sales: Sequence[SaleIn], now: datetime, is_array: bool) -> list[
 class Catalog:
     """This process's copy of prices and store time zones.
 
-    Every catalog change bumps ``catalog_version``; the writer compares it at
+    Every catalog change bumps its version; the writer compares it at
     the start of each batch, so a price change applies from the next batch on.
     """
 
@@ -161,7 +161,7 @@ class Catalog:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def refresh(self, conn: AsyncConnection) -> None:
-        version = await db.get_catalog_version(conn)
+        version = await db.get_version(conn, "catalog")
         if version == self.version:
             return
         async with self._lock:
@@ -286,10 +286,10 @@ class Batcher:
                 if _sqlstate(exc) in _RETRYABLE_SQLSTATES and attempt < 3:
                     # Another writer stored one of these idempotency keys after
                     # we looked: the next attempt sees it and answers a replay.
-                    log.info("batch conflicted with another writer, retrying (attempt %d): %s", attempt, exc)
+                    log.info("batch raced another writer, retrying", attempt=attempt, error=str(exc))
                     continue
                 if isinstance(exc, sa.exc.DBAPIError | OSError | TimeoutError) or _sqlstate(exc) is not None:
-                    log.warning("batch failed: %s", exc)
+                    log.warning("batch failed", error=str(exc))
                 else:
                     log.exception("batch failed")
                 outcomes = [Unavailable("the sales could not be stored now", retry_after=2)] * len(batch)

@@ -1,4 +1,4 @@
-"""The catalog, the sales and their rollups.
+"""The catalog, the sales, their rollups, and the API keys.
 
 Revision ID: 0001
 Revises:
@@ -70,12 +70,24 @@ def upgrade() -> None:
         sa.Column("quantity", sa.BigInteger, nullable=False),
     )
     op.create_table(
-        "catalog_version",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        "versions",
+        sa.Column("name", sa.String(32), primary_key=True),
         sa.Column("version", sa.BigInteger, nullable=False),
+    )
+    op.create_table(
+        "api_keys",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("hash", sa.String(64), nullable=False, unique=True),
+        sa.Column("role", sa.String(16), nullable=False),
+        sa.Column("store_id", sa.BigInteger, nullable=True),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+        sa.Column("last_used_at", UTCDateTime, nullable=True),
+        sa.Column("revoked_at", UTCDateTime, nullable=True),
+        sa.CheckConstraint("role IN ('owner', 'pos')", name="api_keys_role"),
+        sa.CheckConstraint("(role = 'pos') = (store_id IS NOT NULL)", name="api_keys_pos_has_store"),
     )
 
 
 def downgrade() -> None:
-    for table in ("catalog_version", "product_total", "product_month", "store_month", "sales", "stores", "products"):
+    for table in ("api_keys", "versions", "product_total", "product_month", "store_month", "sales", "stores", "products"):
         op.drop_table(table)
