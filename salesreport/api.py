@@ -7,7 +7,7 @@ import contextlib
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -58,7 +58,7 @@ class ProblemError(Exception):
         self.headers = headers
 
 
-def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> Response:
+def problem_response(problem: Problem, headers: Mapping[str, str] | None = None) -> Response:
     return Response(encoder.encode(problem), status_code=problem.status, media_type=PROBLEM, headers=headers)
 
 
@@ -71,9 +71,7 @@ def invalid(errors: list[FieldError], detail: str = "the request has invalid fie
 
 
 def unavailable(exc: Unavailable) -> ProblemError:
-    return ProblemError(
-        503, "Service Unavailable", exc.detail, headers={"Retry-After": str(exc.retry_after)}
-    )
+    return ProblemError(503, "Service Unavailable", exc.detail, headers={"Retry-After": str(exc.retry_after)})
 
 
 def service(request: Request) -> Service:
@@ -175,7 +173,11 @@ async def post_sales(request: Request) -> Response:
         raise invalid(exc.errors) from None
     if key is not None and key.role == "pos":
         others = [
-            FieldError(field="store_id", index=i if is_array else None, message=f"this key may post for store {key.store_id} only")
+            FieldError(
+                field="store_id",
+                index=i if is_array else None,
+                message=f"this key may post for store {key.store_id} only",
+            )
             for i, sale in enumerate(sales)
             if sale.store_id != key.store_id
         ]

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import secrets
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -80,12 +81,12 @@ async def revoke_key(conn: AsyncConnection, key_id: int) -> bool:
     return True
 
 
-async def list_keys(conn: AsyncConnection) -> list[sa.Row[Any]]:
+async def list_keys(conn: AsyncConnection) -> Sequence[Any]:
     k = db.api_keys
     result = await conn.execute(
         sa.select(k.c.id, k.c.role, k.c.store_id, k.c.created_at, k.c.last_used_at, k.c.revoked_at).order_by(k.c.id)
     )
-    return list(result)
+    return result.all()
 
 
 async def _changed(conn: AsyncConnection) -> None:
@@ -152,9 +153,7 @@ class KeyRing:
             async with self.database.reader.connect() as conn:
                 version = await db.get_version(conn, "keys")
                 rows = (await conn.execute(sa.select(db.api_keys))).all()
-            self.by_hash = {
-                r.hash: Key(r.id, r.role, r.store_id, r.hash) for r in rows if r.revoked_at is None
-            }
+            self.by_hash = {r.hash: Key(r.id, r.role, r.store_id, r.hash) for r in rows if r.revoked_at is None}
             self.protected = bool(rows)
             self.version = version
             self._stale = bool(self._sqlite is None and not self._listening)
@@ -184,7 +183,7 @@ class KeyRing:
             lost = asyncio.Event()
             try:
                 await conn.add_listener(CHANNEL, lambda *_: setattr(self, "_stale", True))
-                conn.add_termination_listener(lambda _conn: lost.set())
+                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 self._stale = True  # changes may have been missed while not listening
                 self._listening = True
                 while not lost.is_set():

@@ -93,4 +93,3 @@ def read_csv(path: Path, columns: dict[str, Callable[[str], Any]]) -> list[dict[
     if problems:
         raise CatalogError(problems)
     return list(rows.values())
-

@@ -113,7 +113,9 @@ def _check(args: argparse.Namespace, settings: config.Settings) -> int:
             async with database.writer.begin() as conn:
                 if conn.dialect.name == "postgresql":
                     # Wait for in-flight batches, and hold new ones, while rebuilding.
-                    await conn.execute(sa.text("LOCK TABLE store_month, product_month, product_total IN EXCLUSIVE MODE"))
+                    await conn.execute(
+                        sa.text("LOCK TABLE store_month, product_month, product_total IN EXCLUSIVE MODE")
+                    )
                 found = await reports.differences(conn)
                 if found:
                     await reports.rebuild(conn)
@@ -155,7 +157,10 @@ def _keys(args: argparse.Namespace, settings: config.Settings) -> int:
         if args.keys_command == "revoke":
             async with database.writer.begin() as conn:
                 revoked = await auth.revoke_key(conn, args.id)
-            print(f"revoked key {args.id}" if revoked else f"no active key {args.id}", file=sys.stdout if revoked else sys.stderr)
+            print(
+                f"revoked key {args.id}" if revoked else f"no active key {args.id}",
+                file=sys.stdout if revoked else sys.stderr,
+            )
             return 0 if revoked else 1
         async with database.reader.connect() as conn:
             rows = await auth.list_keys(conn)

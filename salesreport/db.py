@@ -251,7 +251,9 @@ async def save_catalog(
 # --- sales and rollups -------------------------------------------------------
 
 
-async def find_sales_by_key(conn: AsyncConnection, keys: Iterable[tuple[int, str]]) -> dict[tuple[int, str], sa.Row[Any]]:
+async def find_sales_by_key(
+    conn: AsyncConnection, keys: Iterable[tuple[int, str]]
+) -> dict[tuple[int, str], sa.Row[Any]]:
     keys = list(keys)
     found: dict[tuple[int, str], sa.Row[Any]] = {}
     for start in range(0, len(keys), 500):
@@ -354,6 +356,7 @@ async def insert_sales_bulk(conn: AsyncConnection, rows: Sequence[dict[str, Any]
     if conn.dialect.name == "postgresql":
         # COPY is several times faster than INSERT for millions of rows.
         raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
         columns = [c.name for c in sales.columns if c.name != "id"]
         records = [tuple(row[c] for c in columns) for row in rows]
         await raw.copy_records_to_table("sales", records=records, columns=columns)

@@ -94,9 +94,7 @@ def _item_errors(item: Any, index: int | None) -> list[FieldError]:
         return [FieldError(field="body", index=index, message="expected a sale object")]
     known = {f.encode_name for f in _sale_fields}
     errors = [
-        FieldError(field=str(name)[:64], index=index, message="unknown field")
-        for name in item
-        if name not in known
+        FieldError(field=str(name)[:64], index=index, message="unknown field") for name in item if name not in known
     ]
     for f in _sale_fields:
         if f.encode_name not in item:
@@ -382,6 +380,7 @@ class Batcher:
         new_rows.extend(pending)
         new_by_key.update(pending_keys)
         return plan
+
 
 async def store_history(conn: AsyncConnection, rows: Sequence[dict[str, Any]], slot: int = 0) -> None:
     """The bulk path: insert already-priced sales and their rollups, no answers."""

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from . import __version__
-from .schemas import SaleOut, SalesIn, Problem, Product, Store, TopProduct, TopStore
+from .schemas import Problem, Product, SaleOut, SalesIn, Store, TopProduct, TopStore
 
 _REF = "#/components/schemas/{name}"
 

@@ -23,7 +23,9 @@ Quantity = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
 IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Money = Annotated[
     str,
-    msgspec.Meta(pattern=r"^-?[0-9]+\.[0-9]{2}$", description="Exact amount, two fraction digits.", examples=["1234.50"]),
+    msgspec.Meta(
+        pattern=r"^-?[0-9]+\.[0-9]{2}$", description="Exact amount, two fraction digits.", examples=["1234.50"]
+    ),
 ]
 Instant = Annotated[datetime, msgspec.Meta(tz=True, description="RFC 3339 date-time with an offset.")]
 

@@ -66,7 +66,19 @@ class Cluster:
         self.run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop")
 
     def psql(self, sql: str, database: str = "postgres") -> None:
-        self.run(str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database, "-qc", sql)
+        self.run(
+            str(self.bindir / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-qc",
+            sql,
+        )
 
 
 def create(bindir: Path) -> Cluster:

@@ -90,7 +90,9 @@ async def test_pos_key_posts_for_its_store_only(client: httpx.AsyncClient, setti
     assert await count_sales(settings) == 1
 
 
-async def test_revoking_takes_effect_at_once(client: httpx.AsyncClient, settings: config.Settings, database_url: str) -> None:
+async def test_revoking_takes_effect_at_once(
+    client: httpx.AsyncClient, settings: config.Settings, database_url: str
+) -> None:
     created = cli(database_url, "keys", "create", "--role", "owner")
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip().splitlines()[-1]

@@ -38,8 +38,8 @@ async def test_migrate_twice_is_harmless(database_url: str) -> None:
 async def test_import_and_price_change_keeps_history(
     database_url: str, settings: config.Settings, tmp_path: Path
 ) -> None:
-    products = write(tmp_path / "p.csv", "id,name,price\n1,Tea,2.50\n2,\"Milk, 1 l\",0.99\n")
-    stores = write(tmp_path / "s.csv", "id,address,timezone\n7,\"Main st. 1, Omsk\",Asia/Omsk\n")
+    products = write(tmp_path / "p.csv", 'id,name,price\n1,Tea,2.50\n2,"Milk, 1 l",0.99\n')
+    stores = write(tmp_path / "s.csv", 'id,address,timezone\n7,"Main st. 1, Omsk",Asia/Omsk\n')
     done = cli(database_url, "import", "--products", products, "--stores", stores)
     assert done.returncode == 0, done.stderr
     app = create_app(settings)
@@ -49,7 +49,9 @@ async def test_import_and_price_change_keeps_history(
                 {"id": 1, "name": "Tea", "price": "2.50"},
                 {"id": 2, "name": "Milk, 1 l", "price": "0.99"},
             ]
-            assert (await http.get("/stores")).json() == [{"id": 7, "address": "Main st. 1, Omsk", "timezone": "Asia/Omsk"}]
+            assert (await http.get("/stores")).json() == [
+                {"id": 7, "address": "Main st. 1, Omsk", "timezone": "Asia/Omsk"}
+            ]
             sale = await http.post("/sales", json={"product_id": 1, "store_id": 7, "sold_at": "2026-05-05T05:05:05Z"})
             assert sale.json()["unit_price"] == "2.50"
             # The running service picks up the new price without a restart.
@@ -105,7 +107,9 @@ async def test_demo_then_check_then_repair(database_url: str, settings: config.S
     assert checked.returncode == 0, checked.stdout
     database = db.connect(settings)
     async with database.writer.begin() as conn:
-        await conn.execute(sa.update(db.store_month).values(revenue=db.store_month.c.revenue + 1).where(db.store_month.c.store_id == 1))
+        await conn.execute(
+            sa.update(db.store_month).values(revenue=db.store_month.c.revenue + 1).where(db.store_month.c.store_id == 1)
+        )
         await conn.execute(sa.delete(db.product_total).where(db.product_total.c.product_id == 2))
     await database.dispose()
     broken = cli(database_url, "check")

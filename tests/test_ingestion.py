@@ -108,7 +108,9 @@ async def test_503_with_retry_after_over_http(settings: config.Settings) -> None
     assert await count_sales(settings) == 3 * statuses.count(201)
 
 
-async def test_concurrent_load_keeps_rollups_equal_to_raw_sales(client: httpx.AsyncClient, settings: config.Settings) -> None:
+async def test_concurrent_load_keeps_rollups_equal_to_raw_sales(
+    client: httpx.AsyncClient, settings: config.Settings
+) -> None:
     async def post(i: int) -> int:
         body = [
             {"product_id": 1 + (i + j) % 3, "store_id": 1 + (i * 7 + j) % 4, "quantity": 1 + j % 5,

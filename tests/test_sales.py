@@ -86,13 +86,19 @@ async def test_mixed_array_of_replay_and_new_is_201(client: httpx.AsyncClient, s
     first = (await post(client, {"product_id": 1, "store_id": 1, "idempotency_key": "a"})).json()
     response = await post(
         client,
-        [{"product_id": 1, "store_id": 1, "idempotency_key": "a"}, {"product_id": 2, "store_id": 1, "idempotency_key": "b"}],
+        [
+            {"product_id": 1, "store_id": 1, "idempotency_key": "a"},
+            {"product_id": 2, "store_id": 1, "idempotency_key": "b"},
+        ],
     )
     assert response.status_code == 201
     assert response.json()[0] == first
     replay = await post(
         client,
-        [{"product_id": 1, "store_id": 1, "idempotency_key": "a"}, {"product_id": 2, "store_id": 1, "idempotency_key": "b"}],
+        [
+            {"product_id": 1, "store_id": 1, "idempotency_key": "a"},
+            {"product_id": 2, "store_id": 1, "idempotency_key": "b"},
+        ],
     )
     assert replay.status_code == 200
     assert replay.json() == response.json()
@@ -106,7 +112,9 @@ async def test_duplicate_keys_inside_an_array(client: httpx.AsyncClient, setting
     a, b = response.json()
     assert a == b
     assert await count_sales(settings) == 1
-    body = assert_problem(await post(client, [{**same, "idempotency_key": "x"}, {**same, "idempotency_key": "x", "quantity": 2}]), 422)
+    body = assert_problem(
+        await post(client, [{**same, "idempotency_key": "x"}, {**same, "idempotency_key": "x", "quantity": 2}]), 422
+    )
     assert body["errors"][0]["index"] == 1
     assert await count_sales(settings) == 1
 
@@ -145,7 +153,10 @@ async def test_array_is_all_or_nothing(client: httpx.AsyncClient, settings: conf
         ("sale", [(None, "body")]),
         ([], [(None, "body")]),
         ([{"product_id": 1, "store_id": 1}] * 1001, [(None, "body")]),
-        ([{"product_id": 1, "store_id": 1}, {"product_id": "x", "store_id": 1, "extra": 1}, 7], [(1, "extra"), (1, "product_id"), (2, "body")]),
+        (
+            [{"product_id": 1, "store_id": 1}, {"product_id": "x", "store_id": 1, "extra": 1}, 7],
+            [(1, "extra"), (1, "product_id"), (2, "body")],
+        ),
     ],
 )
 async def test_invalid_sales_are_422_naming_each_field(
@@ -165,7 +176,9 @@ async def test_sold_at_in_the_future(client: httpx.AsyncClient) -> None:
     assert problem["errors"][0]["field"] == "sold_at"
 
 
-@pytest.mark.parametrize("body", [b"{", b'{"product_id": 1,', b"[" * 100_000, b"[" * 5000 + b"]" * 5000, b"\xff\xfe", b"", b'{"a": 1e999}'])
+@pytest.mark.parametrize(
+    "body", [b"{", b'{"product_id": 1,', b"[" * 100_000, b"[" * 5000 + b"]" * 5000, b"\xff\xfe", b"", b'{"a": 1e999}']
+)
 async def test_malformed_json_is_400(client: httpx.AsyncClient, settings: config.Settings, body: bytes) -> None:
     response = await client.post("/sales", content=body, headers={"content-type": "application/json"})
     assert_problem(response, 400)
@@ -181,7 +194,9 @@ async def test_non_json_content_type_is_415(client: httpx.AsyncClient, content_t
 
 async def test_json_with_charset_is_accepted(client: httpx.AsyncClient) -> None:
     response = await client.post(
-        "/sales", content=b'{"product_id": 1, "store_id": 1}', headers={"content-type": "application/json; charset=utf-8"}
+        "/sales",
+        content=b'{"product_id": 1, "store_id": 1}',
+        headers={"content-type": "application/json; charset=utf-8"},
     )
     assert response.status_code == 201
 
@@ -202,7 +217,9 @@ async def test_body_over_one_mib_is_413(client: httpx.AsyncClient, settings: con
 
 async def test_three_dimes_make_thirty_cents(client: httpx.AsyncClient) -> None:
     for _ in range(3):
-        assert (await post(client, {"product_id": 1, "store_id": 1, "sold_at": "2026-11-10T12:00:00Z"})).status_code == 201
+        assert (
+            await post(client, {"product_id": 1, "store_id": 1, "sold_at": "2026-11-10T12:00:00Z"})
+        ).status_code == 201
     top = (await client.get("/reports/top-stores", params={"month": "2026-11"})).json()
     assert top == [{"id": 1, "address": "1 Red Square, Moscow", "revenue": "0.30"}]
 

@@ -89,5 +89,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("api_keys", "versions", "product_total", "product_month", "store_month", "sales", "stores", "products"):
+    for table in (
+        "api_keys",
+        "versions",
+        "product_total",
+        "product_month",
+        "store_month",
+        "sales",
+        "stores",
+        "products",
+    ):
         op.drop_table(table)
