@@ -251,36 +251,55 @@ async def save_catalog(
 # --- sales and rollups -------------------------------------------------------
 
 
+_SALE_COLUMNS = ("id", "store_id", "product_id", "quantity", "unit_price", "amount", "sold_at", "idempotency_key")
+_PG_FIND = f"""
+SELECT {", ".join("s." + c for c in _SALE_COLUMNS)}
+FROM sales s JOIN unnest($1::bigint[], $2::text[]) AS k(store_id, idempotency_key)
+  ON s.store_id = k.store_id AND s.idempotency_key = k.idempotency_key
+"""
+
+
 async def find_sales_by_key(
     conn: AsyncConnection, keys: Iterable[tuple[int, str]]
-) -> dict[tuple[int, str], sa.Row[Any]]:
+) -> dict[tuple[int, str], dict[str, Any]]:
+    """The stored sales with these (store, idempotency key) pairs, as dicts."""
     keys = list(keys)
-    found: dict[tuple[int, str], sa.Row[Any]] = {}
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
-        result = await conn.execute(
-            sa.select(sales).where(sa.tuple_(sales.c.store_id, sales.c.idempotency_key).in_(chunk))
-        )
-        for row in result:
-            found[(row.store_id, row.idempotency_key)] = row
-    return found
+    if conn.dialect.name == "postgresql":
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        records = await raw.fetch(_PG_FIND, [k[0] for k in keys], [k[1] for k in keys])
+        rows = [dict(r) for r in records]
+    else:
+        rows = []
+        columns = [sales.c[c] for c in _SALE_COLUMNS]
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            result = await conn.execute(
+                sa.select(*columns).where(sa.tuple_(sales.c.store_id, sales.c.idempotency_key).in_(chunk))
+            )
+            rows += [r._asdict() for r in result]
+    return {(r["store_id"], r["idempotency_key"]): r for r in rows}
 
 
-async def insert_sales(conn: AsyncConnection, rows: Sequence[dict[str, Any]], slot: int) -> list[int]:
+async def insert_sales(conn: AsyncConnection, rows: Sequence[dict[str, Any]], slot: int) -> list[int | None]:
     """Insert priced sales, add them to the rollups, return their ids in the order given.
 
     Rows with an idempotency key go in key order, so two writers inserting the
     same keys wait on each other instead of deadlocking; rollup rows likewise.
+    On PostgreSQL a row whose key another writer committed meanwhile is left
+    out, and its id is None. (SQLite has one writer, which looked the keys up
+    inside its own transaction.)
     """
     order = sorted(range(len(rows)), key=lambda i: _key_order(rows[i]))
     ordered = [rows[i] for i in order]
+    new_ids: list[int | None]
     if conn.dialect.name == "postgresql":
         new_ids = await _insert_sales_pg(conn, ordered, slot)
     else:
         result = await conn.execute(sa.insert(sales).returning(sales.c.id, sort_by_parameter_order=True), ordered)
         new_ids = [row.id for row in result]
         await add_to_rollups(conn, slot, *aggregate(ordered))
-    ids = [0] * len(rows)
+    ids: list[int | None] = [None] * len(rows)
     for i, new_id in zip(order, new_ids, strict=True):
         ids[i] = new_id
     return ids
@@ -315,35 +334,42 @@ WITH input AS (
     SELECT store_id, product_id, quantity, unit_price, quantity * unit_price, sold_at, received_at, month,
            idempotency_key
     FROM input ORDER BY ord
-    RETURNING id
+    ON CONFLICT (store_id, idempotency_key) DO NOTHING
+    RETURNING id, store_id, product_id, quantity, amount, month, idempotency_key
 ), by_store AS (
     INSERT INTO store_month AS r (store_id, month, slot, revenue, sales)
-    SELECT store_id, month, $10, sum(quantity * unit_price), count(*)
-    FROM input GROUP BY store_id, month ORDER BY store_id, month
+    SELECT store_id, month, $10, sum(amount), count(*)
+    FROM inserted GROUP BY store_id, month ORDER BY store_id, month
     ON CONFLICT (store_id, month, slot)
     DO UPDATE SET revenue = r.revenue + excluded.revenue, sales = r.sales + excluded.sales
 ), by_product AS (
     INSERT INTO product_month AS r (product_id, month, slot, quantity)
     SELECT product_id, month, $10, sum(quantity)
-    FROM input GROUP BY product_id, month ORDER BY product_id, month
+    FROM inserted GROUP BY product_id, month ORDER BY product_id, month
     ON CONFLICT (product_id, month, slot) DO UPDATE SET quantity = r.quantity + excluded.quantity
 ), total AS (
     INSERT INTO product_total AS r (product_id, slot, quantity)
     SELECT product_id, $10, sum(quantity)
-    FROM input GROUP BY product_id ORDER BY product_id
+    FROM inserted GROUP BY product_id ORDER BY product_id
     ON CONFLICT (product_id, slot) DO UPDATE SET quantity = r.quantity + excluded.quantity
 )
-SELECT id FROM inserted ORDER BY id
+SELECT id, store_id, idempotency_key FROM inserted ORDER BY id
 """
 
 
-async def _insert_sales_pg(conn: AsyncConnection, rows: Sequence[dict[str, Any]], slot: int) -> list[int]:
+async def _insert_sales_pg(conn: AsyncConnection, rows: Sequence[dict[str, Any]], slot: int) -> list[int | None]:
     raw = (await conn.get_raw_connection()).driver_connection
     assert raw is not None
     columns = ("store_id", "product_id", "quantity", "unit_price", "sold_at", "received_at", "month", "idempotency_key")
     arrays = [[row[c] for row in rows] for c in columns]
     records = await raw.fetch(_PG_INSERT, *arrays, list(range(len(rows))), slot)
-    return [record[0] for record in records]
+    # Ids ascend in row order; rows whose key was taken are missing.
+    kept = {(r["store_id"], r["idempotency_key"]) for r in records if r["idempotency_key"] is not None}
+    ids = iter(r["id"] for r in records)
+    return [
+        next(ids) if row["idempotency_key"] is None or (row["store_id"], row["idempotency_key"]) in kept else None
+        for row in rows
+    ]
 
 
 def _key_order(row: dict[str, Any]) -> tuple[int, str]:

@@ -193,16 +193,16 @@ class _Request:
     future: asyncio.Future[tuple[list[SaleOut], bool]]
 
 
-def _sale_out(row: Any) -> SaleOut:
+def _sale_out(row: dict[str, Any]) -> SaleOut:
     return SaleOut(
-        id=row.id,
-        product_id=row.product_id,
-        store_id=row.store_id,
-        quantity=row.quantity,
-        unit_price=format_money(row.unit_price),
-        amount=format_money(row.amount),
-        sold_at=row.sold_at,
-        idempotency_key=row.idempotency_key,
+        id=row["id"],
+        product_id=row["product_id"],
+        store_id=row["store_id"],
+        quantity=row["quantity"],
+        unit_price=format_money(row["unit_price"]),
+        amount=format_money(row["amount"]),
+        sold_at=row["sold_at"],
+        idempotency_key=row["idempotency_key"],
     )
 
 
@@ -281,9 +281,9 @@ class Batcher:
             try:
                 outcomes = await self._transaction(batch)
             except Exception as exc:  # every request gets an answer, whatever happened
-                if _sqlstate(exc) in _RETRYABLE_SQLSTATES and attempt < 3:
+                if (isinstance(exc, _Raced) or _sqlstate(exc) in _RETRYABLE_SQLSTATES) and attempt < 3:
                     # Another writer stored one of these idempotency keys after
-                    # we looked: the next attempt sees it and answers a replay.
+                    # we looked: the next attempt sees it and judges it.
                     log.info("batch raced another writer, retrying", attempt=attempt, error=str(exc))
                     continue
                 if isinstance(exc, sa.exc.DBAPIError | OSError | TimeoutError) or _sqlstate(exc) is not None:
@@ -311,20 +311,36 @@ class Batcher:
             }
             stored = await db.find_sales_by_key(conn, keys) if keys else {}
             new_rows: list[dict[str, Any]] = []
+            new_sales: list[SaleIn] = []
             new_by_key: dict[tuple[int, str], int] = {}
             # Per request: its answer, each sale either a stored row or the index of a new row.
-            plans = [self._plan(request, stored, new_rows, new_by_key) for request in batch]
+            plans = [self._plan(request, stored, new_rows, new_sales, new_by_key) for request in batch]
             ids = await db.insert_sales(conn, new_rows, self.slot) if new_rows else []
+            # A row left out (None) has a key another writer stored since we
+            # looked: a replay if the content is the same, else start again.
+            results: list[Any] = []
+            is_new: list[bool] = []
+            lost = {(r["store_id"], r["idempotency_key"]) for r, i in zip(new_rows, ids, strict=True) if i is None}
+            winners = await db.find_sales_by_key(conn, lost) if lost else {}
+            for row, sale, new_id in zip(new_rows, new_sales, ids, strict=True):
+                if new_id is None:
+                    winner = winners[(row["store_id"], row["idempotency_key"])]
+                    if not _matches(winner, sale):
+                        raise _Raced
+                    results.append(winner)
+                    is_new.append(False)
+                else:
+                    row["id"] = new_id
+                    results.append(row)
+                    is_new.append(True)
         # Committed: build the answers.
-        for row, new_id in zip(new_rows, ids, strict=True):
-            row["id"] = new_id
         outcomes: list[tuple[list[SaleOut], bool] | Exception] = []
         for plan in plans:
             if isinstance(plan, Exception):
                 outcomes.append(plan)
                 continue
-            created = any(isinstance(entry, int) for entry in plan)
-            rows = [_sale_out(_Row(new_rows[e]) if isinstance(e, int) else e) for e in plan]
+            created = any(isinstance(entry, int) and is_new[entry] for entry in plan)
+            rows = [_sale_out(results[e] if isinstance(e, int) else e) for e in plan]
             outcomes.append((rows, created))
         return outcomes
 
@@ -333,6 +349,7 @@ class Batcher:
         request: _Request,
         stored: dict[tuple[int, str], Any],
         new_rows: list[dict[str, Any]],
+        new_sales: list[SaleIn],
         new_by_key: dict[tuple[int, str], int],
     ) -> list[Any] | Exception:
         errors = self.catalog.unknown(request.sales, request.is_array)
@@ -340,6 +357,7 @@ class Batcher:
             return Rejected(errors)
         plan: list[Any] = []
         pending: list[dict[str, Any]] = []
+        pending_sales: list[SaleIn] = []
         pending_keys: dict[tuple[int, str], int] = {}
         for i, sale in enumerate(request.sales):
             key = (sale.store_id, sale.idempotency_key) if sale.idempotency_key is not None else None
@@ -353,7 +371,7 @@ class Batcher:
                 position = pending_keys.get(key, new_by_key.get(key))
                 if position is not None:
                     row = pending[position - len(new_rows)] if position >= len(new_rows) else new_rows[position]
-                    if not _matches(_Row(row), sale):
+                    if not _matches(row, sale):
                         errors.append(_conflict(i if request.is_array else None))
                     plan.append(position)
                     continue
@@ -372,12 +390,14 @@ class Batcher:
             }
             position = len(new_rows) + len(pending)
             pending.append(row)
+            pending_sales.append(sale)
             if key is not None:
                 pending_keys[key] = position
             plan.append(position)
         if errors:
             return Rejected(errors)
         new_rows.extend(pending)
+        new_sales.extend(pending_sales)
         new_by_key.update(pending_keys)
         return plan
 
@@ -388,24 +408,13 @@ async def store_history(conn: AsyncConnection, rows: Sequence[dict[str, Any]], s
     await db.add_to_rollups(conn, slot, *db.aggregate(rows))
 
 
-class _Row:
-    """Attribute access over a dict row, so stored and new rows read alike."""
-
-    __slots__ = ("_d",)
-
-    def __init__(self, d: dict[str, Any]) -> None:
-        self._d = d
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._d[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
 # Unique violation, serialization failure, deadlock: another writer got there
 # first. (SQLite cannot race: its writer looks keys up under BEGIN IMMEDIATE.)
 _RETRYABLE_SQLSTATES = {"23505", "40001", "40P01"}
+
+
+class _Raced(Exception):
+    """Another writer stored one of the batch's keys with different content."""
 
 
 def _sqlstate(exc: BaseException) -> str | None:
@@ -414,11 +423,12 @@ def _sqlstate(exc: BaseException) -> str | None:
     return state if isinstance(state, str) else None
 
 
-def _matches(stored: Any, sale: SaleIn) -> bool:
+def _matches(stored: dict[str, Any], sale: SaleIn) -> bool:
+    """Whether ``sale`` repeats the stored sale with its key (the replay rule)."""
     return (
-        stored.product_id == sale.product_id
-        and stored.quantity == sale.quantity
-        and (sale.sold_at is None or stored.sold_at == sale.sold_at)
+        stored["product_id"] == sale.product_id
+        and stored["quantity"] == sale.quantity
+        and (sale.sold_at is None or stored["sold_at"] == sale.sold_at)
     )
 
 
