@@ -31,7 +31,6 @@ from .schemas import FieldError, Problem, Product, Store, encoder, format_money,
 log = structlog.get_logger("salesreport.api")
 
 MAX_BODY = 1024 * 1024
-BODY_TIMEOUT = 10  # seconds for a client to send its whole body
 PROBLEM = "application/problem+json"
 
 
@@ -149,15 +148,16 @@ async def read_body(request: Request) -> bytes:
         raise too_large
     chunks = []
     size = 0
+    timeout = service(request).settings.body_timeout
     try:
-        async with asyncio.timeout(BODY_TIMEOUT):
+        async with asyncio.timeout(timeout):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > MAX_BODY:
                     raise too_large
                 chunks.append(chunk)
     except TimeoutError:
-        raise ProblemError(408, "Request Timeout", f"the body did not arrive within {BODY_TIMEOUT} s") from None
+        raise ProblemError(408, "Request Timeout", f"the body did not arrive within {timeout:g} s") from None
     return b"".join(chunks)
 
 

@@ -42,6 +42,8 @@ class Settings:
     queue_max_sales: int
     pool_size: int
     log_format: str
+    # Seconds a client has to send a request body.
+    body_timeout: float
 
     @property
     def is_sqlite(self) -> bool:
@@ -62,6 +64,7 @@ def load() -> Settings:
         queue_max_sales=_int("SALESREPORT_QUEUE_MAX_SALES", 50_000),
         pool_size=_int("SALESREPORT_POOL_SIZE", 8),
         log_format=os.environ.get("SALESREPORT_LOG_FORMAT") or ("console" if os.isatty(2) else "json"),
+        body_timeout=_int("SALESREPORT_BODY_TIMEOUT_S", 10),
     )
 
 

@@ -37,7 +37,13 @@ _MONTH = {
     "required": False,
     "schema": {"type": "string", "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$", "examples": ["2026-11"]},
 }
-_COMMON = {"503": _problem("The database is unavailable; retry after Retry-After seconds.", retry=True)}
+_COMMON = {
+    "401": _problem("No API key, or an unknown or revoked one (once any key exists)."),
+    "503": _problem(
+        "Not now: the database is unavailable or the service is busy; retry after Retry-After seconds.", retry=True
+    ),
+}
+_FORBIDDEN = {"403": _problem("The API key may not do this.")}
 _INVALID = {"422": _problem("Invalid fields, each named in `errors`.")}
 
 
@@ -71,9 +77,11 @@ def document() -> dict[str, Any]:
                     **_ok("Every sale was already stored (a replay); the sales as first stored", sale_out),
                     **_ok("At least one new sale was stored; the sales as stored", sale_out, "201"),
                     "400": _problem("The body is not valid JSON."),
+                    "408": _problem("The body did not arrive in time."),
                     "413": _problem("The body is larger than 1 MiB."),
                     "415": _problem("The body is not JSON."),
                     **_INVALID,
+                    **_FORBIDDEN,
                     **_COMMON,
                 },
             }
@@ -83,7 +91,7 @@ def document() -> dict[str, Any]:
                 "summary": "The ten stores with the highest revenue in a month of their local calendar",
                 "operationId": "topStores",
                 "parameters": [{**_MONTH, "description": "YYYY-MM; default the current month"}],
-                "responses": {**_ok("At most ten stores", _array("TopStore")), **_INVALID, **_COMMON},
+                "responses": {**_ok("At most ten stores", _array("TopStore")), **_INVALID, **_FORBIDDEN, **_COMMON},
             }
         },
         "/reports/top-products": {
@@ -91,7 +99,12 @@ def document() -> dict[str, Any]:
                 "summary": "The ten best-selling products, over all time or in one month",
                 "operationId": "topProducts",
                 "parameters": [{**_MONTH, "description": "YYYY-MM; default all time"}],
-                "responses": {**_ok("At most ten products", _array("TopProduct")), **_INVALID, **_COMMON},
+                "responses": {
+                    **_ok("At most ten products", _array("TopProduct")),
+                    **_INVALID,
+                    **_FORBIDDEN,
+                    **_COMMON,
+                },
             }
         },
         "/health/live": {
@@ -105,17 +118,22 @@ def document() -> dict[str, Any]:
             "get": {
                 "summary": "The database is reachable",
                 "operationId": "ready",
-                "responses": {**_ok("Ready", {"type": "object"}), **_COMMON},
+                "responses": {**_ok("Ready", {"type": "object"}), "503": _COMMON["503"]},
             }
         },
     }
-    for item in paths.values():
+    for path, item in paths.items():
         for operation in item.values():
+            if not path.startswith("/health"):
+                operation["security"] = [{"bearer": []}]
             operation["responses"].setdefault("404", _problem("No such path."))
             operation["responses"].setdefault("405", _problem("Method not allowed."))
     return {
         "openapi": "3.1.0",
         "info": {"title": "salesreport", "version": __version__},
         "paths": paths,
-        "components": {"schemas": components},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "An API key, sr_…"}},
+        },
     }

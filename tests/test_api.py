@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -64,3 +66,38 @@ async def test_openapi_declares_every_status(client: httpx.AsyncClient) -> None:
     assert sale["required"] == ["product_id", "store_id"]
     assert sale["additionalProperties"] is False
     assert len(PRODUCTS) == 4
+
+
+async def test_slow_body_gets_408(settings, database_url) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from salesreport.api import create_app
+
+    app = create_app(replace(settings, body_timeout=0.2))
+
+    async def slow():  # type: ignore[no-untyped-def]
+        yield b'{"product_id": 1,'
+        await asyncio.sleep(1)
+        yield b'"store_id": 1}'
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            response = await http.post("/sales", content=slow(), headers={"content-type": "application/json"})
+    assert_problem(response, 408)
+
+
+async def test_one_log_line_per_request_without_the_key(
+    client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = "sr_not-a-real-key-but-must-never-be-logged"
+    capsys.readouterr()
+    response = await client.get("/products", headers={"authorization": f"Bearer {secret}", "x-request-id": "abc-123"})
+    assert response.headers["x-request-id"] == "abc-123"
+    generated = await client.get("/stores")
+    out = capsys.readouterr().out
+    assert secret not in out
+    lines = [line for line in out.splitlines() if "request" in line]
+    assert len(lines) == 2
+    assert "abc-123" in lines[0] and "/products" in lines[0]
+    assert generated.headers["x-request-id"] in lines[1]
