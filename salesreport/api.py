@@ -84,12 +84,10 @@ async def reading(request: Request) -> AsyncIterator[Any]:
     try:
         async with service(request).db.reader.connect() as conn:
             yield conn
-    except (sa.exc.DBAPIError, OSError, TimeoutError) as exc:
+    except db.ERRORS as exc:
         log.warning("read failed: database unavailable", error=str(exc))
         raise unavailable(Unavailable("the database is unavailable", retry_after=2)) from None
 
-
-DB_ERRORS = (sa.exc.DBAPIError, OSError, TimeoutError)
 
 
 async def authenticate(request: Request) -> Key | None:
@@ -97,7 +95,7 @@ async def authenticate(request: Request) -> Key | None:
     keys = service(request).keys
     try:
         await keys.refresh()
-    except DB_ERRORS as exc:
+    except db.ERRORS as exc:
         log.warning("cannot load API keys: database unavailable", error=str(exc))
         raise unavailable(Unavailable("the database is unavailable", retry_after=2)) from None
     try:
@@ -337,7 +335,7 @@ def create_app(settings: config.Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         database = db.connect(settings)
         catalog = Catalog()
-        with contextlib.suppress(*DB_ERRORS):
+        with contextlib.suppress(*db.ERRORS):
             async with database.reader.connect() as conn:
                 await catalog.refresh(conn)
         batcher = Batcher(

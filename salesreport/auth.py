@@ -215,5 +215,5 @@ class KeyRing:
                     sa.update(k).where(k.c.id == sa.bindparam("key_id")).values(last_used_at=sa.bindparam("at")),
                     [{"key_id": key_id, "at": at} for key_id, at in sorted(used.items())],
                 )
-        except (sa.exc.DBAPIError, OSError, TimeoutError) as exc:
+        except db.ERRORS as exc:
             log.warning("cannot record when keys were last used", error=str(exc))

@@ -26,6 +26,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from .config import Settings
 
 SLOTS = 8
+
+# What a database that is down, restarting or overloaded raises through
+# SQLAlchemy: callers answer 503 for these.
+ERRORS = (sa.exc.DBAPIError, sa.exc.TimeoutError, OSError, TimeoutError)
 MAX_ID = 2**63 - 1
 
 

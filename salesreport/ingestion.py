@@ -286,7 +286,7 @@ class Batcher:
                     # we looked: the next attempt sees it and judges it.
                     log.info("batch raced another writer, retrying", attempt=attempt, error=str(exc))
                     continue
-                if isinstance(exc, sa.exc.DBAPIError | OSError | TimeoutError) or _sqlstate(exc) is not None:
+                if isinstance(exc, db.ERRORS) or _sqlstate(exc) is not None:
                     log.warning("batch failed", error=str(exc))
                 else:
                     log.exception("batch failed")
