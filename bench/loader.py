@@ -28,7 +28,9 @@ from salesreport.ingestion import store_history  # noqa: E402
 CHUNK = 50_000
 
 
-async def load(settings: config.Settings, stores: list[dict[str, Any]], products: list[dict[str, Any]], count: int, seed: int) -> None:
+async def load(
+    settings: config.Settings, stores: list[dict[str, Any]], products: list[dict[str, Any]], count: int, seed: int
+) -> None:
     database = db.connect(settings)
     started = time.perf_counter()
     done = 0

@@ -15,8 +15,8 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import BinaryIO
 from pathlib import Path
+from typing import BinaryIO
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -33,6 +33,10 @@ PG_SETTINGS = {
 }
 
 
+def free_port() -> int:
+    return int(pg.free_port())
+
+
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -43,14 +47,19 @@ def log(message: str) -> None:
 class Postgres(pg.Cluster):
     """tests/pg.py's cluster, started with production durability instead of fsync=off."""
 
+    def configure(self) -> None:
+        """Write PG_SETTINGS into postgresql.conf (not -c options, so that a reload keeps them quietly)."""
+        lines = "".join(f"{name} = '{value}'\n" for name, value in PG_SETTINGS.items())
+        with (self.datadir / "postgresql.conf").open("a") as conf:
+            conf.write(f"\n# bench/run.py\n{lines}")
+
     def start(self) -> None:
-        options = " ".join(f"-c {name}={value}" for name, value in PG_SETTINGS.items())
         self.run(
             str(self.bindir / "pg_ctl"),
             "-D", str(self.datadir),
             "-l", str(self.root / "log"),
             "-w", "-t", "120",
-            "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 {options}",
+            "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1",
             "start",
         )  # fmt: skip
 
@@ -86,11 +95,24 @@ class Postgres(pg.Cluster):
         return self.query("SHOW server_version")
 
 
+def apt_install(package: str) -> bool:
+    """Install a Debian package when running as root with apt-get (as .ci/run does); whether it was tried."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return False
+    log(f"{package} not found: installing it with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, env=env, stdout=subprocess.DEVNULL)
+    return True
+
+
 def start_postgres() -> Postgres:
     bindir = pg.find_bindir()
+    if bindir is None and apt_install("postgresql"):
+        bindir = pg.find_bindir()
     if bindir is None:
         raise SystemExit(
-            "no PostgreSQL server binaries (initdb, pg_ctl) found: apt-get install postgresql, "
+            "no PostgreSQL server binaries (initdb, pg_ctl) found: `sudo apt-get install postgresql`, "
             "or put their directory on PATH"
         )
     root = Path(tempfile.mkdtemp(prefix="salesreport-bench-pg-"))
@@ -99,6 +121,7 @@ def start_postgres() -> Postgres:
     cluster = Postgres(bindir, root, pg.free_port())
     try:
         cluster.run(str(bindir / "initdb"), "-D", str(cluster.datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        cluster.configure()
         cluster.start()
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
@@ -146,10 +169,12 @@ def wait_ready(server: Server, timeout: float = 60) -> None:
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
             raise RuntimeError(f"{server.name} exited with {server.proc.returncode}; see {server.log_path}")
-        with contextlib.suppress(OSError, urllib.error.URLError):
-            with urllib.request.urlopen(server.url + "/health/ready", timeout=2) as answer:
-                if answer.status == 200:
-                    return
+        with (
+            contextlib.suppress(OSError, urllib.error.URLError),
+            urllib.request.urlopen(server.url + "/health/ready", timeout=2) as answer,
+        ):
+            if answer.status == 200:
+                return
         time.sleep(0.2)
     raise RuntimeError(f"{server.name} not ready after {timeout:.0f} s; see {server.log_path}")
 

@@ -7,9 +7,10 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import services
 
 BENCH = Path(__file__).resolve().parent
 POST_SCRIPT = BENCH / "post.lua"
@@ -56,17 +57,17 @@ class WrkResult:
 def ensure_wrk() -> str:
     """wrk's path; installed with apt-get when missing and running as root (as .ci/run does for PostgreSQL)."""
     path = shutil.which("wrk")
-    if path:
-        return path
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("[bench] wrk not found: installing it with apt-get", file=sys.stderr, flush=True)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, env=env, stdout=subprocess.DEVNULL)
+    if path is None and services.apt_install("wrk"):
         path = shutil.which("wrk")
-        if path:
-            return path
-    raise SystemExit("wrk is needed: install it with `sudo apt-get install wrk` (Debian/Ubuntu)")
+    if path is None:
+        raise SystemExit("wrk is needed: install it with `sudo apt-get install wrk` (Debian/Ubuntu)")
+    return path
+
+
+def version(path: str) -> str:
+    done = subprocess.run([path, "-v"], capture_output=True, text=True, check=False)
+    lines = (done.stdout + done.stderr).splitlines()
+    return lines[0].replace("Copyright (C) 2012 Will Glozer", "").strip() if lines else "?"
 
 
 def run(

@@ -1,0 +1,534 @@
+"""``make bench``: the service under load on a throwaway PostgreSQL, written to BENCHMARKS.md.
+
+One run:
+1. starts a durable PostgreSQL cluster (fsync and synchronous_commit on) in a temporary directory,
+   migrates it and imports a catalog of 200 stores and 1,000 products;
+2. measures the machine's ceilings: a no-op POST endpoint (bench/noop.py) and pgbench's single-row
+   INSERT rate;
+3. for each data size (0 and 1M sales, 10M with --big): loads history through the bulk path with the
+   server stopped, starts ``python -m salesreport serve`` as production would, and drives it with
+   wrk from 64 connections (POST of 1 and of 100 sales, the reports, the catalog), plus the reports
+   from one connection;
+4. optionally soaks the single-sale POST while sampling each worker's memory (--soak 300);
+5. checks that every acknowledged sale was stored and that ``python -m salesreport check`` agrees;
+6. writes BENCHMARKS.md (keeping its "## Notes" section) and removes everything it started.
+
+Raw wrk, pgbench and server output is kept in bench/out/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import os
+import random
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import report
+import services
+import wrkrun
+from report import Run, Scenario, Soak, Stage, Verification
+from services import Postgres, Server, log
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+OUT = BENCH / "out"
+STORES = 200
+PRODUCTS = 1000
+ZONES = [
+    "Europe/Moscow",
+    "Europe/Kaliningrad",
+    "Asia/Yekaterinburg",
+    "Asia/Novosibirsk",
+    "Asia/Vladivostok",
+    "Europe/Berlin",
+    "America/New_York",
+    "America/Los_Angeles",
+    "Asia/Kolkata",
+    "UTC",
+]
+DATABASE = "salesreport"
+
+
+def scenarios() -> list[Scenario]:
+    month = datetime.now(UTC).strftime("%Y-%m")
+    return [
+        Scenario("post-1", "POST /sales, 1 sale", "/sales", batch=1),
+        Scenario("post-100", "POST /sales, 100 sales", "/sales", batch=100),
+        Scenario("top-stores", f"GET /reports/top-stores?month={month}", f"/reports/top-stores?month={month}"),
+        Scenario("top-products", "GET /reports/top-products", "/reports/top-products"),
+        Scenario("products", "GET /products", "/products"),
+        Scenario("stores", "GET /stores", "/stores"),
+    ]
+
+
+# --- options -----------------------------------------------------------------------------
+
+
+def parse_size(text: str) -> int:
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmM]?)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a number of sales: {text!r} (examples: 0, 100000, 1M, 250k)")
+    scale = {"": 1, "k": 1_000, "m": 1_000_000}[match.group(2).lower()]
+    return int(float(match.group(1)) * scale)
+
+
+def parse_sizes(text: str) -> list[int]:
+    return [parse_size(part) for part in text.split(",") if part.strip()]
+
+
+def options(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="Benchmark the sales service on a throwaway PostgreSQL and write BENCHMARKS.md.",
+    )
+    p.add_argument("--duration", type=int, default=15, help="seconds per wrk run and for pgbench (default 15)")
+    p.add_argument("--sizes", type=parse_sizes, default=[0, 1_000_000], help="sales stored per stage (default 0,1M)")
+    p.add_argument("--big", action="store_true", help="add a 10M-sales stage (loading takes several minutes)")
+    p.add_argument("--workers", type=int, default=2, help="Granian workers for the service and no-op (default 2)")
+    p.add_argument("--connections", type=int, default=64, help="wrk connections and pgbench clients (default 64)")
+    p.add_argument("--threads", type=int, default=2, help="wrk threads and pgbench -j (default 2)")
+    p.add_argument("--warmup", type=int, default=2, help="seconds of GET /products before each stage (default 2)")
+    p.add_argument("--soak", type=int, default=0, metavar="SECONDS", help="single-sale POST soak (0: skip)")
+    p.add_argument("--soak-interval", type=float, default=5.0, metavar="SECONDS", help="RSS sampling period")
+    p.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md", help="default: BENCHMARKS.md")
+    args = p.parse_args(argv)
+    args.sizes = sorted(set(args.sizes) | ({10_000_000} if args.big else set()))
+    if args.duration < 1 or args.connections < 1 or args.threads < 1 or args.workers < 1:
+        p.error("--duration, --connections, --threads and --workers must be positive")
+    return args
+
+
+def command_line(argv: list[str]) -> str:
+    return "make bench" + (f" BENCH_ARGS={shlex.quote(shlex.join(argv))}" if argv else "")
+
+
+# --- the catalog ---------------------------------------------------------------------------
+
+
+def write_catalog(workdir: Path) -> tuple[Path, Path]:
+    """200 stores across several time zones and 1,000 products with prices like 12.34."""
+    rng = random.Random(42)
+    stores = workdir / "stores.csv"
+    with stores.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["id", "address", "timezone"])
+        for i in range(1, STORES + 1):
+            out.writerow([i, f"{rng.randint(1, 300)} Benchmark st., store {i}", ZONES[i % len(ZONES)]])
+    products = workdir / "products.csv"
+    with products.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["id", "name", "price"])
+        for i in range(1, PRODUCTS + 1):
+            cents = rng.randint(30, 500_00)
+            out.writerow([i, f"Product {i}", f"{cents // 100}.{cents % 100:02d}"])
+    return products, stores
+
+
+# --- the run -----------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    workdir: Path
+    cluster: Postgres | None = None
+    server: Server | None = None
+    products_csv: Path | None = None
+    stores_csv: Path | None = None
+    run_id: str = field(default_factory=lambda: f"b{int(time.time()):x}")
+    post_runs: list[wrkrun.WrkResult] = field(default_factory=list)
+
+    # -- plumbing
+
+    @property
+    def database_url(self) -> str:
+        assert self.cluster is not None
+        return self.cluster.url(DATABASE)
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "DATABASE_URL": self.database_url, "SALESREPORT_LOG_FORMAT": "json"}
+
+    def salesreport(self, *args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "salesreport", *args]
+        return subprocess.run(argv, cwd=ROOT, env=self.env(), capture_output=True, text=True, check=False)
+
+    def must(self, done: subprocess.CompletedProcess[str]) -> str:
+        if done.returncode != 0:
+            raise RuntimeError(f"{shlex.join(map(str, done.args))} failed ({done.returncode}):\n{done.stderr}")
+        return done.stdout
+
+    def sales_count(self) -> int:
+        assert self.cluster is not None
+        return int(self.cluster.query("SELECT count(*) FROM sales", DATABASE))
+
+    # -- setup
+
+    def setup(self) -> None:
+        log("starting PostgreSQL (fsync=on, synchronous_commit=on, shared_buffers=1GB, max_connections=300)")
+        self.cluster = services.start_postgres()
+        self.cluster.query(f"CREATE DATABASE {DATABASE}")
+        log(f"PostgreSQL {self.cluster.version()} on port {self.cluster.port}; migrating")
+        self.must(self.salesreport("migrate"))
+        self.products_csv, self.stores_csv = write_catalog(self.workdir)
+        out = self.must(
+            self.salesreport("import", "--products", str(self.products_csv), "--stores", str(self.stores_csv))
+        )
+        log(out.strip())
+
+    # -- servers
+
+    def start_service(self) -> None:
+        port = services.free_port()
+        argv = [sys.executable, "-m", "salesreport", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        argv += ["--workers", str(self.args.workers)]
+        log(f"starting the service: {' '.join(argv[1:])}")
+        self.server = services.start_server("service", argv, port, self.env(), OUT / "server.log")
+
+    def stop_service(self) -> None:
+        if self.server is not None:
+            log("stopping the service")
+            services.stop_server(self.server)
+            self.server = None
+
+    # -- ceilings
+
+    def ceilings(self) -> tuple[wrkrun.WrkResult, services.PgbenchResult]:
+        assert self.cluster is not None
+        a = self.args
+        log(f"ceiling: pgbench single-row INSERT, {a.connections} clients, {a.duration} s")
+        pgb = services.run_pgbench(self.cluster, self.workdir, a.duration, a.connections, a.threads)
+        (OUT / "pgbench.txt").write_text(pgb.output)
+        log(f"  {pgb.tps:,.0f} tps")
+        port = services.free_port()
+        argv = [sys.executable, str(BENCH / "noop.py"), "--port", str(port), "--workers", str(a.workers)]
+        log("ceiling: no-op POST on Starlette + Granian")
+        noop = services.start_server("no-op", argv, port, self.env(), OUT / "noop.log")
+        try:
+            self.wrk(noop.url, "get-warmup", path="/health/ready", duration=a.warmup)
+            result = self.wrk(noop.url, "noop", path="/sales", batch=1, track=False)
+        finally:
+            services.stop_server(noop)
+        log(f"  {result.rps:,.0f} req/s")
+        return result, pgb
+
+    # -- wrk
+
+    def wrk(
+        self,
+        base: str,
+        name: str,
+        *,
+        path: str,
+        batch: int = 0,
+        connections: int | None = None,
+        threads: int | None = None,
+        duration: int | None = None,
+        track: bool = True,
+    ) -> wrkrun.WrkResult:
+        """One wrk run; POST runs write their acknowledged requests for the final verification."""
+        a = self.args
+        if self.server is not None and self.server.proc.poll() is not None:
+            raise RuntimeError(
+                f"the service exited unexpectedly ({self.server.proc.returncode}); see {self.server.log_path}"
+            )
+        prefix = f"{self.run_id}{len(self.post_runs)}x"
+        acks = self.workdir / f"acks-{len(self.post_runs)}.tsv" if batch and track else None
+        result = wrkrun.run(
+            base + path,
+            duration=duration or a.duration,
+            connections=connections or a.connections,
+            threads=threads or a.threads,
+            log_path=OUT / f"wrk-{name}.txt",
+            batch=batch,
+            prefix=prefix,
+            acks=acks,
+            stores=STORES,
+            products=PRODUCTS,
+        )
+        if acks is not None:
+            self.post_runs.append(result)
+        return result
+
+    # -- stages
+
+    def load_history(self, count: int, seed: int) -> float:
+        assert self.cluster is not None
+        assert self.products_csv is not None
+        assert self.stores_csv is not None
+        log(f"loading {count:,} sales through store_history")
+        started = time.perf_counter()
+        argv = [sys.executable, str(BENCH / "loader.py"), "--sales", str(count), "--seed", str(seed)]
+        argv += ["--products", str(self.products_csv), "--stores", str(self.stores_csv)]
+        subprocess.run(argv, cwd=ROOT, env=self.env(), check=True)
+        elapsed = time.perf_counter() - started
+        log("VACUUM ANALYZE and CHECKPOINT")
+        self.cluster.query("VACUUM ANALYZE", DATABASE)
+        self.cluster.query("CHECKPOINT", DATABASE)
+        return elapsed
+
+    def stage(self, size: int, index: int, all_scenarios: list[Scenario], reports: list[Scenario]) -> Stage:
+        a = self.args
+        missing = max(0, size - self.sales_count())
+        load_seconds = 0.0
+        if missing:
+            self.stop_service()
+            load_seconds = self.load_history(missing, seed=index + 3)
+        if self.server is None:
+            self.start_service()
+        assert self.server is not None
+        url = self.server.url
+        stage = Stage(size=size, loaded=missing, load_seconds=load_seconds)
+        tag = report.size(size)
+        if a.warmup:
+            self.wrk(url, f"{tag}-warmup", path="/products", duration=a.warmup)
+        stage.sales_at_start = self.sales_count()
+        log(f"stage {tag}: {stage.sales_at_start:,} sales stored")
+        # Reads first, so that they see the stage's size; then the POSTs, which add sales.
+        for scenario in [s for s in all_scenarios if not s.is_post]:
+            self.measure(stage, scenario)
+        for rep in reports:
+            one = self.wrk(url, f"{tag}-{rep.key}-c1", path=rep.path, connections=1, threads=1)
+            stage.single[rep.key] = one
+            log(f"  {rep.title}, 1 connection: {summary(one)}")
+        for scenario in [s for s in all_scenarios if s.is_post]:
+            self.measure(stage, scenario)
+        time.sleep(1)  # let the last batches commit
+        stage.sales_at_end = self.sales_count()
+        return stage
+
+    def measure(self, stage: Stage, scenario: Scenario) -> None:
+        assert self.server is not None
+        name = f"{report.size(stage.size)}-{scenario.key}"
+        result = self.wrk(self.server.url, name, path=scenario.path, batch=scenario.batch)
+        stage.results[scenario.key] = result
+        log(f"  {scenario.title}: {summary(result)}")
+
+    # -- soak
+
+    def soak(self) -> Soak:
+        assert self.server is not None
+        a = self.args
+        log(f"soak: POST of one sale for {a.soak} s, sampling worker RSS every {a.soak_interval:g} s")
+        main_pid = self.server.proc.pid
+        samples: dict[str, list[tuple[float, int]]] = {}
+        stop = threading.Event()
+
+        def sample() -> None:
+            started = time.monotonic()
+            while not stop.is_set():
+                t = time.monotonic() - started
+                processes = [(f"main process ({main_pid})", main_pid)]
+                processes += [(f"worker {pid}", pid) for pid in services.children(main_pid)]
+                for label, pid in processes:
+                    kib = services.rss_kib(pid)
+                    if kib is not None:
+                        samples.setdefault(label, []).append((t, kib))
+                stop.wait(a.soak_interval)
+
+        sampler = threading.Thread(target=sample, name="rss-sampler", daemon=True)
+        sampler.start()
+        try:
+            result = self.wrk(self.server.url, "soak-post-1", path="/sales", batch=1, duration=a.soak)
+        finally:
+            stop.set()
+            sampler.join()
+        log(f"  {summary(result)}")
+        return Soak(a.soak, a.soak_interval, result, samples)
+
+    # -- verification
+
+    def verify(self) -> Verification:
+        """Match the acknowledged requests (keys read back from 2xx answers) with the rows stored."""
+        assert self.cluster is not None
+        acked = self.workdir / "acked.tsv"
+        with acked.open("wb") as out:
+            for result in self.post_runs:
+                if result.acks and result.acks.exists():
+                    out.write(result.acks.read_bytes())
+        sizes = sorted({r.sales_per_request for r in self.post_runs} or {1})
+        sql = self.workdir / "verify.sql"
+        sql.write_text(
+            f"""
+CREATE TEMP TABLE acked (rid text NOT NULL, n integer NOT NULL);
+\\copy acked FROM '{acked}'
+CREATE INDEX ON acked (rid);
+CREATE TEMP TABLE stored AS
+    SELECT split_part(idempotency_key, '.', 1) AS rid, count(*)::integer AS n
+    FROM sales WHERE idempotency_key LIKE '{self.run_id}%' GROUP BY 1;
+CREATE INDEX ON stored (rid);
+ANALYZE acked;
+ANALYZE stored;
+SELECT
+    (SELECT count(*) FROM acked),
+    (SELECT coalesce(sum(n), 0) FROM acked),
+    (SELECT count(*) - count(DISTINCT rid) FROM acked),
+    (SELECT count(*) FROM stored),
+    (SELECT coalesce(sum(n), 0) FROM stored),
+    (SELECT coalesce(sum(greatest(a.n - coalesce(s.n, 0), 0)), 0) FROM acked a LEFT JOIN stored s USING (rid)),
+    (SELECT count(*) FROM acked a LEFT JOIN stored s USING (rid) WHERE s.n IS DISTINCT FROM a.n),
+    (SELECT count(*) FROM stored WHERE n NOT IN ({", ".join(map(str, sizes))})),
+    (SELECT count(*) FROM stored s WHERE NOT EXISTS (SELECT 1 FROM acked a WHERE a.rid = s.rid)),
+    (SELECT coalesce(sum(n), 0) FROM stored s WHERE NOT EXISTS (SELECT 1 FROM acked a WHERE a.rid = s.rid)),
+    (SELECT count(*) FROM sales WHERE idempotency_key IS NULL),
+    (SELECT count(*) FROM sales);
+"""
+        )
+        values = [int(v) for v in self.cluster.script(sql, DATABASE).splitlines()[-1].split("|")]
+        (acked_requests, acked_sales, duplicates, stored_requests, stored_sales, missing, mismatched, partial,
+         unacked_requests, unacked_sales, history, total) = values  # fmt: skip
+        return Verification(
+            post_runs=len(self.post_runs),
+            connections=self.args.connections,
+            wrk_acked_requests=sum(r.ok for r in self.post_runs),
+            acked_requests=acked_requests,
+            acked_sales=acked_sales,
+            duplicate_acks=duplicates,
+            stored_requests=stored_requests,
+            stored_sales=stored_sales,
+            missing_sales=missing,
+            mismatched_requests=mismatched,
+            partial_requests=partial,
+            unacked_requests=unacked_requests,
+            unacked_sales=unacked_sales,
+            history_sales=history,
+            total_sales=total,
+        )
+
+    def check(self) -> tuple[int, str]:
+        log("python -m salesreport check")
+        done = self.salesreport("check")
+        output = (done.stdout + done.stderr).strip()
+        (OUT / "check.txt").write_text(output + "\n")
+        return done.returncode, output
+
+    # -- clean-up
+
+    def cleanup(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop_service()
+        if self.cluster is not None:
+            with contextlib.suppress(OSError):
+                shutil.copyfile(self.cluster.root / "log", OUT / "postgres.log")
+            log("stopping PostgreSQL and removing its cluster")
+            try:
+                services.stop_postgres(self.cluster)
+            except Exception as exc:
+                log(f"could not stop PostgreSQL cleanly: {exc}")
+                shutil.rmtree(self.cluster.root, ignore_errors=True)
+            self.cluster = None
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def summary(r: wrkrun.WrkResult) -> str:
+    sales = f", {r.sales_per_s:,.0f} sales/s" if r.sales_per_request else ""
+    return f"{r.rps:,.0f} req/s{sales}, p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms, errors {r.describe_errors()}"
+
+
+# structlog JSON lines at warning level or above, Granian's own warnings and errors, tracebacks.
+LOG_PROBLEM = re.compile(r'"level": ?"(?:warning|error|critical)"|\[(?:WARNING|ERROR|CRITICAL)\]|^Traceback')
+
+
+def server_log_problems(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with path.open(errors="replace") as lines:
+        return sum(1 for line in lines if LOG_PROBLEM.search(line))
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (and SIGHUP) clean up like Ctrl-C does."""
+
+    def interrupt(signum: int, frame: Any) -> NoReturn:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = options(argv)
+    wrk_path = wrkrun.ensure_wrk()
+    load = os.getloadavg()[0]
+    if load > 1:
+        log(f"warning: the machine is busy (load average {load:.1f}); the figures will be lower than it can do")
+    OUT.mkdir(parents=True, exist_ok=True)
+    for old in OUT.iterdir():
+        if old.is_file():
+            old.unlink()
+    started = report.now()
+    bench = Bench(args, Path(tempfile.mkdtemp(prefix="salesreport-bench-")))
+    all_scenarios = scenarios()
+    reports = [s for s in all_scenarios if s.key in ("top-stores", "top-products")]
+    with terminate_as_interrupt():
+        try:
+            bench.setup()
+            assert bench.cluster is not None
+            pg_version = bench.cluster.version()
+            machine = report.machine(pg_version, wrkrun.version(wrk_path))
+            noop, pgb = bench.ceilings()
+            stages = [bench.stage(size, i, all_scenarios, reports) for i, size in enumerate(args.sizes)]
+            soak = bench.soak() if args.soak > 0 else None
+            bench.stop_service()  # graceful: the batchers drain before the counts
+            verification = bench.verify()
+            check_code, check_output = bench.check()
+        except KeyboardInterrupt:
+            log("interrupted: cleaning up")
+            return 130
+        finally:
+            bench.cleanup()
+    machine["load average at end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    run = Run(
+        command=command_line(argv),
+        started=started,
+        finished=report.now(),
+        machine=machine,
+        duration=args.duration,
+        connections=args.connections,
+        threads=args.threads,
+        workers=args.workers,
+        scenarios=all_scenarios,
+        reports=reports,
+        noop=noop,
+        pgbench=pgb,
+        stages=stages,
+        verification=verification,
+        check_code=check_code,
+        check_output=check_output,
+        soak=soak,
+        server_log_problems=server_log_problems(OUT / "server.log"),
+        catalog=f"{STORES} stores in {len(ZONES)} time zones, {PRODUCTS:,} products",
+    )
+    report.write(args.output, report.render(run))
+    log(f"wrote {args.output}")
+    v = run.verification
+    log(
+        f"stored = acknowledged: {'passed' if v.passed else 'FAILED'} "
+        f"({v.acked_sales:,} acknowledged, {v.stored_sales:,} stored, {v.unacked_sales:,} in flight at cut-off); "
+        f"check: exit {check_code}"
+    )
+    return 0 if v.passed and check_code == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
