@@ -25,8 +25,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import config, db, reports
 from .auth import Key, KeyRing, Unauthenticated
+from .changes import Changes
 from .ingestion import Batcher, Catalog, Malformed, Rejected, Unavailable, check_sales, parse_sales
-from .schemas import FieldError, Problem, Product, Store, encoder, format_money, parse_month
+from .schemas import FieldError, Problem, encoder, parse_month
 
 log = structlog.get_logger("salesreport.api")
 
@@ -89,7 +90,6 @@ async def reading(request: Request) -> AsyncIterator[Any]:
         raise unavailable(Unavailable("the database is unavailable", retry_after=2)) from None
 
 
-
 async def authenticate(request: Request) -> Key | None:
     """The caller's key (None while no key exists); 401 without a valid one."""
     keys = service(request).keys
@@ -122,18 +122,26 @@ async def owner_only(request: Request) -> None:
 # --- endpoints -----------------------------------------------------------------
 
 
+async def fresh_catalog(request: Request, *, ask: bool = False) -> Catalog:
+    catalog = service(request).catalog
+    try:
+        await catalog.refresh(ask=ask)
+    except db.ERRORS as exc:
+        log.warning("cannot load the catalog: database unavailable", error=str(exc))
+        raise unavailable(Unavailable("the database is unavailable", retry_after=2)) from None
+    return catalog
+
+
 async def get_products(request: Request) -> Response:
     await authenticate(request)
-    async with reading(request) as conn:
-        rows = await db.list_products(conn)
-    return json_response([Product(id=r.id, name=r.name, price=format_money(r.price)) for r in rows])
+    catalog = await fresh_catalog(request)
+    return Response(catalog.products_json, media_type="application/json")
 
 
 async def get_stores(request: Request) -> Response:
     await authenticate(request)
-    async with reading(request) as conn:
-        rows = await db.list_stores(conn)
-    return json_response([Store(id=r.id, address=r.address, timezone=r.timezone) for r in rows])
+    catalog = await fresh_catalog(request)
+    return Response(catalog.stores_json, media_type="application/json")
 
 
 async def read_body(request: Request) -> bytes:
@@ -186,9 +194,7 @@ async def post_sales(request: Request) -> Response:
     unknown = svc.catalog.unknown(sales, is_array)
     if unknown:
         # The catalog may have changed since this process loaded it.
-        async with reading(request) as conn:
-            await svc.catalog.refresh(conn)
-        unknown = svc.catalog.unknown(sales, is_array)
+        unknown = (await fresh_catalog(request, ask=True)).unknown(sales, is_array)
     errors += unknown
     if errors:
         raise invalid(errors)
@@ -334,10 +340,11 @@ def create_app(settings: config.Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         database = db.connect(settings)
-        catalog = Catalog()
+        changes = Changes(database)
+        changes.start()
+        catalog = Catalog(database, changes)
         with contextlib.suppress(*db.ERRORS):
-            async with database.reader.connect() as conn:
-                await catalog.refresh(conn)
+            await catalog.refresh()
         batcher = Batcher(
             database,
             catalog,
@@ -345,7 +352,7 @@ def create_app(settings: config.Settings | None = None) -> Starlette:
             flush_ms=settings.flush_ms,
             queue_max_sales=settings.queue_max_sales,
         )
-        keys = KeyRing(database)
+        keys = KeyRing(database, changes)
         batcher.start()
         keys.start()
         app.state.service = Service(settings, database, catalog, batcher, keys)
@@ -355,6 +362,7 @@ def create_app(settings: config.Settings | None = None) -> Starlette:
             # Drain: refuse new sales, commit every queued batch, then close.
             await batcher.close()
             await keys.close()
+            await changes.close()
             await database.dispose()
 
     return Starlette(

@@ -1,9 +1,8 @@
 """API keys and roles: who may read what, and post sales for which store.
 
 Keys are random, shown once, and stored only as a SHA-256 hash. Every worker
-holds the keys in memory and reloads them the moment they change: PostgreSQL
-tells it with NOTIFY; on SQLite a worker reads the keys' version (a local read
-of a few microseconds) on each request. Until the first key is created the
+holds the keys in memory and reloads them the moment they change (see
+``changes``). Until the first key is created the
 service is open, and ``serve`` then binds to loopback only.
 """
 
@@ -14,23 +13,21 @@ import contextlib
 import hashlib
 import hmac
 import secrets
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import db
+from .changes import Changes
 
 log = structlog.get_logger("salesreport.auth")
 
 PREFIX = "sr_"
-CHANNEL = "salesreport_keys"
 ROLES = ("owner", "pos")
 
 
@@ -65,7 +62,7 @@ async def create_key(conn: AsyncConnection, role: str, store_id: int | None) -> 
         .returning(db.api_keys.c.id)
     )
     key_id = int(result.scalar_one())
-    await _changed(conn)
+    await db.bump_version(conn, "keys")
     return key_id, key
 
 
@@ -77,7 +74,7 @@ async def revoke_key(conn: AsyncConnection, key_id: int) -> bool:
     )
     if result.rowcount == 0:
         return False
-    await _changed(conn)
+    await db.bump_version(conn, "keys")
     return True
 
 
@@ -89,13 +86,6 @@ async def list_keys(conn: AsyncConnection) -> Sequence[Any]:
     return result.all()
 
 
-async def _changed(conn: AsyncConnection) -> None:
-    await db.bump_version(conn, "keys")
-    if conn.dialect.name == "postgresql":
-        # Delivered to every worker when this transaction commits.
-        await conn.execute(sa.select(sa.func.pg_notify(CHANNEL, "")))
-
-
 # --- keys in a worker -----------------------------------------------------------
 
 
@@ -104,59 +94,40 @@ class KeyRing:
     """This process's copy of the keys, kept fresh, and when each was last used."""
 
     database: db.Database
+    changes: Changes
     by_hash: dict[str, Key] = field(default_factory=dict)
     # Protected once any key was ever created: revoking the last key must not
     # reopen the service.
     protected: bool = False
     version: int = -1
     used: dict[int, datetime] = field(default_factory=dict)
-    _listening: bool = False
-    _stale: bool = True
-    _sqlite: sqlite3.Connection | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _closing: bool = False
+    _task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        url = self.database.writer.url
-        if url.get_backend_name() == "sqlite":
-            self._sqlite = sqlite3.connect(url.database or "", check_same_thread=False)
-        else:
-            dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self._tasks.append(asyncio.create_task(self._listen(dsn), name="salesreport-keys-listener"))
-        self._tasks.append(asyncio.create_task(self._record_use(), name="salesreport-keys-last-used"))
+        self._task = asyncio.create_task(self._record_use(), name="salesreport-keys-last-used")
 
     async def close(self) -> None:
-        self._closing = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+        if self._task is not None:
+            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await self._task
         await self._flush_use()
-        if self._sqlite is not None:
-            self._sqlite.close()
 
     async def refresh(self) -> None:
         """Reload the keys if they may have changed; raises if the database is down."""
-        if self._sqlite is not None:
-            row = self._sqlite.execute("SELECT version FROM versions WHERE name = 'keys'").fetchone()
-            if (row[0] if row else 0) != self.version:
-                self._stale = True
-        elif not self._listening:
-            self._stale = True
-        if not self._stale:
+        if not self.changes.stale("keys", self.version):
             return
         async with self._lock:
-            if not self._stale:
+            if not self.changes.stale("keys", self.version):
                 return
+            self.changes.reloading("keys")
             async with self.database.reader.connect() as conn:
                 version = await db.get_version(conn, "keys")
                 rows = (await conn.execute(sa.select(db.api_keys))).all()
             self.by_hash = {r.hash: Key(r.id, r.role, r.store_id, r.hash) for r in rows if r.revoked_at is None}
             self.protected = bool(rows)
             self.version = version
-            self._stale = bool(self._sqlite is None and not self._listening)
 
     def authenticate(self, authorization: str | None) -> Key | None:
         """The caller's key; None while the service is open (no key ever created)."""
@@ -171,33 +142,6 @@ class KeyRing:
             raise Unauthenticated("the API key is unknown or revoked")
         self.used[key.id] = datetime.now(UTC)
         return key
-
-    async def _listen(self, dsn: str) -> None:
-        while not self._closing:
-            try:
-                conn = await asyncpg.connect(dsn, timeout=5)
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-                log.warning("keys listener cannot connect", error=str(exc))
-                await asyncio.sleep(1)
-                continue
-            lost = asyncio.Event()
-            try:
-                await conn.add_listener(CHANNEL, lambda *_: setattr(self, "_stale", True))
-                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                self._stale = True  # changes may have been missed while not listening
-                self._listening = True
-                while not lost.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), 10)
-                    if not lost.is_set():
-                        await conn.execute("SELECT 1", timeout=5)  # notice a dead connection
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.warning("keys listener lost its connection", error=str(exc))
-            finally:
-                self._listening = False
-                self._stale = True
-                with contextlib.suppress(Exception):
-                    await conn.close(timeout=1)
 
     async def _record_use(self) -> None:
         while True:

@@ -11,8 +11,9 @@ readers sum the slots.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -204,6 +205,36 @@ def connect(settings: Settings) -> Database:
     return Database(reader=engine, writer=engine)
 
 
+@contextlib.asynccontextmanager
+async def write_transaction(database: Database) -> AsyncIterator[AsyncConnection]:
+    """A transaction for the writer.
+
+    On PostgreSQL the writer talks to asyncpg directly (see ``insert_sales``),
+    so the transaction is asyncpg's own: SQLAlchemy would only send BEGIN
+    before its own first statement. A connection found dead is dropped from
+    the pool rather than handed out again.
+    """
+    if database.dialect != "postgresql":
+        async with database.writer.begin() as conn:
+            yield conn
+        return
+    async with database.writer.connect() as conn:
+        raw = await _driver(conn)
+        try:
+            async with raw.transaction():
+                yield conn
+        except BaseException:
+            if raw.is_closed():
+                await conn.invalidate()
+            raise
+
+
+async def _driver(conn: AsyncConnection) -> Any:
+    raw = (await conn.get_raw_connection()).driver_connection
+    assert raw is not None
+    return raw
+
+
 def writer_slot() -> int:
     return os.getpid() % SLOTS
 
@@ -232,9 +263,16 @@ async def get_version(conn: AsyncConnection, name: str) -> int:
     return int(version or 0)
 
 
+CHANNEL = "salesreport_changes"
+VERSIONED = ("catalog", "keys")
+
+
 async def bump_version(conn: AsyncConnection, name: str) -> None:
+    """Record a change of ``name``; workers learn of it when the transaction commits."""
     stmt = upsert(conn, versions).values(name=name, version=1)
     await conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_={"version": versions.c.version + 1}))
+    if conn.dialect.name == "postgresql":
+        await conn.execute(sa.select(sa.func.pg_notify(CHANNEL, name)))
 
 
 async def save_catalog(
@@ -269,8 +307,7 @@ async def find_sales_by_key(
     """The stored sales with these (store, idempotency key) pairs, as dicts."""
     keys = list(keys)
     if conn.dialect.name == "postgresql":
-        raw = (await conn.get_raw_connection()).driver_connection
-        assert raw is not None
+        raw = await _driver(conn)
         records = await raw.fetch(_PG_FIND, [k[0] for k in keys], [k[1] for k in keys])
         rows = [dict(r) for r in records]
     else:
@@ -362,8 +399,7 @@ SELECT id, store_id, idempotency_key FROM inserted ORDER BY id
 
 
 async def _insert_sales_pg(conn: AsyncConnection, rows: Sequence[dict[str, Any]], slot: int) -> list[int | None]:
-    raw = (await conn.get_raw_connection()).driver_connection
-    assert raw is not None
+    raw = await _driver(conn)
     columns = ("store_id", "product_id", "quantity", "unit_price", "sold_at", "received_at", "month", "idempotency_key")
     arrays = [[row[c] for row in rows] for c in columns]
     records = await raw.fetch(_PG_INSERT, *arrays, list(range(len(rows))), slot)
@@ -385,8 +421,7 @@ async def insert_sales_bulk(conn: AsyncConnection, rows: Sequence[dict[str, Any]
     """Insert sales without reading anything back (history loads)."""
     if conn.dialect.name == "postgresql":
         # COPY is several times faster than INSERT for millions of rows.
-        raw = (await conn.get_raw_connection()).driver_connection
-        assert raw is not None
+        raw = await _driver(conn)
         columns = [c.name for c in sales.columns if c.name != "id"]
         records = [tuple(row[c] for c in columns) for row in rows]
         await raw.copy_records_to_table("sales", records=records, columns=columns)

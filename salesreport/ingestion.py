@@ -18,12 +18,24 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
-import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import db
-from .schemas import EARLIEST_SALE, MAX_BATCH, FieldError, SaleIn, SaleOut, SalesIn, format_money, month_of
+from .changes import Changes
+from .schemas import (
+    EARLIEST_SALE,
+    MAX_BATCH,
+    FieldError,
+    Product,
+    SaleIn,
+    SaleOut,
+    SalesIn,
+    Store,
+    encoder,
+    format_money,
+    month_of,
+)
 
 log = structlog.get_logger("salesreport.ingestion")
 
@@ -147,28 +159,44 @@ def check_sales(sales: Sequence[SaleIn], now: datetime, is_array: bool) -> list[
 
 @dataclass
 class Catalog:
-    """This process's copy of prices and store time zones.
+    """This process's copy of the catalog: prices, time zones, and the encoded lists.
 
-    Every catalog change bumps its version; the writer compares it at
-    the start of each batch, so a price change applies from the next batch on.
+    It is reloaded whenever another process changed it (see ``changes``), so a
+    price change applies from the next batch on and the lists are served from
+    memory.
     """
 
+    database: db.Database
+    changes: Changes
     version: int = -1
     prices: dict[int, int] = field(default_factory=dict)
     zones: dict[int, ZoneInfo] = field(default_factory=dict)
+    products_json: bytes = b"[]"
+    stores_json: bytes = b"[]"
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def refresh(self, conn: AsyncConnection) -> None:
-        version = await db.get_version(conn, "catalog")
-        if version == self.version:
+    async def refresh(self, *, ask: bool = False) -> None:
+        """Reload if the catalog changed; raises if the database is down.
+
+        ``ask`` reads the version from the database even when no change was
+        announced yet (an unknown id may be a product added a moment ago).
+        """
+        if not ask and not self.changes.stale("catalog", self.version):
             return
         async with self._lock:
-            if version == self.version:
-                return
-            products = await conn.execute(sa.select(db.products.c.id, db.products.c.price))
-            stores = await conn.execute(sa.select(db.stores.c.id, db.stores.c.timezone))
-            self.prices = {row.id: row.price for row in products}
-            self.zones = {row.id: ZoneInfo(row.timezone) for row in stores}
+            self.changes.reloading("catalog")
+            async with self.database.reader.connect() as conn:
+                version = await db.get_version(conn, "catalog")
+                if version == self.version:
+                    return
+                products = await db.list_products(conn)
+                stores = await db.list_stores(conn)
+            self.prices = {p.id: p.price for p in products}
+            self.zones = {s.id: ZoneInfo(s.timezone) for s in stores}
+            self.products_json = encoder.encode(
+                [Product(id=p.id, name=p.name, price=format_money(p.price)) for p in products]
+            )
+            self.stores_json = encoder.encode([Store(id=s.id, address=s.address, timezone=s.timezone) for s in stores])
             self.version = version
 
     def unknown(self, sales: Sequence[SaleIn], is_array: bool) -> list[FieldError]:
@@ -223,6 +251,10 @@ class Batcher:
         self.flush_seconds = flush_ms / 1000
         self.queue_max_sales = queue_max_sales
         self.slot = db.writer_slot() if slot is None else slot
+        # On PostgreSQL a batch first inserts without looking its keys up: a key
+        # already stored leaves its row out, and is judged then. Only a key
+        # stored with other content makes the batch start again, looking first.
+        self.optimistic = database.dialect == "postgresql"
         self._queue: deque[_Request] = deque()
         self._queued_sales = 0
         self._wakeup = asyncio.Event()
@@ -279,7 +311,7 @@ class Batcher:
         outcomes: list[tuple[list[SaleOut], bool] | Exception]
         for attempt in range(1, 4):
             try:
-                outcomes = await self._transaction(batch)
+                outcomes = await self._transaction(batch, look_up_keys=attempt > 1 or not self.optimistic)
             except Exception as exc:  # every request gets an answer, whatever happened
                 if (isinstance(exc, _Raced) or _sqlstate(exc) in _RETRYABLE_SQLSTATES) and attempt < 3:
                     # Another writer stored one of these idempotency keys after
@@ -300,24 +332,26 @@ class Batcher:
             else:
                 request.future.set_result(outcome)
 
-    async def _transaction(self, batch: list[_Request]) -> list[tuple[list[SaleOut], bool] | Exception]:
-        async with self.db.writer.begin() as conn:
-            await self.catalog.refresh(conn)
+    async def _transaction(
+        self, batch: list[_Request], *, look_up_keys: bool
+    ) -> list[tuple[list[SaleOut], bool] | Exception]:
+        await self.catalog.refresh()
+        async with db.write_transaction(self.db) as conn:
             keys = {
                 (sale.store_id, sale.idempotency_key)
                 for request in batch
                 for sale in request.sales
                 if sale.idempotency_key is not None
             }
-            stored = await db.find_sales_by_key(conn, keys) if keys else {}
+            stored = await db.find_sales_by_key(conn, keys) if keys and look_up_keys else {}
             new_rows: list[dict[str, Any]] = []
             new_sales: list[SaleIn] = []
             new_by_key: dict[tuple[int, str], int] = {}
             # Per request: its answer, each sale either a stored row or the index of a new row.
             plans = [self._plan(request, stored, new_rows, new_sales, new_by_key) for request in batch]
             ids = await db.insert_sales(conn, new_rows, self.slot) if new_rows else []
-            # A row left out (None) has a key another writer stored since we
-            # looked: a replay if the content is the same, else start again.
+            # A row left out (None) has a key stored before or by another writer
+            # meanwhile: a replay if the content is the same, else start again.
             results: list[Any] = []
             is_new: list[bool] = []
             lost = {(r["store_id"], r["idempotency_key"]) for r, i in zip(new_rows, ids, strict=True) if i is None}

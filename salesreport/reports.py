@@ -14,37 +14,58 @@ from .schemas import TopProduct, TopStore, format_money
 LIMIT = 10
 
 
-async def top_stores(conn: AsyncConnection, month: int) -> list[TopStore]:
-    sm = db.store_month
-    # sum(bigint) is numeric on PostgreSQL; the total of a month fits a bigint.
-    revenue = sa.cast(sa.func.sum(sm.c.revenue), sa.BigInteger).label("revenue")
-    totals = sa.select(sm.c.store_id, revenue).where(sm.c.month == month).group_by(sm.c.store_id).subquery()
-    query = (
-        sa.select(db.stores.c.id, db.stores.c.address, totals.c.revenue)
-        .join(totals, totals.c.store_id == db.stores.c.id)
-        .order_by(totals.c.revenue.desc(), db.stores.c.id)
+def _top(totals: sa.Subquery, table: sa.Table, label: str, columns: list[sa.Column[Any]]) -> sa.Select[Any]:
+    return (
+        sa.select(*columns, totals.c[label])
+        .join(totals, totals.c.key == table.c.id)
+        .order_by(totals.c[label].desc(), table.c.id)
         .limit(LIMIT)
     )
-    result = await conn.execute(query)
+
+
+def _sum(column: sa.Column[Any], label: str) -> sa.Label[Any]:
+    # sum(bigint) is numeric on PostgreSQL; any total here fits a bigint.
+    return sa.cast(sa.func.sum(column), sa.BigInteger).label(label)
+
+
+_sm, _pm, _pt = db.store_month, db.product_month, db.product_total
+# Built once: the reports run often, and building a select costs more than running it.
+_TOP_STORES = _top(
+    sa.select(_sm.c.store_id.label("key"), _sum(_sm.c.revenue, "revenue"))
+    .where(_sm.c.month == sa.bindparam("month"))
+    .group_by(_sm.c.store_id)
+    .subquery(),
+    db.stores,
+    "revenue",
+    [db.stores.c.id, db.stores.c.address],
+)
+_TOP_PRODUCTS_OF_MONTH = _top(
+    sa.select(_pm.c.product_id.label("key"), _sum(_pm.c.quantity, "quantity"))
+    .where(_pm.c.month == sa.bindparam("month"))
+    .group_by(_pm.c.product_id)
+    .subquery(),
+    db.products,
+    "quantity",
+    [db.products.c.id, db.products.c.name],
+)
+_TOP_PRODUCTS = _top(
+    sa.select(_pt.c.product_id.label("key"), _sum(_pt.c.quantity, "quantity")).group_by(_pt.c.product_id).subquery(),
+    db.products,
+    "quantity",
+    [db.products.c.id, db.products.c.name],
+)
+
+
+async def top_stores(conn: AsyncConnection, month: int) -> list[TopStore]:
+    result = await conn.execute(_TOP_STORES, {"month": month})
     return [TopStore(id=r.id, address=r.address, revenue=format_money(r.revenue)) for r in result]
 
 
 async def top_products(conn: AsyncConnection, month: int | None) -> list[TopProduct]:
     if month is None:
-        table: sa.Table = db.product_total
-        where: Any = sa.true()
+        result = await conn.execute(_TOP_PRODUCTS)
     else:
-        table = db.product_month
-        where = table.c.month == month
-    quantity = sa.cast(sa.func.sum(table.c.quantity), sa.BigInteger).label("quantity")
-    totals = sa.select(table.c.product_id, quantity).where(where).group_by(table.c.product_id).subquery()
-    query = (
-        sa.select(db.products.c.id, db.products.c.name, totals.c.quantity)
-        .join(totals, totals.c.product_id == db.products.c.id)
-        .order_by(totals.c.quantity.desc(), db.products.c.id)
-        .limit(LIMIT)
-    )
-    result = await conn.execute(query)
+        result = await conn.execute(_TOP_PRODUCTS_OF_MONTH, {"month": month})
     return [TopProduct(id=r.id, name=r.name, quantity=r.quantity) for r in result]
 
 

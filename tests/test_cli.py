@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -57,6 +58,7 @@ async def test_import_and_price_change_keeps_history(
             # The running service picks up the new price without a restart.
             new_price = write(tmp_path / "p2.csv", "id,name,price\n1,Tea,3\n")
             assert cli(database_url, "import", "--products", new_price).returncode == 0
+            await asyncio.sleep(0.1)  # the change notice reaches the app's loop, which cli() blocked
             later = await http.post("/sales", json={"product_id": 1, "store_id": 7, "sold_at": "2026-05-06T05:05:05Z"})
             assert later.json()["unit_price"] == "3.00"
             assert (await http.get("/reports/top-stores", params={"month": "2026-05"})).json()[0]["revenue"] == "5.50"

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from salesreport import config, db, reports
+from salesreport.changes import Changes
 from salesreport.api import create_app
 from salesreport.ingestion import Batcher, Catalog, Rejected, SaleIn, Unavailable
 from tests.conftest import PRODUCTS, STORES, count_sales, seed
@@ -22,14 +23,16 @@ pytestmark = pytest.mark.anyio
 async def batcher(settings: config.Settings):  # type: ignore[no-untyped-def]
     await seed(settings, PRODUCTS, STORES)
     database = db.connect(settings)
-    catalog = Catalog()
-    async with database.reader.connect() as conn:
-        await catalog.refresh(conn)
+    changes = Changes(database)
+    changes.start()
+    catalog = Catalog(database, changes)
+    await catalog.refresh()
     # A long flush interval so that concurrent submissions share one batch.
     b = Batcher(database, catalog, max_sales=1000, flush_ms=200, queue_max_sales=10)
     b.start()
     yield b
     await b.close()
+    await changes.close()
     await database.dispose()
 
 

@@ -1,0 +1,86 @@
+"""Knowing, in a worker, that another process changed the catalog or the keys.
+
+Every change bumps a counter in the ``versions`` table (``db.bump_version``).
+On PostgreSQL the same transaction sends a NOTIFY, which a listening
+connection per worker receives the moment it commits; while that connection is
+down, everything counts as changed. On SQLite a worker reads the counter itself
+(a local read of a few microseconds, no thread hop) whenever it needs to know.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+
+import asyncpg
+import structlog
+
+from . import db
+
+log = structlog.get_logger("salesreport.changes")
+
+
+class Changes:
+    def __init__(self, database: db.Database) -> None:
+        self._url = database.writer.url
+        self._sqlite: sqlite3.Connection | None = None
+        self._dirty: set[str] = set()
+        self._listening = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._url.get_backend_name() == "sqlite":
+            self._sqlite = sqlite3.connect(self._url.database or "", check_same_thread=False)
+        else:
+            dsn = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._task = asyncio.create_task(self._listen(dsn), name="salesreport-changes")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._sqlite is not None:
+            self._sqlite.close()
+
+    def stale(self, name: str, loaded: int) -> bool:
+        """Whether ``name`` may have changed since version ``loaded`` was read."""
+        if self._sqlite is not None:
+            try:
+                row = self._sqlite.execute("SELECT version FROM versions WHERE name = ?", (name,)).fetchone()
+            except sqlite3.Error:
+                return True
+            return (row[0] if row else 0) != loaded
+        return not self._listening or name in self._dirty
+
+    def reloading(self, name: str) -> None:
+        """Call before reading ``name`` again: a change from now on marks it stale anew."""
+        self._dirty.discard(name)
+
+    async def _listen(self, dsn: str) -> None:
+        while True:
+            try:
+                conn = await asyncpg.connect(dsn, timeout=5)
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.warning("change listener cannot connect", error=str(exc))
+                await asyncio.sleep(1)
+                continue
+            lost = asyncio.Event()
+            try:
+                await conn.add_listener(db.CHANNEL, lambda _c, _pid, _channel, name: self._dirty.add(name))
+                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                # Whatever changed while nobody listened is unknown.
+                self._dirty.update(db.VERSIONED)
+                self._listening = True
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), 10)
+                    if not lost.is_set():
+                        await conn.execute("SELECT 1", timeout=5)  # notice a dead connection
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("change listener lost its connection", error=str(exc))
+            finally:
+                self._listening = False
+                with contextlib.suppress(Exception):
+                    await conn.close(timeout=1)
