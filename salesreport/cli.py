@@ -124,9 +124,9 @@ def _check(args: argparse.Namespace, settings: config.Settings) -> int:
             print(f"repaired {len(found)} differences" if found else "rollups equal the raw sales")
             return 0
         async with database.reader.connect() as conn:
-            if conn.dialect.name == "postgresql":
-                # One snapshot for the rollups and the raw sales.
-                await conn.execution_options(isolation_level="REPEATABLE READ")
+            # One snapshot for the rollups and the raw sales.
+            level = "REPEATABLE READ" if conn.dialect.name == "postgresql" else "SERIALIZABLE"
+            await conn.execution_options(isolation_level=level)
             async with conn.begin():
                 found = await reports.differences(conn)
         for difference in found:

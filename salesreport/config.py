@@ -72,19 +72,27 @@ def configure_logging(log_format: str) -> None:
     """Structured logs on stdout: JSON lines in production, readable in a terminal."""
     import logging
 
+    import msgspec
     import structlog
 
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if log_format == "json" else structlog.dev.ConsoleRenderer(colors=False)
-    )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    text_renderer: Any
+    if log_format == "json":
+        # msgspec renders a line several times faster than json.dumps.
+        encode = msgspec.json.Encoder(enc_hook=repr).encode  # anything unusual is logged as its repr
+        renderer: Any = structlog.processors.JSONRenderer(serializer=lambda event, **_: encode(event))
+        factory: Any = structlog.BytesLoggerFactory()
+        text_renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = text_renderer = structlog.dev.ConsoleRenderer(colors=False)
+        factory = structlog.PrintLoggerFactory()
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
-        logger_factory=structlog.PrintLoggerFactory(),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )
     # Libraries log through the standard library: render them the same way.
@@ -92,7 +100,7 @@ def configure_logging(log_format: str) -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, text_renderer],
         )
     )
     root = logging.getLogger()

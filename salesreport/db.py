@@ -149,9 +149,11 @@ api_keys = sa.Table(
 class Database:
     """Readers use ``reader``; the process's one writer uses ``writer``.
 
-    On PostgreSQL both are the same pool. On SQLite the writer is a single
-    connection that opens its transactions with ``BEGIN IMMEDIATE``, so a
-    batch never fails half-way on a lock upgrade; readers never block it (WAL).
+    Readers run in autocommit: one statement, one round trip (a reader that
+    needs a snapshot over several statements sets its isolation level). On
+    PostgreSQL both share one pool. On SQLite the writer is a single connection
+    that opens its transactions with ``BEGIN IMMEDIATE``, so a batch never fails
+    half-way on a lock upgrade; readers never block it (WAL).
     """
 
     reader: AsyncEngine
@@ -163,8 +165,7 @@ class Database:
 
     async def dispose(self) -> None:
         await self.reader.dispose()
-        if self.writer is not self.reader:
-            await self.writer.dispose()
+        await self.writer.dispose()
 
 
 def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
@@ -182,7 +183,8 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
 
@@ -191,7 +193,9 @@ def connect(settings: Settings) -> Database:
     url = settings.database_url
     if settings.is_sqlite:
         return Database(
-            reader=_sqlite_engine(url, immediate=False, pool_size=settings.pool_size),
+            reader=_sqlite_engine(url, immediate=False, pool_size=settings.pool_size).execution_options(
+                isolation_level="AUTOCOMMIT"
+            ),
             writer=_sqlite_engine(url, immediate=True, pool_size=1),
         )
     engine = create_async_engine(
@@ -202,7 +206,7 @@ def connect(settings: Settings) -> Database:
         pool_pre_ping=False,
         connect_args={"timeout": 5, "command_timeout": 30, "server_settings": {"synchronous_commit": "on"}},
     )
-    return Database(reader=engine, writer=engine)
+    return Database(reader=engine.execution_options(isolation_level="AUTOCOMMIT"), writer=engine)
 
 
 @contextlib.asynccontextmanager
