@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .schemas import MAX_ID, parse_money
+from .schemas import CONTROL_CHARACTERS, MAX_ID, parse_money
 
 MAX_PRICE = 99_999_999_99  # cents; keeps quantity × price far inside BIGINT
 
@@ -36,6 +36,8 @@ def _text(limit: int) -> Callable[[str], str]:
         text = text.strip()
         if not 1 <= len(text) <= limit:
             raise ValueError(f"must be 1 to {limit} characters")
+        if CONTROL_CHARACTERS.search(text):
+            raise ValueError("must not contain control characters")
         return text
 
     return parse

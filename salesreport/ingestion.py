@@ -18,12 +18,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
+import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import db
 from .changes import Changes
 from .schemas import (
+    CONTROL_CHARACTERS,
     EARLIEST_SALE,
     MAX_BATCH,
     FieldError,
@@ -80,13 +82,13 @@ def parse_sales(body: bytes) -> tuple[list[SaleIn], bool]:
         decoded = _decoder.decode(body)
     except msgspec.ValidationError:
         pass
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise Malformed(str(exc)) from None
     else:
         return (decoded, True) if isinstance(decoded, list) else ([decoded], False)
     try:
         generic = msgspec.json.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError) as exc:
         raise Malformed(str(exc)) from None
     raise Rejected(shape_errors(generic))
 
@@ -141,6 +143,8 @@ def check_sales(sales: Sequence[SaleIn], now: datetime, is_array: bool) -> list[
             elif sale.sold_at < EARLIEST_SALE:
                 errors.append(FieldError(field="sold_at", index=index, message="before 2000-01-01"))
         if sale.idempotency_key is not None:
+            if CONTROL_CHARACTERS.search(sale.idempotency_key):  # the pattern's $ lets a final newline through
+                errors.append(FieldError(field="idempotency_key", index=index, message="control characters"))
             key = (sale.store_id, sale.idempotency_key)
             first = seen.setdefault(key, sale)
             if first is not sale and not same_sale(first, sale):
@@ -318,6 +322,18 @@ class Batcher:
                     # we looked: the next attempt sees it and judges it.
                     log.info("batch raced another writer, retrying", attempt=attempt, error=str(exc))
                     continue
+                if _refused_data(exc):
+                    if len(batch) > 1:
+                        # Some request holds a value the database refuses: write
+                        # each request alone, so that only that one fails.
+                        log.warning("batch refused by the database, writing its requests one by one", error=str(exc))
+                        for request in batch:
+                            await self._write([request])
+                        return
+                    log.warning("sales refused by the database", error=str(exc))
+                    detail = f"the database refused a value: {str(getattr(exc, 'orig', exc)).splitlines()[0][:200]}"
+                    outcomes = [Rejected([FieldError(field="body", message=detail)])]
+                    break
                 if isinstance(exc, db.ERRORS) or _sqlstate(exc) is not None:
                     log.warning("batch failed", error=str(exc))
                 else:
@@ -449,6 +465,14 @@ _RETRYABLE_SQLSTATES = {"23505", "40001", "40P01"}
 
 class _Raced(Exception):
     """Another writer stored one of the batch's keys with different content."""
+
+
+def _refused_data(exc: BaseException) -> bool:
+    """A data or integrity error: the values are at fault, and a retry would fail alike."""
+    if isinstance(exc, sa.exc.DataError | sa.exc.IntegrityError | OverflowError):
+        return True
+    state = _sqlstate(exc)
+    return state is not None and state[:2] in ("22", "23")
 
 
 def _sqlstate(exc: BaseException) -> str | None:

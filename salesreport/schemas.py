@@ -20,7 +20,12 @@ EARLIEST_SALE = datetime(2000, 1, 1, tzinfo=UTC)
 
 Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID, description="Identifier given by the chain.")]
 Quantity = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
-IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+# Text without control characters (PostgreSQL refuses NUL outright).
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+IdempotencyKey = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$", examples=["till-4-000123"]),
+]
 Money = Annotated[
     str,
     msgspec.Meta(
@@ -106,7 +111,7 @@ def format_money(cents: int) -> str:
 def parse_money(text: str) -> int:
     """Parse a non-negative decimal with at most two fraction digits into cents."""
     text = text.strip()
-    if not _MONEY_IN.match(text):
+    if not _MONEY_IN.fullmatch(text):
         raise ValueError(f"not an amount with at most two decimals: {text!r}")
     try:
         return int(Decimal(text) * 100)
@@ -121,7 +126,7 @@ _MONTH = re.compile(r"^([0-9]{4})-(0[1-9]|1[0-2])$")
 
 def parse_month(text: str) -> int:
     """``"2026-11"`` → ``202611``; anything else raises ValueError."""
-    match = _MONTH.match(text)
+    match = _MONTH.fullmatch(text)
     if not match:
         raise ValueError("month must be YYYY-MM with a month 01..12")
     return int(match.group(1)) * 100 + int(match.group(2))

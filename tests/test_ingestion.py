@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from salesreport import config, db, reports
-from salesreport.changes import Changes
 from salesreport.api import create_app
+from salesreport.changes import Changes
 from salesreport.ingestion import Batcher, Catalog, Rejected, SaleIn, Unavailable
 from tests.conftest import PRODUCTS, STORES, count_sales, seed
 
@@ -135,3 +135,20 @@ async def test_concurrent_load_keeps_rollups_equal_to_raw_sales(
             assert await reports.differences(conn) == []
     finally:
         await database.dispose()
+
+
+async def test_a_value_the_database_refuses_fails_alone(batcher: Batcher, settings: config.Settings) -> None:
+    # No input can reach this since prices are bounded on import; the batcher
+    # must still keep the damage to the one request.
+    batcher.catalog.prices[3] = 2**62
+    now = datetime.now(UTC)
+    results = await asyncio.gather(
+        batcher.submit([sale(1, 1)], False, now),
+        batcher.submit([sale(3, 1, quantity=4)], False, now),
+        batcher.submit([sale(2, 2)], False, now),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], Rejected)
+    assert results[1].errors[0].field == "body"
+    assert results[0][1] is True and results[2][1] is True
+    assert await count_sales(settings) == 2

@@ -233,3 +233,12 @@ async def test_a_sale_is_in_the_reports_at_once(client: httpx.AsyncClient) -> No
         assert top == [{"id": 4, "address": "Alexanderplatz 1, Berlin", "revenue": "8641.92"}]
     products = (await client.get("/reports/top-products")).json()
     assert products == [{"id": 3, "name": "Coffee", "quantity": 7}]
+
+
+@pytest.mark.parametrize("key", ["a\u0000b", "tab\there", "line\n", "\u007f"])
+async def test_idempotency_key_without_control_characters(
+    client: httpx.AsyncClient, settings: config.Settings, key: str
+) -> None:
+    problem = assert_problem(await post(client, {"product_id": 1, "store_id": 1, "idempotency_key": key}), 422)
+    assert problem["errors"][0]["field"] == "idempotency_key"
+    assert await count_sales(settings) == 0
