@@ -22,7 +22,7 @@ run: $(VENV)/.runtime
 	$(BIN)/python -m salesreport serve --host 127.0.0.1 --port 8000
 
 test: $(VENV)/.dev
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check salesreport tests bench
