@@ -5,6 +5,10 @@ On PostgreSQL the same transaction sends a NOTIFY, which a listening
 connection per worker receives the moment it commits; while that connection is
 down, everything counts as changed. On SQLite a worker reads the counter itself
 (a local read of a few microseconds, no thread hop) whenever it needs to know.
+
+The listening connection also holds the worker's rollup *slot* (see ``db``): the
+lowest slot that no other worker holds, as an advisory lock, so that N workers
+write into N slots and the reports sum few rows.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from . import db
 
 log = structlog.get_logger("salesreport.changes")
 
+_SLOT_LOCKS = 0x5A1E  # the advisory lock class of rollup slots
+
 
 class Changes:
     def __init__(self, database: db.Database) -> None:
@@ -28,6 +34,8 @@ class Changes:
         self._dirty: set[str] = set()
         self._listening = False
         self._task: asyncio.Task[None] | None = None
+        # Until a slot is claimed (and always on SQLite, which has one writer).
+        self.slot = 0 if self._url.get_backend_name() == "sqlite" else db.writer_slot()
 
     def start(self) -> None:
         if self._url.get_backend_name() == "sqlite":
@@ -58,6 +66,12 @@ class Changes:
         """Call before reading ``name`` again: a change from now on marks it stale anew."""
         self._dirty.discard(name)
 
+    async def _claim_slot(self, conn: asyncpg.Connection) -> None:
+        for slot in range(db.SLOTS):
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", _SLOT_LOCKS, slot):
+                self.slot = slot
+                return
+
     async def _listen(self, dsn: str) -> None:
         while True:
             try:
@@ -70,6 +84,7 @@ class Changes:
             try:
                 await conn.add_listener(db.CHANNEL, lambda _c, _pid, _channel, name: self._dirty.add(name))
                 conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                await self._claim_slot(conn)
                 # Whatever changed while nobody listened is unknown.
                 self._dirty.update(db.VERSIONED)
                 self._listening = True

@@ -240,6 +240,7 @@ async def _driver(conn: AsyncConnection) -> Any:
 
 
 def writer_slot() -> int:
+    """A slot for a writer that holds none (see ``changes``)."""
     return os.getpid() % SLOTS
 
 

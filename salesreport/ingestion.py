@@ -247,14 +247,12 @@ class Batcher:
         max_sales: int,
         flush_ms: int,
         queue_max_sales: int,
-        slot: int | None = None,
     ) -> None:
         self.db = database
         self.catalog = catalog
         self.max_sales = max_sales
         self.flush_seconds = flush_ms / 1000
         self.queue_max_sales = queue_max_sales
-        self.slot = db.writer_slot() if slot is None else slot
         # On PostgreSQL a batch first inserts without looking its keys up: a key
         # already stored leaves its row out, and is judged then. Only a key
         # stored with other content makes the batch start again, looking first.
@@ -365,7 +363,7 @@ class Batcher:
             new_by_key: dict[tuple[int, str], int] = {}
             # Per request: its answer, each sale either a stored row or the index of a new row.
             plans = [self._plan(request, stored, new_rows, new_sales, new_by_key) for request in batch]
-            ids = await db.insert_sales(conn, new_rows, self.slot) if new_rows else []
+            ids = await db.insert_sales(conn, new_rows, self.catalog.changes.slot) if new_rows else []
             # A row left out (None) has a key stored before or by another writer
             # meanwhile: a replay if the content is the same, else start again.
             results: list[Any] = []
