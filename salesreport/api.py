@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import os
 import re
+import signal
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +43,7 @@ class Service:
     catalog: Catalog
     batcher: Batcher
     keys: KeyRing
+    draining: bool = False
 
 
 class ProblemError(Exception):
@@ -79,6 +81,19 @@ def service(request: Request) -> Service:
     return svc
 
 
+_last_down_warning = 0.0
+
+
+def _database_down(event: str, exc: BaseException) -> None:
+    """Log that the database is unavailable, once a second at most: an outage
+    under load would otherwise write a line per request."""
+    global _last_down_warning
+    now = time.monotonic()
+    if now - _last_down_warning >= 1:
+        _last_down_warning = now
+        log.warning(f"{event}: database unavailable", error=str(exc))
+
+
 @contextlib.asynccontextmanager
 async def reading(request: Request) -> AsyncIterator[Any]:
     """A read connection; a database that cannot be reached answers 503."""
@@ -86,7 +101,7 @@ async def reading(request: Request) -> AsyncIterator[Any]:
         async with service(request).db.reader.connect() as conn:
             yield conn
     except db.ERRORS as exc:
-        log.warning("read failed: database unavailable", error=str(exc))
+        _database_down("read failed", exc)
         raise unavailable(Unavailable("the database is unavailable", retry_after=2)) from None
 
 
@@ -96,7 +111,7 @@ async def authenticate(request: Request) -> Key | None:
     try:
         await keys.refresh()
     except db.ERRORS as exc:
-        log.warning("cannot load API keys: database unavailable", error=str(exc))
+        _database_down("cannot load API keys", exc)
         raise unavailable(Unavailable("the database is unavailable", retry_after=2)) from None
     try:
         key = keys.authenticate(request.headers.get("authorization"))
@@ -127,7 +142,7 @@ async def fresh_catalog(request: Request, *, ask: bool = False) -> Catalog:
     try:
         await catalog.refresh(ask=ask)
     except db.ERRORS as exc:
-        log.warning("cannot load the catalog: database unavailable", error=str(exc))
+        _database_down("cannot load the catalog", exc)
         raise unavailable(Unavailable("the database is unavailable", retry_after=2)) from None
     return catalog
 
@@ -294,10 +309,18 @@ routes = [
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
-class AccessLog:
-    """One log line per request, with a request id echoed in X-Request-ID.
+_SHUTTING_DOWN = encoder.encode(
+    Problem(status=503, title="Service Unavailable", detail="the service is shutting down; retry shortly")
+)
 
-    The line names the API key by id; the Authorization header is never logged.
+
+class Front:
+    """The outermost layer: request ids, the access log, and the drain.
+
+    One log line per request, with a request id echoed in X-Request-ID; the
+    line names the API key by id, never the key. While the service drains
+    after SIGTERM, a new request gets 503 and every response closes its
+    connection, so that clients move to another instance before it stops.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -311,16 +334,24 @@ class AccessLog:
         request_id = given if _REQUEST_ID.match(given) else os.urandom(8).hex()
         started = time.perf_counter()
         status = 500
+        svc: Service | None = getattr(scope["app"].state, "service", None)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                if svc is not None and svc.draining:
+                    headers.append((b"connection", b"close"))
+                message["headers"] = headers
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            if svc is not None and svc.draining and scope["path"] != "/health/live":
+                response = Response(_SHUTTING_DOWN, 503, {"Retry-After": "1"}, PROBLEM)
+                await response(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
             log.info(
                 "request",
@@ -331,6 +362,35 @@ class AccessLog:
                 ms=round((time.perf_counter() - started) * 1000, 2),
                 key_id=scope.get("salesreport.key_id"),
             )
+
+
+def _drain_on_sigterm(svc: Service) -> Callable[[], None]:
+    """Make SIGTERM drain for ``settings.drain_seconds`` before the server stops.
+
+    Granian stops a worker on SIGTERM and closes its idle keep-alive
+    connections at once: a request a client sends on one just then would get
+    no answer. So the worker first drains (see ``Front``), then runs Granian's
+    own handler. Granian registers it with the event loop; outside Granian
+    (no handler there) nothing changes.
+    """
+    loop = asyncio.get_running_loop()
+    # asyncio's table of loop signal handlers: private, but unchanged since 3.4.
+    handlers = getattr(loop, "_signal_handlers", None)
+    server = handlers.get(signal.SIGTERM) if isinstance(handlers, dict) else None
+    if not isinstance(server, asyncio.Handle):
+        return lambda: None
+
+    def on_sigterm() -> None:
+        if not svc.draining:
+            svc.draining = True
+            log.info("draining before shutdown", seconds=svc.settings.drain_seconds)
+            loop.call_later(svc.settings.drain_seconds, server._run)
+
+    def restore() -> None:
+        loop.add_signal_handler(signal.SIGTERM, server._callback, *server._args)
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    return restore
 
 
 def create_app(settings: config.Settings | None = None) -> Starlette:
@@ -355,11 +415,14 @@ def create_app(settings: config.Settings | None = None) -> Starlette:
         keys = KeyRing(database, changes)
         batcher.start()
         keys.start()
-        app.state.service = Service(settings, database, catalog, batcher, keys)
+        svc = Service(settings, database, catalog, batcher, keys)
+        app.state.service = svc
+        restore = _drain_on_sigterm(svc)
         try:
             yield
         finally:
-            # Drain: refuse new sales, commit every queued batch, then close.
+            restore()
+            # Requests in flight have finished: commit every queued batch, then close.
             await batcher.close()
             await keys.close()
             await changes.close()
@@ -368,7 +431,7 @@ def create_app(settings: config.Settings | None = None) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(AccessLog)],
+        middleware=[Middleware(Front)],
         exception_handlers={
             ProblemError: on_problem,
             HTTPException: on_http_exception,

@@ -44,6 +44,9 @@ class Settings:
     log_format: str
     # Seconds a client has to send a request body.
     body_timeout: float
+    # Seconds between SIGTERM and the server closing its connections, during
+    # which new requests get 503 and every response closes its connection.
+    drain_seconds: float
 
     @property
     def is_sqlite(self) -> bool:
@@ -65,6 +68,7 @@ def load() -> Settings:
         pool_size=_int("SALESREPORT_POOL_SIZE", 8),
         log_format=os.environ.get("SALESREPORT_LOG_FORMAT") or ("console" if os.isatty(2) else "json"),
         body_timeout=_int("SALESREPORT_BODY_TIMEOUT_S", 10),
+        drain_seconds=_int("SALESREPORT_DRAIN_S", 1),
     )
 
 
@@ -89,7 +93,7 @@ def configure_logging(log_format: str) -> None:
         text_renderer = structlog.processors.JSONRenderer()
     else:
         renderer = text_renderer = structlog.dev.ConsoleRenderer(colors=False)
-        factory = structlog.PrintLoggerFactory()
+        factory = structlog.WriteLoggerFactory()  # one write per line: workers share stdout
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         logger_factory=factory,

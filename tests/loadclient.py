@@ -109,8 +109,9 @@ def make_sales(prefix: str) -> Iterator[tuple[list[dict[str, Any]], bool]]:
 class Load:
     """``concurrency`` tasks posting sales back to back until ``stop`` is set.
 
-    A task sends its current post again (after ``pause``) on a 503 or a transport
-    failure, and moves on to a new post once it got any other answer.
+    A task sends its current post again on a 503 (after its Retry-After) or a
+    transport failure (after ``pause``), and moves on to a new post once it got
+    any other answer.
     """
 
     def __init__(
@@ -184,7 +185,13 @@ class Load:
                 attempt = await self.send(post)
                 if attempt.status is not None and attempt.status != 503:
                     break  # acknowledged, or refused for good (which the tests assert never happens)
-                await asyncio.sleep(self.pause)
+                await asyncio.sleep(self.wait_after(attempt))
+
+    def wait_after(self, attempt: Attempt) -> float:
+        """A 503 says how long to wait (Retry-After), as the README asks of POS clients."""
+        if attempt.status == 503 and attempt.retry_after and attempt.retry_after.isdigit():
+            return max(self.pause, min(float(attempt.retry_after), 2.0))
+        return self.pause
 
     async def run(self) -> None:
         """Post until ``stop`` is set; returns once every task has had its last answer."""
