@@ -387,7 +387,7 @@ def _drain_on_sigterm(svc: Service) -> Callable[[], None]:
             loop.call_later(svc.settings.drain_seconds, server._run)
 
     def restore() -> None:
-        loop.add_signal_handler(signal.SIGTERM, server._callback, *server._args)
+        loop.add_signal_handler(signal.SIGTERM, server._run)
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     return restore
