@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -93,7 +94,7 @@ def configure_logging(log_format: str) -> None:
         text_renderer = structlog.processors.JSONRenderer()
     else:
         renderer = text_renderer = structlog.dev.ConsoleRenderer(colors=False)
-        factory = structlog.WriteLoggerFactory()  # one write per line: workers share stdout
+        factory = _Lines
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         logger_factory=factory,
@@ -110,3 +111,16 @@ def configure_logging(log_format: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
+
+
+class _Lines:
+    """Writes each line in one call (workers share stdout) to the stdout of the moment."""
+
+    def __init__(self, *_args: Any) -> None:
+        pass
+
+    def msg(self, message: str) -> None:
+        sys.stdout.write(message + "\n")
+        sys.stdout.flush()
+
+    log = debug = info = warn = warning = error = err = critical = exception = fatal = failure = msg

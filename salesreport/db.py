@@ -11,9 +11,12 @@ readers sum the slots.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterable, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -145,6 +148,130 @@ api_keys = sa.Table(
 )
 
 
+class SQLiteWriter:
+    """SQLite's one writer: a connection of its own, in a thread of its own.
+
+    Every batch runs there start to finish (``BEGIN IMMEDIATE`` to ``COMMIT``),
+    so the event loop hands it over once; with aiosqlite each statement would
+    be a round trip through a loop that is busy serving requests.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._conn: sqlite3.Connection | None = None
+
+    async def run(self, steps: Steps, slot: int) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, steps, slot)
+
+    def close(self) -> None:
+        self._executor.submit(self._close).result()
+        self._executor.shutdown()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            for pragma in _SQLITE_PRAGMAS:
+                self._conn.execute(pragma)
+        return self._conn
+
+    def _run(self, steps: Steps, slot: int) -> Any:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            request = next(steps)
+            while True:
+                kind, argument = request
+                answer = self._find(conn, argument) if kind == "find" else self._insert(conn, argument, slot)
+                try:
+                    request = steps.send(answer)
+                except StopIteration as done:
+                    conn.execute("COMMIT")
+                    return done.value
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _find(conn: sqlite3.Connection, keys: Iterable[tuple[int, str]]) -> dict[tuple[int, str], dict[str, Any]]:
+        found = {}
+        for key in keys:
+            row = conn.execute(_SQLITE_FIND, key).fetchone()
+            if row is not None:
+                sale = dict(zip(_SALE_COLUMNS, row, strict=True))
+                sale["sold_at"] = datetime.fromisoformat(sale["sold_at"]).replace(tzinfo=UTC)
+                found[key] = sale
+        return found
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, rows: Sequence[dict[str, Any]], slot: int) -> list[int | None]:
+        order = sorted(range(len(rows)), key=lambda i: _key_order(rows[i]))
+        new_ids: list[int | None] = []
+        inserted = []
+        for i in order:
+            row = rows[i]
+            values = [row[c] for c in _INSERT_COLUMNS]
+            values[5] = _sqlite_time(row["sold_at"])
+            values[6] = _sqlite_time(row["received_at"])
+            result = conn.execute(_SQLITE_INSERT, values).fetchone()
+            new_ids.append(result[0] if result else None)
+            if result:
+                inserted.append(row)
+        store_revenue, product_quantity = aggregate(inserted)
+        conn.executemany(
+            _SQLITE_ADD_STORE,
+            [(s, m, slot, r, n) for (s, m), (r, n) in sorted(store_revenue.items())],
+        )
+        conn.executemany(_SQLITE_ADD_PRODUCT, [(p, m, slot, q) for (p, m), q in sorted(product_quantity.items())])
+        totals: dict[int, int] = {}
+        for (p, _m), q in product_quantity.items():
+            totals[p] = totals.get(p, 0) + q
+        conn.executemany(_SQLITE_ADD_TOTAL, [(p, slot, q) for p, q in sorted(totals.items())])
+        return _unsort(order, new_ids)
+
+
+def _sqlite_time(value: datetime) -> str:
+    # The text form SQLAlchemy's SQLite DateTime reads and writes (UTC here).
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+_SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA busy_timeout=10000")
+_INSERT_COLUMNS = (
+    "store_id",
+    "product_id",
+    "quantity",
+    "unit_price",
+    "amount",
+    "sold_at",
+    "received_at",
+    "month",
+    "idempotency_key",
+)
+_SQLITE_INSERT = f"""
+INSERT INTO sales ({", ".join(_INSERT_COLUMNS)}) VALUES ({", ".join("?" * len(_INSERT_COLUMNS))})
+ON CONFLICT (store_id, idempotency_key) DO NOTHING RETURNING id
+"""
+_SQLITE_ADD_STORE = """
+INSERT INTO store_month (store_id, month, slot, revenue, sales) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (store_id, month, slot)
+DO UPDATE SET revenue = revenue + excluded.revenue, sales = sales + excluded.sales
+"""
+_SQLITE_ADD_PRODUCT = """
+INSERT INTO product_month (product_id, month, slot, quantity) VALUES (?, ?, ?, ?)
+ON CONFLICT (product_id, month, slot) DO UPDATE SET quantity = quantity + excluded.quantity
+"""
+_SQLITE_ADD_TOTAL = """
+INSERT INTO product_total (product_id, slot, quantity) VALUES (?, ?, ?)
+ON CONFLICT (product_id, slot) DO UPDATE SET quantity = quantity + excluded.quantity
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Database:
     """Readers use ``reader``; the process's one writer uses ``writer``.
@@ -158,6 +285,8 @@ class Database:
 
     reader: AsyncEngine
     writer: AsyncEngine
+    # SQLite only: the thread that writes the batches of sales.
+    sqlite_writer: SQLiteWriter | None = None
 
     @property
     def dialect(self) -> str:
@@ -166,6 +295,8 @@ class Database:
     async def dispose(self) -> None:
         await self.reader.dispose()
         await self.writer.dispose()
+        if self.sqlite_writer is not None:
+            self.sqlite_writer.close()
 
 
 def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
@@ -176,9 +307,8 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
         # Let SQLAlchemy emit BEGIN itself (pysqlite's own BEGIN is deferred).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA busy_timeout=10000")
+        for pragma in _SQLITE_PRAGMAS:
+            cursor.execute(pragma)
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -197,6 +327,7 @@ def connect(settings: Settings) -> Database:
                 isolation_level="AUTOCOMMIT"
             ),
             writer=_sqlite_engine(url, immediate=True, pool_size=1),
+            sqlite_writer=SQLiteWriter(sa.engine.make_url(url).database or ""),
         )
     engine = create_async_engine(
         url,
@@ -299,6 +430,7 @@ async def save_catalog(
 
 
 _SALE_COLUMNS = ("id", "store_id", "product_id", "quantity", "unit_price", "amount", "sold_at", "idempotency_key")
+_SQLITE_FIND = f"SELECT {', '.join(_SALE_COLUMNS)} FROM sales WHERE store_id = ? AND idempotency_key = ?"
 _PG_FIND = f"""
 SELECT {", ".join("s." + c for c in _SALE_COLUMNS)}
 FROM sales s JOIN unnest($1::bigint[], $2::text[]) AS k(store_id, idempotency_key)
@@ -327,28 +459,53 @@ async def find_sales_by_key(
     return {(r["store_id"], r["idempotency_key"]): r for r in rows}
 
 
+# --- the writer's batches -----------------------------------------------------
+#
+# A batch is written by a generator of steps (see ``ingestion``): it yields
+# ("find", keys) or ("insert", rows) and receives the stored sales by key, or
+# the new ids (None where the key was stored already). A driver runs the steps
+# in one transaction: asynchronously on PostgreSQL, and on SQLite in the
+# writer's own thread, so that a batch costs one hop to that thread, not one
+# per statement.
+
+Steps = Generator[tuple[str, Any], Any, Any]
+
+
+async def run_batch(database: Database, steps: Steps, slot: int) -> Any:
+    if database.sqlite_writer is not None:
+        return await database.sqlite_writer.run(steps, slot)
+    async with write_transaction(database) as conn:
+        request = next(steps)
+        while True:
+            kind, argument = request
+            if kind == "find":
+                answer: Any = await find_sales_by_key(conn, argument)
+            else:
+                answer = await insert_sales(conn, argument, slot)
+            try:
+                request = steps.send(answer)
+            except StopIteration as done:
+                return done.value
+
+
 async def insert_sales(conn: AsyncConnection, rows: Sequence[dict[str, Any]], slot: int) -> list[int | None]:
     """Insert priced sales, add them to the rollups, return their ids in the order given.
 
     Rows with an idempotency key go in key order, so two writers inserting the
     same keys wait on each other instead of deadlocking; rollup rows likewise.
-    On PostgreSQL a row whose key another writer committed meanwhile is left
-    out, and its id is None. (SQLite has one writer, which looked the keys up
-    inside its own transaction.)
+    A row whose key is stored already (or by another writer meanwhile) is left
+    out, and its id is None.
     """
     order = sorted(range(len(rows)), key=lambda i: _key_order(rows[i]))
-    ordered = [rows[i] for i in order]
-    new_ids: list[int | None]
-    if conn.dialect.name == "postgresql":
-        new_ids = await _insert_sales_pg(conn, ordered, slot)
-    else:
-        result = await conn.execute(sa.insert(sales).returning(sales.c.id, sort_by_parameter_order=True), ordered)
-        new_ids = [row.id for row in result]
-        await add_to_rollups(conn, slot, *aggregate(ordered))
-    ids: list[int | None] = [None] * len(rows)
-    for i, new_id in zip(order, new_ids, strict=True):
-        ids[i] = new_id
-    return ids
+    new_ids = await _insert_sales_pg(conn, [rows[i] for i in order], slot)
+    return _unsort(order, new_ids)
+
+
+def _unsort(order: list[int], values: list[int | None]) -> list[int | None]:
+    result: list[int | None] = [None] * len(order)
+    for i, value in zip(order, values, strict=True):
+        result[i] = value
+    return result
 
 
 def aggregate(

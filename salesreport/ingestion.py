@@ -10,6 +10,7 @@ alone; its batch-mates are written without it.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -253,10 +254,6 @@ class Batcher:
         self.max_sales = max_sales
         self.flush_seconds = flush_ms / 1000
         self.queue_max_sales = queue_max_sales
-        # On PostgreSQL a batch first inserts without looking its keys up: a key
-        # already stored leaves its row out, and is judged then. Only a key
-        # stored with other content makes the batch start again, looking first.
-        self.optimistic = database.dialect == "postgresql"
         self._queue: deque[_Request] = deque()
         self._queued_sales = 0
         self._wakeup = asyncio.Event()
@@ -313,7 +310,7 @@ class Batcher:
         outcomes: list[tuple[list[SaleOut], bool] | Exception]
         for attempt in range(1, 4):
             try:
-                outcomes = await self._transaction(batch, look_up_keys=attempt > 1 or not self.optimistic)
+                outcomes = await self._transaction(batch, look_up_keys=attempt > 1)
             except Exception as exc:  # every request gets an answer, whatever happened
                 if (isinstance(exc, _Raced) or _sqlstate(exc) in _RETRYABLE_SQLSTATES) and attempt < 3:
                     # Another writer stored one of these idempotency keys after
@@ -332,7 +329,7 @@ class Batcher:
                     detail = f"the database refused a value: {str(getattr(exc, 'orig', exc)).splitlines()[0][:200]}"
                     outcomes = [Rejected([FieldError(field="body", message=detail)])]
                     break
-                if isinstance(exc, db.ERRORS) or _sqlstate(exc) is not None:
+                if isinstance(exc, (*db.ERRORS, sqlite3.Error)) or _sqlstate(exc) is not None:
                     log.warning("batch failed", error=str(exc))
                 else:
                     log.exception("batch failed")
@@ -350,37 +347,53 @@ class Batcher:
         self, batch: list[_Request], *, look_up_keys: bool
     ) -> list[tuple[list[SaleOut], bool] | Exception]:
         await self.catalog.refresh()
-        async with db.write_transaction(self.db) as conn:
-            keys = {
-                (sale.store_id, sale.idempotency_key)
-                for request in batch
-                for sale in request.sales
-                if sale.idempotency_key is not None
-            }
-            stored = await db.find_sales_by_key(conn, keys) if keys and look_up_keys else {}
-            new_rows: list[dict[str, Any]] = []
-            new_sales: list[SaleIn] = []
-            new_by_key: dict[tuple[int, str], int] = {}
-            # Per request: its answer, each sale either a stored row or the index of a new row.
-            plans = [self._plan(request, stored, new_rows, new_sales, new_by_key) for request in batch]
-            ids = await db.insert_sales(conn, new_rows, self.catalog.changes.slot) if new_rows else []
-            # A row left out (None) has a key stored before or by another writer
-            # meanwhile: a replay if the content is the same, else start again.
-            results: list[Any] = []
-            is_new: list[bool] = []
-            lost = {(r["store_id"], r["idempotency_key"]) for r, i in zip(new_rows, ids, strict=True) if i is None}
-            winners = await db.find_sales_by_key(conn, lost) if lost else {}
-            for row, sale, new_id in zip(new_rows, new_sales, ids, strict=True):
-                if new_id is None:
-                    winner = winners[(row["store_id"], row["idempotency_key"])]
-                    if not _matches(winner, sale):
-                        raise _Raced
-                    results.append(winner)
-                    is_new.append(False)
-                else:
-                    row["id"] = new_id
-                    results.append(row)
-                    is_new.append(True)
+        steps = self._steps(batch, look_up_keys=look_up_keys)
+        plans, results, is_new = await db.run_batch(self.db, steps, self.catalog.changes.slot)
+        return self._answers(plans, results, is_new)
+
+    def _steps(self, batch: list[_Request], *, look_up_keys: bool) -> db.Steps:
+        """The batch's transaction, as steps for ``db.run_batch``.
+
+        The first attempt inserts without looking the keys up: a key already
+        stored leaves its row out, and is judged then. Only a key stored with
+        other content makes the batch start again, looking first.
+        """
+        keys = {
+            (sale.store_id, sale.idempotency_key)
+            for request in batch
+            for sale in request.sales
+            if sale.idempotency_key is not None
+        }
+        stored = (yield ("find", keys)) if keys and look_up_keys else {}
+        new_rows: list[dict[str, Any]] = []
+        new_sales: list[SaleIn] = []
+        new_by_key: dict[tuple[int, str], int] = {}
+        # Per request: its answer, each sale either a stored row or the index of a new row.
+        plans = [self._plan(request, stored, new_rows, new_sales, new_by_key) for request in batch]
+        ids = (yield ("insert", new_rows)) if new_rows else []
+        # A row left out (None) has a key stored before or by another writer
+        # meanwhile: a replay if the content is the same, else start again.
+        lost = {(r["store_id"], r["idempotency_key"]) for r, i in zip(new_rows, ids, strict=True) if i is None}
+        winners = (yield ("find", lost)) if lost else {}
+        results: list[dict[str, Any]] = []
+        is_new: list[bool] = []
+        for row, sale, new_id in zip(new_rows, new_sales, ids, strict=True):
+            if new_id is None:
+                winner = winners[(row["store_id"], row["idempotency_key"])]
+                if not _matches(winner, sale):
+                    raise _Raced
+                results.append(winner)
+                is_new.append(False)
+            else:
+                row["id"] = new_id
+                results.append(row)
+                is_new.append(True)
+        return plans, results, is_new
+
+    @staticmethod
+    def _answers(
+        plans: list[list[Any] | Exception], results: list[dict[str, Any]], is_new: list[bool]
+    ) -> list[tuple[list[SaleOut], bool] | Exception]:
         # Committed: build the answers.
         outcomes: list[tuple[list[SaleOut], bool] | Exception] = []
         for plan in plans:
@@ -467,7 +480,9 @@ class _Raced(Exception):
 
 def _refused_data(exc: BaseException) -> bool:
     """A data or integrity error: the values are at fault, and a retry would fail alike."""
-    if isinstance(exc, sa.exc.DataError | sa.exc.IntegrityError | OverflowError):
+    if isinstance(exc, sa.exc.DataError | sa.exc.IntegrityError | sqlite3.DataError | sqlite3.IntegrityError):
+        return True
+    if isinstance(exc, OverflowError):  # a driver refusing an integer
         return True
     state = _sqlstate(exc)
     return state is not None and state[:2] in ("22", "23")
