@@ -44,23 +44,14 @@ import wrkrun
 from report import Run, Scenario, Soak, Stage, Verification
 from services import Postgres, Server, log
 
+from salesreport import demo
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 OUT = BENCH / "out"
 STORES = 200
 PRODUCTS = 1000
-ZONES = [
-    "Europe/Moscow",
-    "Europe/Kaliningrad",
-    "Asia/Yekaterinburg",
-    "Asia/Novosibirsk",
-    "Asia/Vladivostok",
-    "Europe/Berlin",
-    "America/New_York",
-    "America/Los_Angeles",
-    "Asia/Kolkata",
-    "UTC",
-]
+ZONES = demo.ZONES
 DATABASE = "salesreport"
 
 

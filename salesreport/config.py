@@ -64,7 +64,7 @@ def load() -> Settings:
         database_url=async_url(os.environ.get("DATABASE_URL") or "sqlite:///salesreport.db"),
         default_timezone=tz,
         batch_max_sales=_int("SALESREPORT_BATCH_MAX_SALES", 2000),
-        flush_ms=_int("SALESREPORT_FLUSH_MS", 2),
+        flush_ms=_int("SALESREPORT_FLUSH_MS", 1),
         queue_max_sales=_int("SALESREPORT_QUEUE_MAX_SALES", 50_000),
         pool_size=_int("SALESREPORT_POOL_SIZE", 8),
         log_format=os.environ.get("SALESREPORT_LOG_FORMAT") or ("console" if os.isatty(2) else "json"),

@@ -18,6 +18,8 @@ ZONES = [
     "Asia/Vladivostok",
     "Europe/Berlin",
     "America/New_York",
+    "America/Los_Angeles",
+    "Asia/Kolkata",  # UTC+05:30: months that start at half past
     "UTC",
 ]
 STREETS = ["Lenina", "Mira", "Sadovaya", "Pushkina", "Gagarina", "Sovetskaya", "Tverskaya", "Nevsky"]
