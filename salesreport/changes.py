@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from collections.abc import Iterator
 
 import asyncpg
 import structlog
@@ -62,9 +63,16 @@ class Changes:
             return (row[0] if row else 0) != loaded
         return not self._listening or name in self._dirty
 
-    def reloading(self, name: str) -> None:
-        """Call before reading ``name`` again: a change from now on marks it stale anew."""
+    @contextlib.contextmanager
+    def reloading(self, name: str) -> Iterator[None]:
+        """Around a reload of ``name``: a change announced meanwhile marks it stale
+        anew, and so does a reload that fails (it is tried again next time)."""
         self._dirty.discard(name)
+        try:
+            yield
+        except BaseException:
+            self._dirty.add(name)
+            raise
 
     async def _claim_slot(self, conn: asyncpg.Connection) -> None:
         for slot in range(db.SLOTS):

@@ -189,13 +189,13 @@ class Catalog:
         if not ask and not self.changes.stale("catalog", self.version):
             return
         async with self._lock:
-            self.changes.reloading("catalog")
-            async with self.database.reader.connect() as conn:
-                version = await db.get_version(conn, "catalog")
-                if version == self.version:
-                    return
-                products = await db.list_products(conn)
-                stores = await db.list_stores(conn)
+            with self.changes.reloading("catalog"):
+                async with self.database.reader.connect() as conn:
+                    version = await db.get_version(conn, "catalog")
+                    if version == self.version:
+                        return
+                    products = await db.list_products(conn)
+                    stores = await db.list_stores(conn)
             self.prices = {p.id: p.price for p in products}
             self.zones = {s.id: ZoneInfo(s.timezone) for s in stores}
             self.products_json = encoder.encode(
@@ -266,18 +266,31 @@ class Batcher:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="salesreport-batcher")
+        self._task.add_done_callback(self._stopped)
+
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        """If the writer ever dies, no request may wait for it forever."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the sales writer stopped", error=repr(task.exception()))
+        while self._queue:
+            request = self._queue.popleft()
+            if not request.future.done():
+                request.future.set_exception(Unavailable("the sales writer is not running", retry_after=5))
+        self._queued_sales = 0
 
     async def close(self) -> None:
         """Refuse new sales, write everything queued, then stop."""
         self._closing = True
         self._wakeup.set()
         if self._task is not None:
-            await self._task
+            await asyncio.wait([self._task])  # however it ended
 
     async def submit(self, sales: list[SaleIn], is_array: bool, received_at: datetime) -> tuple[list[SaleOut], bool]:
         """Store ``sales``; return them as stored and whether any was new."""
         if self._closing:
             raise Unavailable("the service is shutting down", retry_after=1)
+        if self._task is None or self._task.done():
+            raise Unavailable("the sales writer is not running", retry_after=5)
         if self._queued_sales + len(sales) > self.queue_max_sales:
             raise Unavailable("too many sales waiting to be written", retry_after=1)
         future: asyncio.Future[tuple[list[SaleOut], bool]] = asyncio.get_running_loop().create_future()
@@ -326,7 +339,8 @@ class Batcher:
                             await self._write([request])
                         return
                     log.warning("sales refused by the database", error=str(exc))
-                    detail = f"the database refused a value: {str(getattr(exc, 'orig', exc)).splitlines()[0][:200]}"
+                    reason = (str(getattr(exc, "orig", exc)).splitlines() or [type(exc).__name__])[0]
+                    detail = f"the database refused a value: {reason[:200]}"
                     outcomes = [Rejected([FieldError(field="body", message=detail)])]
                     break
                 if isinstance(exc, (*db.ERRORS, sqlite3.Error)) or _sqlstate(exc) is not None:
@@ -401,7 +415,10 @@ class Batcher:
                 outcomes.append(plan)
                 continue
             created = any(isinstance(entry, int) and is_new[entry] for entry in plan)
-            rows = [_sale_out(results[e] if isinstance(e, int) else e) for e in plan]
+            rows = [
+                _sale_out(results[e] if isinstance(e, int) else results[e.position] if isinstance(e, _Replay) else e)
+                for e in plan
+            ]
             outcomes.append((rows, created))
         return outcomes
 
@@ -429,12 +446,17 @@ class Batcher:
                         errors.append(_conflict(i if request.is_array else None))
                     plan.append(previous)
                     continue
-                position = pending_keys.get(key, new_by_key.get(key))
-                if position is not None:
-                    row = pending[position - len(new_rows)] if position >= len(new_rows) else new_rows[position]
-                    if not _matches(row, sale):
+                if key in pending_keys:  # the same sale twice in this array
+                    position = pending_keys[key]
+                    if not _matches(pending[position - len(new_rows)], sale):
                         errors.append(_conflict(i if request.is_array else None))
                     plan.append(position)
+                    continue
+                if key in new_by_key:  # a sale another request of this batch stores: a replay
+                    position = new_by_key[key]
+                    if not _matches(new_rows[position], sale):
+                        errors.append(_conflict(i if request.is_array else None))
+                    plan.append(_Replay(position))
                     continue
             sold_at = sale.sold_at.astimezone(UTC) if sale.sold_at is not None else request.received_at
             price = self.catalog.prices[sale.product_id]
@@ -472,6 +494,13 @@ async def store_history(conn: AsyncConnection, rows: Sequence[dict[str, Any]], s
 # Unique violation, serialization failure, deadlock: another writer got there
 # first. (SQLite cannot race: its writer looks keys up under BEGIN IMMEDIATE.)
 _RETRYABLE_SQLSTATES = {"23505", "40001", "40P01"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Replay:
+    """In a plan: the new row that an earlier request of the same batch stores."""
+
+    position: int
 
 
 class _Raced(Exception):

@@ -67,6 +67,7 @@ async def test_one_key_twice_in_one_batch_is_one_sale(batcher: Batcher, settings
         return_exceptions=True,
     )
     assert first[0] == second[0][0:1] and first[1] is True
+    assert second[1] is False  # a replay of its batch-mate: 200, not 201
     assert isinstance(other, Rejected)
     assert await count_sales(settings) == 1
 
@@ -152,3 +153,24 @@ async def test_a_value_the_database_refuses_fails_alone(batcher: Batcher, settin
     assert results[1].errors[0].field == "body"
     assert results[0][1] is True and results[2][1] is True
     assert await count_sales(settings) == 2
+
+
+async def test_a_dead_writer_answers_instead_of_hanging(batcher: Batcher) -> None:
+    assert batcher._task is not None
+    batcher._task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await batcher._task
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(batcher.submit([sale()], False, datetime.now(UTC)), 5)
+
+
+async def test_a_failed_reload_is_tried_again(batcher: Batcher) -> None:
+    changes = batcher.catalog.changes
+    changes._listening = True  # as on PostgreSQL, once the listener is up
+    changes._dirty = {"catalog"}
+    with pytest.raises(RuntimeError), changes.reloading("catalog"):
+        raise RuntimeError("the database went away mid-reload")
+    assert changes._dirty == {"catalog"}
+    with changes.reloading("catalog"):
+        pass
+    assert "catalog" not in changes._dirty
