@@ -34,7 +34,6 @@ SLOTS = 8
 # What a database that is down, restarting or overloaded raises through
 # SQLAlchemy: callers answer 503 for these.
 ERRORS = (sa.exc.DBAPIError, sa.exc.TimeoutError, OSError, TimeoutError)
-MAX_ID = 2**63 - 1
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):

@@ -260,10 +260,6 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
-    @property
-    def queued_sales(self) -> int:
-        return self._queued_sales
-
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="salesreport-batcher")
         self._task.add_done_callback(self._stopped)
