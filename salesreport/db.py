@@ -222,16 +222,13 @@ class SQLiteWriter:
             new_ids.append(result[0] if result else None)
             if result:
                 inserted.append(row)
-        store_revenue, product_quantity = aggregate(inserted)
+        store_revenue, product_quantity, product_totals = aggregate(inserted)
         conn.executemany(
             _SQLITE_ADD_STORE,
             [(s, m, slot, r, n) for (s, m), (r, n) in sorted(store_revenue.items())],
         )
         conn.executemany(_SQLITE_ADD_PRODUCT, [(p, m, slot, q) for (p, m), q in sorted(product_quantity.items())])
-        totals: dict[int, int] = {}
-        for (p, _m), q in product_quantity.items():
-            totals[p] = totals.get(p, 0) + q
-        conn.executemany(_SQLITE_ADD_TOTAL, [(p, slot, q) for p, q in sorted(totals.items())])
+        conn.executemany(_SQLITE_ADD_TOTAL, [(p, slot, q) for p, q in sorted(product_totals.items())])
         return _unsort(order, new_ids)
 
 
@@ -341,17 +338,13 @@ def connect(settings: Settings) -> Database:
 
 @contextlib.asynccontextmanager
 async def write_transaction(database: Database) -> AsyncIterator[AsyncConnection]:
-    """A transaction for the writer.
+    """A transaction for PostgreSQL's writer.
 
-    On PostgreSQL the writer talks to asyncpg directly (see ``insert_sales``),
-    so the transaction is asyncpg's own: SQLAlchemy would only send BEGIN
-    before its own first statement. A connection found dead is dropped from
-    the pool rather than handed out again.
+    The writer talks to asyncpg directly (see ``insert_sales``), so the
+    transaction is asyncpg's own: SQLAlchemy would only send BEGIN before its
+    own first statement. A connection found dead is dropped from the pool
+    rather than handed out again.
     """
-    if database.dialect != "postgresql":
-        async with database.writer.begin() as conn:
-            yield conn
-        return
     async with database.writer.connect() as conn:
         raw = await _driver(conn)
         try:
@@ -440,22 +433,11 @@ FROM sales s JOIN unnest($1::bigint[], $2::text[]) AS k(store_id, idempotency_ke
 async def find_sales_by_key(
     conn: AsyncConnection, keys: Iterable[tuple[int, str]]
 ) -> dict[tuple[int, str], dict[str, Any]]:
-    """The stored sales with these (store, idempotency key) pairs, as dicts."""
+    """The stored sales with these (store, idempotency key) pairs, as dicts (PostgreSQL)."""
     keys = list(keys)
-    if conn.dialect.name == "postgresql":
-        raw = await _driver(conn)
-        records = await raw.fetch(_PG_FIND, [k[0] for k in keys], [k[1] for k in keys])
-        rows = [dict(r) for r in records]
-    else:
-        rows = []
-        columns = [sales.c[c] for c in _SALE_COLUMNS]
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            result = await conn.execute(
-                sa.select(*columns).where(sa.tuple_(sales.c.store_id, sales.c.idempotency_key).in_(chunk))
-            )
-            rows += [r._asdict() for r in result]
-    return {(r["store_id"], r["idempotency_key"]): r for r in rows}
+    raw = await _driver(conn)
+    records = await raw.fetch(_PG_FIND, [k[0] for k in keys], [k[1] for k in keys])
+    return {(r["store_id"], r["idempotency_key"]): dict(r) for r in records}
 
 
 # --- the writer's batches -----------------------------------------------------
@@ -507,19 +489,20 @@ def _unsort(order: list[int], values: list[int | None]) -> list[int | None]:
     return result
 
 
-def aggregate(
-    rows: Iterable[dict[str, Any]],
-) -> tuple[dict[tuple[int, int], tuple[int, int]], dict[tuple[int, int], int]]:
-    """Sum sales by (store, month) and (product, month), as the rollups hold them."""
-    store_revenue: dict[tuple[int, int], tuple[int, int]] = {}
-    product_quantity: dict[tuple[int, int], int] = {}
+def aggregate(rows: Iterable[dict[str, Any]]) -> tuple[dict[Any, tuple[int, int]], dict[Any, int], dict[int, int]]:
+    """Sum sales as the rollups hold them: revenue and count by (store, month),
+    quantity by (product, month), and quantity by product."""
+    store_revenue: dict[Any, tuple[int, int]] = {}
+    product_quantity: dict[Any, int] = {}
+    product_totals: dict[int, int] = {}
     for row in rows:
         key = (row["store_id"], row["month"])
         revenue, count = store_revenue.get(key, (0, 0))
         store_revenue[key] = (revenue + row["amount"], count + 1)
         pkey = (row["product_id"], row["month"])
         product_quantity[pkey] = product_quantity.get(pkey, 0) + row["quantity"]
-    return store_revenue, product_quantity
+        product_totals[row["product_id"]] = product_totals.get(row["product_id"], 0) + row["quantity"]
+    return store_revenue, product_quantity, product_totals
 
 
 # PostgreSQL's fast path: the sales and the three rollups in one statement and
@@ -561,8 +544,7 @@ SELECT id, store_id, idempotency_key FROM inserted ORDER BY id
 
 async def _insert_sales_pg(conn: AsyncConnection, rows: Sequence[dict[str, Any]], slot: int) -> list[int | None]:
     raw = await _driver(conn)
-    columns = ("store_id", "product_id", "quantity", "unit_price", "sold_at", "received_at", "month", "idempotency_key")
-    arrays = [[row[c] for row in rows] for c in columns]
+    arrays = [[row[c] for row in rows] for c in _INSERT_COLUMNS if c != "amount"]  # amount: computed in SQL
     records = await raw.fetch(_PG_INSERT, *arrays, list(range(len(rows))), slot)
     # Ids ascend in row order; rows whose key was taken are missing.
     kept = {(r["store_id"], r["idempotency_key"]) for r in records if r["idempotency_key"] is not None}
@@ -593,8 +575,9 @@ async def insert_sales_bulk(conn: AsyncConnection, rows: Sequence[dict[str, Any]
 async def add_to_rollups(
     conn: AsyncConnection,
     slot: int,
-    store_revenue: dict[tuple[int, int], tuple[int, int]],
-    product_quantity: dict[tuple[int, int], int],
+    store_revenue: dict[Any, tuple[int, int]],
+    product_quantity: dict[Any, int],
+    product_totals: dict[int, int],
 ) -> None:
     """Add one batch's aggregates into the rollups.
 
@@ -630,9 +613,6 @@ async def add_to_rollups(
                 for (p, m), q in sorted(product_quantity.items())
             ],
         )
-        totals: dict[int, int] = {}
-        for (p, _m), q in product_quantity.items():
-            totals[p] = totals.get(p, 0) + q
         stmt = upsert(conn, product_total)
         stmt = stmt.on_conflict_do_update(
             index_elements=["product_id", "slot"],
@@ -640,5 +620,5 @@ async def add_to_rollups(
         )
         await conn.execute(
             stmt,
-            [{"product_id": p, "slot": slot, "quantity": q} for p, q in sorted(totals.items())],
+            [{"product_id": p, "slot": slot, "quantity": q} for p, q in sorted(product_totals.items())],
         )
