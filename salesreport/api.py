@@ -85,14 +85,15 @@ def service(request: Request) -> Service:
 _last_down_warning = 0.0
 
 
-def _database_down(event: str, exc: BaseException) -> None:
-    """Log that the database is unavailable, once a second at most: an outage
-    under load would otherwise write a line per request."""
+def _database_down(event: str, exc: BaseException) -> ProblemError:
+    """The 503 for a database that cannot be reached, logged once a second at
+    most: an outage under load would otherwise write a line per request."""
     global _last_down_warning
     now = time.monotonic()
     if now - _last_down_warning >= 1:
         _last_down_warning = now
         log.warning(f"{event}: database unavailable", error=str(exc))
+    return unavailable(Unavailable("the database is unavailable", retry_after=2))
 
 
 @contextlib.asynccontextmanager
@@ -102,8 +103,7 @@ async def reading(request: Request) -> AsyncIterator[Any]:
         async with service(request).db.reader.connect() as conn:
             yield conn
     except db.ERRORS as exc:
-        _database_down("read failed", exc)
-        raise unavailable(Unavailable("the database is unavailable", retry_after=2)) from None
+        raise _database_down("read failed", exc) from None
 
 
 async def authenticate(request: Request) -> Key | None:
@@ -112,8 +112,7 @@ async def authenticate(request: Request) -> Key | None:
     try:
         await keys.refresh()
     except db.ERRORS as exc:
-        _database_down("cannot load API keys", exc)
-        raise unavailable(Unavailable("the database is unavailable", retry_after=2)) from None
+        raise _database_down("cannot load API keys", exc) from None
     try:
         key = keys.authenticate(request.headers.get("authorization"))
     except Unauthenticated as exc:
@@ -143,8 +142,7 @@ async def fresh_catalog(request: Request, *, ask: bool = False) -> Catalog:
     try:
         await catalog.refresh(ask=ask)
     except db.ERRORS as exc:
-        _database_down("cannot load the catalog", exc)
-        raise unavailable(Unavailable("the database is unavailable", retry_after=2)) from None
+        raise _database_down("cannot load the catalog", exc) from None
     return catalog
 
 
