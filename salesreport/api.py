@@ -44,6 +44,8 @@ class Service:
     catalog: Catalog
     batcher: Batcher
     keys: KeyRing
+    # The wall clock, injectable: tests pin it to any instant (a month's last minute, a DST change).
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     draining: bool = False
 
 
@@ -184,7 +186,7 @@ async def read_body(request: Request) -> bytes:
 async def post_sales(request: Request) -> Response:
     key = await authenticate(request)
     body = await read_body(request)
-    now = datetime.now(UTC)
+    now = service(request).clock()
     try:
         sales, is_array = parse_sales(body)
     except Malformed as exc:
@@ -226,7 +228,8 @@ def _month_param(request: Request, *, default_current: bool) -> int | None:
     if raw is None:
         if not default_current:
             return None
-        now = datetime.now(ZoneInfo(service(request).settings.default_timezone))
+        svc = service(request)
+        now = svc.clock().astimezone(ZoneInfo(svc.settings.default_timezone))
         return now.year * 100 + now.month
     try:
         return parse_month(raw)
@@ -392,7 +395,8 @@ def _drain_on_sigterm(svc: Service) -> Callable[[], None]:
     return restore
 
 
-def create_app(settings: config.Settings | None = None) -> Starlette:
+def create_app(settings: config.Settings | None = None, *, clock: Callable[[], datetime] | None = None) -> Starlette:
+    """The ASGI app. ``clock`` (default: the wall clock, in UTC) is every "now" of a request."""
     settings = settings or config.load()
     config.configure_logging(settings.log_format)
 
@@ -415,6 +419,8 @@ def create_app(settings: config.Settings | None = None) -> Starlette:
         batcher.start()
         keys.start()
         svc = Service(settings, database, catalog, batcher, keys)
+        if clock is not None:
+            svc.clock = clock
         app.state.service = svc
         restore = _drain_on_sigterm(svc)
         # What start-up allocated lives as long as the process: keep it out of
