@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -29,7 +29,8 @@ from . import config, db, reports
 from .auth import Key, KeyRing, Unauthenticated
 from .changes import Changes
 from .ingestion import Batcher, Catalog, Malformed, Rejected, Unavailable, check_sales, parse_sales
-from .schemas import FieldError, Problem, encoder, parse_month
+from .schemas import MAX_ERRORS, FieldError, Problem, encoder, parse_month
+from .zones import zone
 
 log = structlog.get_logger("salesreport.api")
 
@@ -44,6 +45,8 @@ class Service:
     catalog: Catalog
     batcher: Batcher
     keys: KeyRing
+    # The Alembic revision this code expects the database at.
+    head_revision: str
     # The wall clock, injectable: tests pin it to any instant (a month's last minute, a DST change).
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     draining: bool = False
@@ -71,8 +74,13 @@ def json_response(value: Any, status: int = 200) -> Response:
     return Response(encoder.encode(value), status_code=status, media_type="application/json")
 
 
-def invalid(errors: list[FieldError], detail: str = "the request has invalid fields") -> ProblemError:
-    return ProblemError(422, "Unprocessable Content", detail, errors)
+def invalid(
+    errors: list[FieldError], detail: str = "the request has invalid fields", total: int | None = None
+) -> ProblemError:
+    """A 422 naming at most MAX_ERRORS fields, and counting them all: an answer stays small whatever the body."""
+    problem = ProblemError(422, "Unprocessable Content", detail, errors[:MAX_ERRORS])
+    problem.problem.error_count = len(errors) if total is None else total
+    return problem
 
 
 def unavailable(exc: Unavailable) -> ProblemError:
@@ -98,23 +106,39 @@ def _database_down(event: str, exc: BaseException) -> ProblemError:
     return unavailable(Unavailable("the database is unavailable", retry_after=2))
 
 
+@contextlib.contextmanager
+def database_errors(event: str) -> Iterator[None]:
+    """A database that cannot be reached answers 503; any other database
+    error (a missing table, a bad query) is a bug, and goes on to be a 500."""
+    try:
+        yield
+    except Exception as exc:
+        if db.is_unavailable(exc):
+            raise _database_down(event, exc) from None
+        raise
+
+
 @contextlib.asynccontextmanager
 async def reading(request: Request) -> AsyncIterator[Any]:
     """A read connection; a database that cannot be reached answers 503."""
-    try:
+    with database_errors("read failed"):
         async with service(request).db.reader.connect() as conn:
             yield conn
-    except db.ERRORS as exc:
-        raise _database_down("read failed", exc) from None
 
 
 async def authenticate(request: Request) -> Key | None:
     """The caller's key (None while no key exists); 401 without a valid one."""
     keys = service(request).keys
-    try:
+    with database_errors("cannot load API keys"):
         await keys.refresh()
-    except db.ERRORS as exc:
-        raise _database_down("cannot load API keys", exc) from None
+    if not keys.protected and not _local(request):
+        raise ProblemError(
+            401,
+            "Unauthorized",
+            "no API key exists yet, so this service answers loopback clients only; "
+            "create keys (python -m salesreport keys create --role owner) and send one",
+            headers={"WWW-Authenticate": 'Bearer realm="salesreport"'},
+        )
     try:
         key = keys.authenticate(request.headers.get("authorization"))
     except Unauthenticated as exc:
@@ -124,6 +148,20 @@ async def authenticate(request: Request) -> Key | None:
     if key is not None:
         request.scope["salesreport.key_id"] = key.id
     return key
+
+
+def _local(request: Request) -> bool:
+    """Whether the request comes straight from this machine (not through a proxy)."""
+    headers = request.headers
+    if "forwarded" in headers or "x-forwarded-for" in headers:
+        return False
+    client = request.client
+    if client is None:
+        return False
+    try:
+        return ipaddress.ip_address(client.host).is_loopback
+    except ValueError:
+        return client.host == "localhost"
 
 
 def forbidden(detail: str, errors: list[FieldError] | None = None) -> ProblemError:
@@ -141,10 +179,8 @@ async def owner_only(request: Request) -> None:
 
 async def fresh_catalog(request: Request, *, ask: bool = False) -> Catalog:
     catalog = service(request).catalog
-    try:
+    with database_errors("cannot load the catalog"):
         await catalog.refresh(ask=ask)
-    except db.ERRORS as exc:
-        raise _database_down("cannot load the catalog", exc) from None
     return catalog
 
 
@@ -192,7 +228,7 @@ async def post_sales(request: Request) -> Response:
     except Malformed as exc:
         raise ProblemError(400, "Bad Request", f"the body is not valid JSON: {exc}") from None
     except Rejected as exc:
-        raise invalid(exc.errors) from None
+        raise invalid(exc.errors, total=exc.total) from None
     if key is not None and key.role == "pos":
         others = [
             FieldError(
@@ -214,13 +250,16 @@ async def post_sales(request: Request) -> Response:
     errors += unknown
     if errors:
         raise invalid(errors)
+    undatable = svc.catalog.undatable(sales)
+    if undatable:
+        raise unavailable(Unavailable(undatable, retry_after=60))
     try:
-        stored, created = await svc.batcher.submit(sales, is_array, now)
+        stored = await svc.batcher.submit(sales, is_array, now, request.scope.get("salesreport.request_id"))
     except Rejected as exc:
-        raise invalid(exc.errors) from None
+        raise invalid(exc.errors, total=exc.total) from None
     except Unavailable as exc:
         raise unavailable(exc) from None
-    return json_response(stored if is_array else stored[0], 201 if created else 200)
+    return json_response(stored.sales if is_array else stored.sales[0], 201 if stored.created else 200)
 
 
 def _month_param(request: Request, *, default_current: bool) -> int | None:
@@ -229,7 +268,7 @@ def _month_param(request: Request, *, default_current: bool) -> int | None:
         if not default_current:
             return None
         svc = service(request)
-        now = svc.clock().astimezone(ZoneInfo(svc.settings.default_timezone))
+        now = svc.clock().astimezone(zone(svc.settings.default_timezone))
         return now.year * 100 + now.month
     try:
         return parse_month(raw)
@@ -258,10 +297,55 @@ async def health_live(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
+READY_TIMEOUT = 2.0
+
+
 async def health_ready(request: Request) -> Response:
-    async with reading(request) as conn:
-        await conn.execute(sa.text("SELECT 1"))
-    return json_response({"status": "ok"})
+    """200 only when this worker can take sales and answer reports: the
+    database answers and its schema is the one this code expects, the catalog
+    is loaded, and the writer is running and can begin a write. Otherwise 503,
+    saying why."""
+    svc = service(request)
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            reason = await _not_ready(svc)
+    except TimeoutError:
+        reason = f"the database did not answer within {READY_TIMEOUT:g} s"
+    if reason is not None:
+        down = {"status": "unavailable", "reason": reason}
+        return Response(encoder.encode(down), 503, {"Retry-After": "5"}, "application/json")
+    body: dict[str, Any] = {"status": "ok"}
+    if svc.catalog.unusable:
+        body["warnings"] = [
+            f"store {store_id}: {why}; its sales get 503" for store_id, why in sorted(svc.catalog.unusable.items())
+        ]
+    return json_response(body)
+
+
+async def _not_ready(svc: Service) -> str | None:
+    try:
+        async with svc.db.reader.connect() as conn:
+            revision = await db.schema_revision(conn)
+    except Exception as exc:
+        return f"the database cannot be read: {_kind(exc)}"
+    if revision != svc.head_revision:
+        return f"the database schema is at revision {revision}, this code needs {svc.head_revision}: run migrate"
+    try:
+        await svc.catalog.refresh()
+    except Exception as exc:
+        return f"the catalog cannot be loaded: {_kind(exc)}"
+    if not svc.batcher.running:
+        return "the sales writer is not running"
+    try:
+        await svc.batcher.probe()
+    except Exception as exc:
+        return f"the sales writer cannot write: {_kind(exc)}"
+    return None
+
+
+def _kind(exc: BaseException) -> str:
+    """What went wrong, without the database's own words (they may quote data)."""
+    return "unreachable" if db.is_unavailable(exc) else type(getattr(exc, "orig", exc)).__name__
 
 
 async def openapi(request: Request) -> Response:
@@ -283,15 +367,24 @@ async def on_problem(request: Request, exc: Exception) -> Response:
 async def on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     title = _TITLES.get(exc.status_code, "Error")
-    detail = {404: f"no such path: {request.url.path}", 405: f"{request.method} is not allowed here"}.get(
+    detail = {404: f"no such path: {request.url.path[:200]}", 405: f"{request.method} is not allowed here"}.get(
         exc.status_code, str(exc.detail)
     )
     return problem_response(Problem(status=exc.status_code, title=title, detail=detail), exc.headers)
 
 
 async def on_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error", path=request.url.path)
+    log.exception("unhandled error", path=request.url.path, request_id=request.scope.get("salesreport.request_id"))
     return problem_response(Problem(status=500, title="Internal Server Error", detail="an unexpected error occurred"))
+
+
+def head_revision() -> str:
+    """The newest revision of the migrations shipped with this code."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory(str(Path(__file__).parent / "migrations")).get_current_head()
+    assert head is not None
+    return head
 
 
 # --- the app -----------------------------------------------------------------------
@@ -334,6 +427,7 @@ class Front:
             return
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _REQUEST_ID.match(given) else os.urandom(8).hex()
+        scope["salesreport.request_id"] = request_id
         started = time.perf_counter()
         status = 500
         svc: Service | None = getattr(scope["app"].state, "service", None)
@@ -406,19 +500,23 @@ def create_app(settings: config.Settings | None = None, *, clock: Callable[[], d
         changes = Changes(database)
         changes.start()
         catalog = Catalog(database, changes)
-        with contextlib.suppress(*db.ERRORS):
+        try:
             await catalog.refresh()
+        except Exception as exc:  # /health/ready says so, and the next request tries again
+            log.warning("the catalog could not be loaded at start-up", error=repr(exc))
         batcher = Batcher(
             database,
             catalog,
             max_sales=settings.batch_max_sales,
             flush_ms=settings.flush_ms,
             queue_max_sales=settings.queue_max_sales,
+            write_timeout=settings.write_timeout,
+            key_lifetime=settings.key_lifetime,
         )
         keys = KeyRing(database, changes)
         batcher.start()
         keys.start()
-        svc = Service(settings, database, catalog, batcher, keys)
+        svc = Service(settings, database, catalog, batcher, keys, head_revision())
         if clock is not None:
             svc.clock = clock
         app.state.service = svc

@@ -5,18 +5,35 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .schemas import MAX_BATCH
+from .zones import zone
 
 
-def _int(name: str, default: int) -> int:
+def _number(name: str, default: float, kind: type[float] | type[int], low: float, high: float) -> Any:
+    """The setting ``name`` as a number of ``kind`` in [low, high]; a clear exit otherwise."""
     raw = os.environ.get(name)
-    if raw is None or raw == "":
+    if raw is None or raw.strip() == "":
         return default
     try:
-        return int(raw)
+        value = kind(raw)
     except ValueError:
-        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+        raise SystemExit(f"{name} must be {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
+    if not low <= value <= high:  # also refuses nan
+        raise SystemExit(f"{name} must be between {low:g} and {high:g}, got {raw!r}")
+    return value
+
+
+def _int(name: str, default: int, low: int, high: int) -> int:
+    value: int = _number(name, default, int, low, high)
+    return value
+
+
+def _float(name: str, default: float, low: float, high: float) -> float:
+    value: float = _number(name, default, float, low, high)
+    return value
 
 
 def async_url(url: str) -> str:
@@ -38,9 +55,14 @@ class Settings:
     # Group commit: a batch is written when this many sales are pending, or
     # after flush_ms once the first one arrived.
     batch_max_sales: int
-    flush_ms: int
+    flush_ms: float
     # Sales waiting for the writer; beyond this a POST gets 503 + Retry-After.
+    # At least one full array, or the largest arrays could never be taken.
     queue_max_sales: int
+    # Seconds a POST waits for its batch to commit before it is answered 503.
+    write_timeout: float
+    # How long an idempotency key identifies one sale of its store.
+    key_lifetime: timedelta
     pool_size: int
     log_format: str
     # Seconds a client has to send a request body.
@@ -57,19 +79,21 @@ class Settings:
 def load() -> Settings:
     tz = os.environ.get("SALESREPORT_TIMEZONE") or "UTC"
     try:
-        ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
+        zone(tz)
+    except ValueError:
         raise SystemExit(f"SALESREPORT_TIMEZONE is not an IANA time zone: {tz!r}") from None
     return Settings(
         database_url=async_url(os.environ.get("DATABASE_URL") or "sqlite:///salesreport.db"),
         default_timezone=tz,
-        batch_max_sales=_int("SALESREPORT_BATCH_MAX_SALES", 2000),
-        flush_ms=_int("SALESREPORT_FLUSH_MS", 1),
-        queue_max_sales=_int("SALESREPORT_QUEUE_MAX_SALES", 50_000),
-        pool_size=_int("SALESREPORT_POOL_SIZE", 8),
+        batch_max_sales=_int("SALESREPORT_BATCH_MAX_SALES", 2000, 1, 100_000),
+        flush_ms=_float("SALESREPORT_FLUSH_MS", 1, 0, 1000),
+        queue_max_sales=_int("SALESREPORT_QUEUE_MAX_SALES", 50_000, MAX_BATCH, 10_000_000),
+        write_timeout=_float("SALESREPORT_WRITE_TIMEOUT_S", 10, 0.1, 600),
+        key_lifetime=timedelta(days=_float("SALESREPORT_KEY_LIFETIME_DAYS", 30, 1, 3650)),
+        pool_size=_int("SALESREPORT_POOL_SIZE", 8, 1, 1000),
         log_format=os.environ.get("SALESREPORT_LOG_FORMAT") or ("console" if os.isatty(2) else "json"),
-        body_timeout=_int("SALESREPORT_BODY_TIMEOUT_S", 10),
-        drain_seconds=_int("SALESREPORT_DRAIN_S", 1),
+        body_timeout=_float("SALESREPORT_BODY_TIMEOUT_S", 10, 0.1, 3600),
+        drain_seconds=_float("SALESREPORT_DRAIN_S", 1, 0, 3600),
     )
 
 

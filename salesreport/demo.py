@@ -6,9 +6,9 @@ import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from .schemas import month_of
+from .zones import zone
 
 ZONES = [
     "Europe/Moscow",
@@ -66,7 +66,7 @@ def sales(
     reports have a clear top ten.
     """
     rng = random.Random(seed)
-    zones = {s["id"]: ZoneInfo(s["timezone"]) for s in store_rows}
+    zones = {s["id"]: zone(s["timezone"]) for s in store_rows}
     store_weights = [1.0 / (i + 1) ** 0.5 for i in range(len(store_rows))]
     product_weights = [1.0 / (i + 1) for i in range(len(product_rows))]
     span = days * 86_400

@@ -14,6 +14,8 @@ import msgspec
 
 MAX_ID = 2**63 - 1
 MAX_BATCH = 1000
+# A 422 lists at most this many field errors, and counts them all (``error_count``).
+MAX_ERRORS = 100
 # Sales dated before this are refused: no POS sells in the past century, and
 # the bound keeps every local-calendar conversion far from datetime's limits.
 EARLIEST_SALE = datetime(2000, 1, 1, tzinfo=UTC)
@@ -95,6 +97,8 @@ class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
     detail: str
     type: str = "about:blank"
     errors: list[FieldError] | None = None
+    # How many field errors there are; ``errors`` lists the first MAX_ERRORS.
+    error_count: int | None = None
 
 
 # --- money ---------------------------------------------------------------------

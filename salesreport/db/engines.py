@@ -1,0 +1,155 @@
+"""Connections: the engines of readers and of the writer, and which errors mean "the database is away"."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ..config import Settings
+from .schema import SLOTS
+
+if TYPE_CHECKING:
+    from .sqlite import SQLiteWriter
+
+SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA busy_timeout=10000")
+# The writer's own connections (PostgreSQL): one for the batches, one for the
+# keys' last-used times. Readers never take these, so reports cannot starve it.
+WRITER_POOL = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """Readers use ``reader``; the process's one writer uses ``writer``.
+
+    They are separate pools, so that report traffic cannot take the
+    connections the writer needs. Readers run in autocommit: one statement,
+    one round trip (a reader that needs a snapshot over several statements
+    sets its isolation level). On SQLite the batches of sales are written by a
+    thread with its own connection (``sqlite_writer``), inside ``BEGIN
+    IMMEDIATE``; readers never block it (WAL).
+    """
+
+    reader: AsyncEngine
+    writer: AsyncEngine
+    sqlite_writer: SQLiteWriter | None = None
+
+    @property
+    def dialect(self) -> str:
+        return self.writer.dialect.name
+
+    async def dispose(self) -> None:
+        await self.reader.dispose()
+        await self.writer.dispose()
+        if self.sqlite_writer is not None:
+            self.sqlite_writer.close()
+
+
+def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=30)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy emit BEGIN itself (pysqlite's own BEGIN is deferred).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def connect(settings: Settings) -> Database:
+    from .sqlite import SQLiteWriter
+
+    url = settings.database_url
+    if settings.is_sqlite:
+        return Database(
+            reader=_sqlite_engine(url, immediate=False, pool_size=settings.pool_size).execution_options(
+                isolation_level="AUTOCOMMIT"
+            ),
+            writer=_sqlite_engine(url, immediate=True, pool_size=1),
+            sqlite_writer=SQLiteWriter(sa.engine.make_url(url).database or ""),
+        )
+
+    def engine(pool_size: int) -> AsyncEngine:
+        return create_async_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=5,
+            pool_pre_ping=False,
+            connect_args={"timeout": 5, "command_timeout": 30, "server_settings": {"synchronous_commit": "on"}},
+        )
+
+    return Database(
+        reader=engine(settings.pool_size).execution_options(isolation_level="AUTOCOMMIT"),
+        writer=engine(WRITER_POOL),
+    )
+
+
+async def driver_connection(conn: AsyncConnection) -> Any:
+    """The driver's own connection under SQLAlchemy's (asyncpg's, on PostgreSQL)."""
+    raw = (await conn.get_raw_connection()).driver_connection
+    assert raw is not None
+    return raw
+
+
+def writer_slot() -> int:
+    """A slot for a writer that holds none (see ``changes``)."""
+    return os.getpid() % SLOTS
+
+
+def upsert(conn: AsyncConnection, table: sa.Table) -> Any:
+    """An ``INSERT`` of the dialect in use, which has ``on_conflict_do_*``."""
+    module = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return module.insert(table)
+
+
+# --- is the database away? ------------------------------------------------------
+
+# SQLSTATE classes and codes of a server that is unreachable, restarting or
+# overloaded: 08 connection exception, 53 insufficient resources, 57P01..57P03
+# shutting down or starting up, 58 system error.
+_UNAVAILABLE_CLASSES = ("08", "53", "58")
+_UNAVAILABLE_STATES = {"57P01", "57P02", "57P03", "57014"}
+# SQLite says so in words only.
+_SQLITE_UNAVAILABLE = ("database is locked", "unable to open database", "disk i/o error", "database is full")
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a driver error, raw or wrapped by SQLAlchemy."""
+    state = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached now (503, retry),
+    rather than that the query or the schema is wrong (a 500 and a bug)."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    state = sqlstate(exc)
+    if state is not None:
+        return state[:2] in _UNAVAILABLE_CLASSES or state in _UNAVAILABLE_STATES
+    # SQLAlchemy wraps the driver's error, which may wrap asyncpg's own.
+    orig = getattr(exc, "orig", None)
+    for error in (exc, orig, getattr(orig, "__cause__", None)):
+        if isinstance(error, sa.exc.TimeoutError | OSError | TimeoutError):  # pool, network, connect timeout
+            return True
+        if isinstance(error, sqlite3.OperationalError):
+            return any(words in str(error).lower() for words in _SQLITE_UNAVAILABLE)
+        if type(error).__name__ == "InterfaceError" and "closed" in str(error):  # asyncpg: connection is closed
+            return True
+    return False

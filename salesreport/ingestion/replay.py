@@ -1,0 +1,40 @@
+"""When a sale repeats one stored before: the one replay rule, and how long a key lives.
+
+A POS sends each sale with an idempotency key, unique per store. A sale sent
+again with a key that is alive is a *replay*, answered with the sale as first
+stored (200), if it is the same sale; otherwise the key is taken (422). The
+rule is the same for a repeat inside one array, for two requests of one batch,
+and for a sale stored long before: every one of them is decided here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from ..schemas import FieldError, SaleIn
+
+
+def is_replay(first: Mapping[str, Any], sale: SaleIn) -> bool:
+    """Whether ``sale`` is the same sale as ``first``, the sale stored (or being
+    stored) under the same store and key.
+
+    The same product and quantity; and if ``sale`` gives ``sold_at``, the same
+    instant as ``first`` — for a first sale sent without one, the instant it
+    arrived. A repeat without ``sold_at`` matches any instant.
+    """
+    return (
+        first["product_id"] == sale.product_id
+        and first["quantity"] == sale.quantity
+        and (sale.sold_at is None or first["sold_at"] == sale.sold_at)
+    )
+
+
+def live_after(now: datetime, lifetime: timedelta) -> datetime:
+    """Keys of sales received before this instant have expired: they may be used again."""
+    return now - lifetime
+
+
+def conflict(index: int | None) -> FieldError:
+    return FieldError(field="idempotency_key", index=index, message="already used for a different sale of this store")
