@@ -224,7 +224,7 @@ async def post_sales(request: Request) -> Response:
     body = await read_body(request)
     now = service(request).clock()
     try:
-        sales, is_array = parse_sales(body)
+        sales, is_array = await parse_sales(body)
     except Malformed as exc:
         raise ProblemError(400, "Bad Request", f"the body is not valid JSON: {exc}") from None
     except Rejected as exc:

@@ -11,7 +11,7 @@ from ..schemas import SaleIn
 from .batcher import Batcher
 from .catalog import Catalog
 from .errors import Malformed, Rejected, Unavailable
-from .parsing import check_sales, parse_sales, shape_errors
+from .parsing import check_sales, explain, parse_sales
 from .plan import Stored
 from .replay import is_replay
 
@@ -24,8 +24,8 @@ __all__ = [
     "Stored",
     "Unavailable",
     "check_sales",
+    "explain",
     "is_replay",
     "parse_sales",
-    "shape_errors",
     "store_history",
 ]

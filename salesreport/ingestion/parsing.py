@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from itertools import islice
@@ -18,49 +19,82 @@ _known_fields = frozenset(f.encode_name for f in _sale_fields)
 _decoder = msgspec.json.Decoder(SalesIn)
 
 
-def parse_sales(body: bytes) -> tuple[list[SaleIn], bool]:
+async def parse_sales(body: bytes) -> tuple[list[SaleIn], bool]:
     """Decode a POST body into sales, and whether it was an array.
 
-    The typed decoder is the fast path. When it refuses, the body is decoded
-    again untyped to tell malformed JSON (400) from a wrong shape (422) and to
-    name the offending fields, which msgspec alone stops at the first of.
+    The typed decoder is the fast path, and the only one for a valid body.
+    When it refuses, ``explain`` tells malformed JSON (400) from a wrong shape
+    (422) and names the offending fields, which msgspec alone stops at the
+    first of.
     """
     try:
         decoded = _decoder.decode(body)
     except msgspec.ValidationError:
         pass
-    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+    except _MALFORMED as exc:
         raise Malformed(str(exc)) from None
     else:
         return (decoded, True) if isinstance(decoded, list) else ([decoded], False)
-    try:
-        generic = msgspec.json.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError) as exc:
-        raise Malformed(str(exc)) from None
-    errors, total = shape_errors(generic)
+    errors, total = await explain(body)
     raise Rejected(errors, total)
 
 
-def shape_errors(value: Any) -> tuple[list[FieldError], int]:
-    """The first ``MAX_ERRORS`` errors of a body of the wrong shape, and how many there are.
+_MALFORMED = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
+# A sale object is a few hundred bytes: one this large is refused whole,
+# unread, so that no single object costs more than a moment to explain.
+MAX_ITEM_BYTES = 16 * 1024
+# Explaining yields to the event loop after this many bytes, so that a large
+# bad body never holds other requests up for more than a millisecond or two.
+_SLICE_BYTES = 16 * 1024
 
-    Counting is cheap (set arithmetic); only the errors listed are built, so a
-    body of a hundred thousand bad fields costs no more than one of a hundred.
+
+async def explain(body: bytes) -> tuple[list[FieldError], int]:
+    """Why a body that is JSON is not sales: the first ``MAX_ERRORS`` errors and
+    how many there are. Raises ``Malformed`` if it is not JSON after all.
+
+    Items are decoded one at a time (the array is first split without being
+    built), and only the errors listed are built, so a body of a hundred
+    thousand bad fields costs no more time than its size, and its answer no
+    more than a hundred errors.
     """
-    if isinstance(value, dict):
-        items: list[tuple[Any, int | None]] = [(value, None)]
-    elif isinstance(value, list):
-        if not 1 <= len(value) <= MAX_BATCH:
-            return [FieldError(field="body", message=f"an array must hold 1 to {MAX_BATCH} sales, got {len(value)}")], 1
-        items = [(item, index) for index, item in enumerate(value)]
-    else:
-        return [FieldError(field="body", message="expected a sale object or an array of sale objects")], 1
+    head = body.lstrip()[:1]
+    try:
+        if head == b"[":
+            raws = msgspec.json.decode(body, type=list[msgspec.Raw])
+            if not 1 <= len(raws) <= MAX_BATCH:
+                return [
+                    FieldError(field="body", message=f"an array must hold 1 to {MAX_BATCH} sales, got {len(raws)}")
+                ], 1
+            items: list[tuple[int | None, bytes | msgspec.Raw]] = list(enumerate(raws))
+        elif head == b"{":
+            items = [(None, msgspec.json.decode(body, type=msgspec.Raw))]  # checks the syntax, builds nothing
+        else:
+            msgspec.json.decode(body)  # valid JSON, of the wrong kind?
+            return [FieldError(field="body", message="expected a sale object or an array of sale objects")], 1
+    except _MALFORMED as exc:
+        raise Malformed(str(exc)) from None
     errors: list[FieldError] = []
     total = 0
-    for item, index in items:
+    decoded_bytes = 0
+    for index, raw in items:
+        size = len(raw)
+        if size > MAX_ITEM_BYTES:
+            total += 1
+            if len(errors) < MAX_ERRORS:
+                message = f"{size} bytes: a sale object is at most {MAX_ITEM_BYTES} bytes"
+                errors.append(FieldError(field="body", index=index, message=message))
+            continue
+        try:
+            item = msgspec.json.decode(raw)
+        except _MALFORMED as exc:
+            raise Malformed(str(exc)) from None
         count, listed = _item_errors(item, index)
         total += count
         errors.extend(islice(listed, MAX_ERRORS - len(errors)))
+        decoded_bytes += size
+        if decoded_bytes >= _SLICE_BYTES:
+            decoded_bytes = 0
+            await asyncio.sleep(0)
     return errors, total
 
 

@@ -1,0 +1,147 @@
+"""Readiness says why it is not ready; errors are told apart (unreachable: 503; a bug or a missing table: 500)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from salesreport import config
+from salesreport.api import create_app
+from tests import pg
+from tests.conftest import Clock, app_client, count_sales
+from tests.test_api import assert_problem
+
+pytestmark = pytest.mark.anyio
+
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture
+async def bare(request: pytest.FixtureRequest, settings: config.Settings, tmp_path: Path) -> config.Settings:
+    """Settings for a database that exists but was never migrated."""
+    if settings.is_sqlite:
+        return replace(settings, database_url=config.async_url(f"sqlite:///{tmp_path / 'bare.db'}"))
+    cluster: pg.Cluster = request.getfixturevalue("pg_cluster")
+    cluster.psql("DROP DATABASE IF EXISTS bare")
+    cluster.psql("CREATE DATABASE bare")
+    return replace(settings, database_url=config.async_url(cluster.url("bare")))
+
+
+async def test_an_unmigrated_database_is_not_ready_and_its_errors_are_500(bare: config.Settings) -> None:
+    app = create_app(bare, clock=Clock())
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://t"
+        ) as client:
+            ready = await client.get("/health/ready")
+            assert ready.status_code == 503
+            assert "run migrate" in ready.json()["reason"]
+            assert (await client.get("/health/live")).status_code == 200
+            # A missing table is a fault of the deployment, not a database that is away: 500, no Retry-After.
+            products = await client.get("/products")
+            body = assert_problem(products, 500)
+            assert "retry-after" not in products.headers
+            assert "table" not in body["detail"]  # the database's words stay in the log
+
+
+async def test_a_catalog_that_cannot_load_is_not_ready(settings: config.Settings, clock: Clock) -> None:
+    async with app_client(settings, clock) as client:
+        assert (await client.get("/health/ready")).status_code == 200
+        await execute(settings, "ALTER TABLE stores RENAME TO stores_elsewhere")
+        await execute(settings, "UPDATE versions SET version = version + 1 WHERE name = 'catalog'")
+        await notify(settings)
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 503
+        assert "catalog" in ready.json()["reason"]
+        await execute(settings, "ALTER TABLE stores_elsewhere RENAME TO stores")
+        assert (await client.get("/health/ready")).status_code == 200
+
+
+async def test_a_writer_that_cannot_write_answers_503_in_time_and_ready_says_so(
+    settings: config.Settings, clock: Clock
+) -> None:
+    """Another process holds the database: the POST gets 503 at its deadline, the
+    sale is then written all or nothing, and the retry is answered as a replay."""
+    sale = {"product_id": 1, "store_id": 1, "idempotency_key": "held-up"}
+    async with app_client(replace(settings, write_timeout=0.5), clock) as client, holding_the_writer(settings):
+        response = await client.post("/sales", content=json.dumps(sale), headers=JSON)
+        assert_problem(response, 503)
+        assert response.headers["retry-after"]
+        if settings.is_sqlite:
+            ready = await client.get("/health/ready")
+            assert ready.status_code == 503, ready.text
+            assert "did not answer" in ready.json()["reason"]
+    async with app_client(settings, clock) as client:
+        retried = await client.post("/sales", content=json.dumps(sale), headers=JSON)
+        assert retried.status_code in (200, 201), retried.text
+        assert (await client.post("/sales", content=json.dumps(sale), headers=JSON)).status_code == 200
+    assert await count_sales(settings) == 1
+
+
+async def test_a_writer_task_that_dies_is_started_again(client: httpx.AsyncClient) -> None:
+    batcher = client.app.state.service.batcher  # type: ignore[attr-defined]
+    assert batcher._task is not None
+    batcher._task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await batcher._task
+    assert batcher.running and batcher.restarts == 1
+    response = await client.post("/sales", content=json.dumps({"product_id": 1, "store_id": 1}), headers=JSON)
+    assert response.status_code == 201
+    assert (await client.get("/health/ready")).status_code == 200
+
+
+# --- helpers ---------------------------------------------------------------------
+
+
+def _plain(settings: config.Settings) -> str:
+    return settings.database_url.replace("sqlite+aiosqlite:///", "").replace("postgresql+asyncpg", "postgresql")
+
+
+async def execute(settings: config.Settings, sql: str) -> None:
+    if settings.is_sqlite:
+        with sqlite3.connect(_plain(settings)) as conn:
+            conn.execute(sql)
+        return
+    conn = await asyncpg.connect(_plain(settings))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def notify(settings: config.Settings) -> None:
+    """Tell PostgreSQL workers the catalog changed (SQLite workers read the version themselves)."""
+    if not settings.is_sqlite:
+        await execute(settings, "NOTIFY salesreport_changes, 'catalog'")
+
+
+class holding_the_writer:
+    """Another process takes the write lock (SQLite) or locks the sales table (PostgreSQL) until exit."""
+
+    def __init__(self, settings: config.Settings) -> None:
+        self.settings = settings
+
+    async def __aenter__(self) -> None:
+        if self.settings.is_sqlite:
+            self.sqlite = sqlite3.connect(_plain(self.settings), isolation_level=None, check_same_thread=False)
+            self.sqlite.execute("BEGIN IMMEDIATE")
+        else:
+            self.pg = await asyncpg.connect(_plain(self.settings))
+            self.transaction = self.pg.transaction()
+            await self.transaction.start()
+            await self.pg.execute("LOCK TABLE sales IN ACCESS EXCLUSIVE MODE")
+
+    async def __aexit__(self, *_: object) -> None:
+        if self.settings.is_sqlite:
+            self.sqlite.execute("ROLLBACK")
+            self.sqlite.close()
+        else:
+            await self.transaction.rollback()
+            await self.pg.close()
