@@ -8,7 +8,6 @@ import gc
 import ipaddress
 import os
 import re
-import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import config, db, reports
+from . import config, db, drain, reports
 from .auth import Key, KeyRing, Unauthenticated
 from .changes import Changes
 from .ingestion import Batcher, Catalog, Malformed, Rejected, Unavailable, check_sales, parse_sales
@@ -460,35 +459,6 @@ class Front:
             )
 
 
-def _drain_on_sigterm(svc: Service) -> Callable[[], None]:
-    """Make SIGTERM drain for ``settings.drain_seconds`` before the server stops.
-
-    Granian stops a worker on SIGTERM and closes its idle keep-alive
-    connections at once: a request a client sends on one just then would get
-    no answer. So the worker first drains (see ``Front``), then runs Granian's
-    own handler. Granian registers it with the event loop; outside Granian
-    (no handler there) nothing changes.
-    """
-    loop = asyncio.get_running_loop()
-    # asyncio's table of loop signal handlers: private, but unchanged since 3.4.
-    handlers = getattr(loop, "_signal_handlers", None)
-    server = handlers.get(signal.SIGTERM) if isinstance(handlers, dict) else None
-    if not isinstance(server, asyncio.Handle):
-        return lambda: None
-
-    def on_sigterm() -> None:
-        if not svc.draining:
-            svc.draining = True
-            log.info("draining before shutdown", seconds=svc.settings.drain_seconds)
-            loop.call_later(svc.settings.drain_seconds, server._run)
-
-    def restore() -> None:
-        loop.add_signal_handler(signal.SIGTERM, server._run)
-
-    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-    return restore
-
-
 def create_app(settings: config.Settings | None = None, *, clock: Callable[[], datetime] | None = None) -> Starlette:
     """The ASGI app. ``clock`` (default: the wall clock, in UTC) is every "now" of a request."""
     settings = settings or config.load()
@@ -520,7 +490,7 @@ def create_app(settings: config.Settings | None = None, *, clock: Callable[[], d
         if clock is not None:
             svc.clock = clock
         app.state.service = svc
-        restore = _drain_on_sigterm(svc)
+        restore = drain.install(svc)
         # What start-up allocated lives as long as the process: keep it out of
         # the collector's way, and collect young objects less often (latency).
         gc.collect()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -191,11 +192,49 @@ def _any_key(settings: config.Settings) -> int:
     return _run(count, settings)
 
 
+class _ServeError(Exception):
+    """A bad ``serve`` argument: its message is printed, and serve exits with 2."""
+
+
+def _no_password() -> bytes:
+    # Without a password callback OpenSSL would prompt on the terminal for an encrypted key.
+    return b""
+
+
+def _tls_files(cert: str | None, key: str | None) -> tuple[Path, Path] | None:
+    """The certificate and key to serve HTTPS with, or None for plain HTTP."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise _ServeError("serve: --tls-cert and --tls-key go together: give both (HTTPS), or neither (plain HTTP)")
+    paths = Path(cert), Path(key)
+    for flag, path in zip(("--tls-cert", "--tls-key"), paths, strict=True):
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            raise _ServeError(f"serve: cannot read {flag} {path}: {exc.strerror or exc}") from None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(paths[0], paths[1], _no_password)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise _ServeError(f"serve: --tls-key {key} is not the private key of --tls-cert {cert}") from None
+        raise _ServeError(
+            f"serve: --tls-cert {cert} and --tls-key {key} are not a PEM certificate and its unencrypted "
+            f"private key ({exc.reason or exc})"
+        ) from None
+    return paths
+
+
 def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
 
+    try:
+        tls = _tls_files(args.tls_cert, args.tls_key)
+    except _ServeError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     if not _is_loopback(args.host) and _any_key(settings) == 0:
         print(
             f"refusing to serve on {args.host}: no API key exists, so anyone could post sales and read revenue.\n"
@@ -219,6 +258,8 @@ def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
         backlog=2048,
         http1_settings=HTTP1Settings(header_read_timeout=10_000),
         log_access=False,
+        ssl_cert=tls[0] if tls else None,
+        ssl_key=tls[1] if tls else None,
     ).serve()
     return 0
 
@@ -252,6 +293,8 @@ def parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--workers", type=int, default=1)
+    srv.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate; needs --tls-key")
+    srv.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM, unencrypted)")
     srv.set_defaults(func=_serve)
     return p
 

@@ -1,0 +1,294 @@
+"""``serve``: HTTPS with --tls-cert/--tls-key, its argument errors, and how SIGTERM reaches the drain.
+
+The TLS tests start ``python -m salesreport serve`` as production would, with a
+self-signed certificate made by the ``openssl`` command line, on a SQLite
+database migrated with ``python -m salesreport migrate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+
+from salesreport import drain
+from tests import pg
+from tests.conftest import ROOT
+from tests.test_faults import Server, cli
+
+OPENSSL = shutil.which("openssl")
+
+
+def make_certificate(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its private key: (cert.pem, key.pem)."""
+    if OPENSSL is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the openssl command line is needed to make a test certificate")
+        pytest.skip("the openssl command line is needed to make a test certificate")
+    cert, key = directory / f"{name}-cert.pem", directory / f"{name}-key.pem"
+    subprocess.run(
+        [
+            *(OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> tuple[Path, Path]:
+    return make_certificate(tmp_path, "server")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'sales.db'}"
+    done = cli(url, "migrate")
+    assert done.returncode == 0, done.stderr
+    return url
+
+
+@contextlib.contextmanager
+def serving(database_url: str, tmp_path: Path, *args: str) -> Iterator[Server]:
+    """``python -m salesreport serve --port <free> *args``; the whole process group is gone on the way out."""
+    port = pg.free_port()
+    log_path = tmp_path / "server.log"
+    env = {**os.environ, "DATABASE_URL": database_url, "SALESREPORT_LOG_FORMAT": "json"}
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "salesreport", "serve", "--port", str(port), *args],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server(proc, port, log_path)
+    try:
+        yield server
+    finally:
+        if server.group_alive():
+            server.kill()
+
+
+def wait_live(server: Server, url: str, verify: ssl.SSLContext, within: float = 20) -> httpx.Response:
+    """Poll ``url`` until it answers at all (any status), or fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    last: Exception | None = None
+    with httpx.Client(verify=verify, timeout=2) as http:
+        while time.monotonic() < deadline:
+            assert server.proc.poll() is None, f"the server exited with {server.proc.returncode}:\n{server.log()}"
+            try:
+                return http.get(url)
+            except httpx.TransportError as exc:
+                last = exc
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer within {within} s (last: {last!r}):\n{server.log()}")
+
+
+def plain_http(port: int) -> bytes:
+    """Everything the server sends back to a plain-HTTP request, until it closes or is silent for 5 s."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            while chunk := sock.recv(4096):
+                received += chunk
+    return received
+
+
+# --- HTTPS ---------------------------------------------------------------------------------
+
+
+def test_serves_https_only_with_tls_cert_and_key(sqlite_url: str, tls: tuple[Path, Path], tmp_path: Path) -> None:
+    cert, key = tls
+    with serving(sqlite_url, tmp_path, "--tls-cert", str(cert), "--tls-key", str(key)) as server:
+        trust = ssl.create_default_context(cafile=str(cert))
+        live = wait_live(server, f"https://127.0.0.1:{server.port}/health/live", trust)
+        assert (live.status_code, live.json()) == (200, {"status": "ok"})
+        assert live.url.scheme == "https"
+
+        # Plain HTTP on the same port gets no HTTP answer: at most a TLS alert, then the connection closes.
+        answer = plain_http(server.port)
+        assert not answer.startswith(b"HTTP/"), answer[:200]
+        assert b"status" not in answer, answer[:200]
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{server.port}/health/live", timeout=5)
+        # Nor does a client that does not trust the certificate.
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(f"https://127.0.0.1:{server.port}/health/live", timeout=5)
+
+        # SIGTERM still drains (drain.install under the real Granian) and the server exits with 0.
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            code = server.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the server did not exit within 15 s of SIGTERM:\n{server.log()}")
+        log = server.log(200)
+        assert code == 0, log
+        assert "draining before shutdown" in log, log
+        assert "without a drain" not in log, log
+
+
+# --- argument errors -----------------------------------------------------------------------
+
+
+def serve_error(sqlite_url: str, tmp_path: Path, *args: str) -> str:
+    """Run serve with ``args``, which must make it exit with 2 before it serves; returns its output."""
+    with serving(sqlite_url, tmp_path, *args) as server:
+        try:
+            code = server.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"serve {' '.join(args)} did not exit:\n{server.log()}")
+        output = server.log()
+    assert code == 2, output
+    assert "Starting granian" not in output, output
+    return output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["--tls-cert", "{cert}"], "--tls-cert and --tls-key go together", id="only-cert"),
+        pytest.param(["--tls-key", "{key}"], "--tls-cert and --tls-key go together", id="only-key"),
+        pytest.param(
+            ["--tls-cert", "{dir}/nope.pem", "--tls-key", "{key}"],
+            "cannot read --tls-cert {dir}/nope.pem: No such file or directory",
+            id="missing-cert",
+        ),
+        pytest.param(
+            ["--tls-cert", "{cert}", "--tls-key", "{dir}/nope.pem"],
+            "cannot read --tls-key {dir}/nope.pem: No such file or directory",
+            id="missing-key",
+        ),
+        # A directory cannot be read as a file, even by root (for whom file modes do not count).
+        pytest.param(["--tls-cert", "{dir}", "--tls-key", "{key}"], "cannot read --tls-cert {dir}: ", id="unreadable"),
+        pytest.param(
+            ["--tls-cert", "{key}", "--tls-key", "{key}"],
+            "are not a PEM certificate and its unencrypted private key",
+            id="not-a-cert",
+        ),
+    ],
+)
+def test_tls_argument_errors_exit_2(
+    args: list[str], message: str, sqlite_url: str, tls: tuple[Path, Path], tmp_path: Path
+) -> None:
+    names = {"cert": tls[0], "key": tls[1], "dir": tmp_path}
+    output = serve_error(sqlite_url, tmp_path, *(arg.format(**names) for arg in args))
+    assert message.format(**names) in output, output
+
+
+def test_a_key_of_another_certificate_exits_2(sqlite_url: str, tls: tuple[Path, Path], tmp_path: Path) -> None:
+    cert, _ = tls
+    _, other_key = make_certificate(tmp_path, "other")
+    output = serve_error(sqlite_url, tmp_path, "--tls-cert", str(cert), "--tls-key", str(other_key))
+    assert f"--tls-key {other_key} is not the private key of --tls-cert {cert}" in output, output
+
+
+# --- how SIGTERM reaches the drain (drain.install), in-process ------------------------------
+
+
+@dataclass(frozen=True)
+class DrainSettings:
+    drain_seconds: float
+
+
+@dataclass
+class Svc:
+    settings: DrainSettings
+    draining: bool = False
+
+
+async def until(condition: Callable[[], bool], within: float = 5) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"not true within {within} s"
+        await asyncio.sleep(0.01)
+
+
+def run_with_server_handlers(
+    sigterm: bool, sigint: bool, test: Callable[[list[float]], Coroutine[Any, Any, None]]
+) -> None:
+    """Run the coroutine function ``test`` on a fresh loop where a stand-in "server" handles the given signals.
+
+    As a Granian 2.8 worker does (granian/_signals.py, set_loop_signals), one handler on the loop; it
+    records when it ran.
+    """
+    stops: list[float] = []
+    loop = asyncio.new_event_loop()
+    try:
+        for sig, handled in ((signal.SIGTERM, sigterm), (signal.SIGINT, sigint)):
+            if handled:
+                loop.add_signal_handler(sig, lambda: stops.append(time.monotonic()))
+        loop.run_until_complete(test(stops))
+    finally:
+        loop.close()  # removes the loop's signal handlers: SIGTERM and SIGINT are as before
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_sigterm_drains_then_runs_the_servers_handler() -> None:
+    async def test(stops: list[float]) -> None:
+        svc = Svc(DrainSettings(drain_seconds=0.3))
+        restore = drain.install(svc)
+        termed = time.monotonic()
+        signal.raise_signal(signal.SIGTERM)
+        await until(lambda: svc.draining)
+        assert not stops, "the server's handler ran before the drain"
+        await until(lambda: bool(stops))
+        assert stops[0] - termed >= 0.29
+        # A second SIGTERM during the shutdown does not start another drain.
+        signal.raise_signal(signal.SIGTERM)
+        await asyncio.sleep(0.4)
+        assert len(stops) == 1
+        # After restore(), SIGTERM runs the server's handler at once, as before install().
+        restore()
+        signal.raise_signal(signal.SIGTERM)
+        await until(lambda: len(stops) == 2, within=0.25)
+
+    run_with_server_handlers(sigterm=True, sigint=True, test=test)
+
+
+def test_no_drain_and_a_warning_where_sigint_is_not_the_servers_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = structlog.testing.CapturingLogger()
+    monkeypatch.setattr(drain, "log", calls)
+
+    async def test(stops: list[float]) -> None:
+        svc = Svc(DrainSettings(drain_seconds=5))
+        restore = drain.install(svc)
+        signal.raise_signal(signal.SIGTERM)
+        await until(lambda: bool(stops), within=1)
+        assert not svc.draining
+        restore()
+
+    run_with_server_handlers(sigterm=True, sigint=False, test=test)
+    assert [call.method_name for call in calls.calls] == ["warning"]
+    assert "without a drain" in calls.calls[0].args[0]
+
+
+def test_nothing_changes_where_no_server_handles_sigterm() -> None:
+    async def test(stops: list[float]) -> None:
+        restore = drain.install(Svc(DrainSettings(drain_seconds=0.1)))
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        restore()
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+    run_with_server_handlers(sigterm=False, sigint=False, test=test)
