@@ -1,0 +1,78 @@
+"""The outermost layer of the app: request ids, the access log, and the drain."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .problems import PROBLEM
+from .schemas import Problem, encoder
+
+if TYPE_CHECKING:
+    from .service import Service
+
+log = structlog.get_logger("salesreport.api")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+_SHUTTING_DOWN = encoder.encode(
+    Problem(status=503, title="Service Unavailable", detail="the service is shutting down; retry shortly")
+)
+
+
+class Front:
+    """The outermost layer: request ids, the access log, and the drain.
+
+    One log line per request, with a request id echoed in X-Request-ID; the
+    line names the API key by id, never the key. While the service drains
+    after SIGTERM, a new request gets 503 and every response closes its
+    connection, so that clients move to another instance before it stops.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.match(given) else os.urandom(8).hex()
+        scope["salesreport.request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+        svc: Service | None = getattr(scope["app"].state, "service", None)
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                if svc is not None and svc.draining:
+                    headers.append((b"connection", b"close"))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            if svc is not None and svc.draining and scope["path"] != "/health/live":
+                response = Response(_SHUTTING_DOWN, 503, {"Retry-After": "1"}, PROBLEM)
+                await response(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "request",
+                request_id=request_id,
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                ms=round((time.perf_counter() - started) * 1000, 2),
+                key_id=scope.get("salesreport.key_id"),
+            )

@@ -1,0 +1,79 @@
+"""The probes: is the process up, and can this worker take sales and answer reports."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from . import db
+from .problems import json_response
+from .schemas import encoder
+from .service import Service, service
+
+
+async def health_live(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+READY_TIMEOUT = 2.0
+
+
+async def health_ready(request: Request) -> Response:
+    """200 only when this worker can take sales and answer reports: the
+    database answers and its schema is the one this code expects, the catalog
+    is loaded, and the writer is running and can begin a write. Otherwise 503,
+    saying why."""
+    svc = service(request)
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            reason = await _not_ready(svc)
+    except TimeoutError:
+        reason = f"the database did not answer within {READY_TIMEOUT:g} s"
+    if reason is not None:
+        down = {"status": "unavailable", "reason": reason}
+        return Response(encoder.encode(down), 503, {"Retry-After": "5"}, "application/json")
+    body: dict[str, Any] = {"status": "ok"}
+    if svc.catalog.unusable:
+        body["warnings"] = [
+            f"store {store_id}: {why}; its sales get 503" for store_id, why in sorted(svc.catalog.unusable.items())
+        ]
+    return json_response(body)
+
+
+async def _not_ready(svc: Service) -> str | None:
+    try:
+        async with svc.db.reader.connect() as conn:
+            revision = await db.schema_revision(conn)
+    except Exception as exc:
+        return f"the database cannot be read: {_kind(exc)}"
+    if revision != svc.head_revision:
+        return f"the database schema is at revision {revision}, this code needs {svc.head_revision}: run migrate"
+    try:
+        await svc.catalog.refresh()
+    except Exception as exc:
+        return f"the catalog cannot be loaded: {_kind(exc)}"
+    if not svc.batcher.running:
+        return "the sales writer is not running"
+    try:
+        await svc.batcher.probe()
+    except Exception as exc:
+        return f"the sales writer cannot write: {_kind(exc)}"
+    return None
+
+
+def _kind(exc: BaseException) -> str:
+    """What went wrong, without the database's own words (they may quote data)."""
+    return "unreachable" if db.is_unavailable(exc) else type(getattr(exc, "orig", exc)).__name__
+
+
+def head_revision() -> str:
+    """The newest revision of the migrations shipped with this code."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory(str(Path(__file__).parent / "migrations")).get_current_head()
+    assert head is not None
+    return head

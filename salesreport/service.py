@@ -1,0 +1,32 @@
+"""What every request of a worker shares: settings, database, catalog, writer, keys, clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+
+from . import config, db
+from .auth import KeyRing
+from .ingestion import Batcher, Catalog
+
+
+@dataclass
+class Service:
+    settings: config.Settings
+    db: db.Database
+    catalog: Catalog
+    batcher: Batcher
+    keys: KeyRing
+    # The Alembic revision this code expects the database at.
+    head_revision: str
+    # The wall clock, injectable: tests pin it to any instant (a month's last minute, a DST change).
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    draining: bool = False
+
+
+def service(request: Request) -> Service:
+    svc: Service = request.app.state.service
+    return svc
