@@ -44,7 +44,18 @@ _COMMON = {
     ),
 }
 _FORBIDDEN = {"403": _problem("The API key may not do this.")}
-_INVALID = {"422": _problem("Invalid fields, each named in `errors`.")}
+_INVALID = {"422": _problem("Invalid fields: the first 100 named in `errors`, all counted in `error_count`.")}
+
+
+_READY = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "unavailable"]},
+        "reason": {"type": "string"},
+        "warnings": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["status"],
+}
 
 
 @functools.cache
@@ -116,9 +127,16 @@ def document() -> dict[str, Any]:
         },
         "/health/ready": {
             "get": {
-                "summary": "The database is reachable",
+                "summary": "This worker can take sales and answer reports",
                 "operationId": "ready",
-                "responses": {**_ok("Ready", {"type": "object"}), "503": _COMMON["503"]},
+                "responses": {
+                    **_ok("Ready; `warnings` lists stores whose sales cannot be taken", _READY),
+                    "503": {
+                        "description": "Not ready; `reason` says why",
+                        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                        "content": {"application/json": {"schema": _READY}},
+                    },
+                },
             }
         },
     }
