@@ -48,3 +48,36 @@ def test_bad_settings_stop_with_a_message(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("DATABASE_URL", "mysql://x")
     with pytest.raises(SystemExit, match="DATABASE_URL"):
         config.load()
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "message"),
+    [
+        ("SALESREPORT_POOL_SIZE", "0", "between 1"),  # 0 would mean no limit at all
+        ("SALESREPORT_QUEUE_MAX_SALES", "999", "between 1000"),  # below one full array: arrays would 503 forever
+        ("SALESREPORT_BATCH_MAX_SALES", "0", "between 1"),
+        ("SALESREPORT_BODY_TIMEOUT_S", "nan", "between"),
+        ("SALESREPORT_WRITE_TIMEOUT_S", "-1", "between"),
+        ("SALESREPORT_KEY_LIFETIME_DAYS", "0", "between 1"),
+        ("SALESREPORT_DRAIN_S", "soon", "a number"),
+    ],
+)
+def test_settings_out_of_range_stop_with_a_message(
+    monkeypatch: pytest.MonkeyPatch, name: str, raw: str, message: str
+) -> None:
+    monkeypatch.setenv(name, raw)
+    with pytest.raises(SystemExit, match=name) as stopped:
+        config.load()
+    assert message in str(stopped.value)
+
+
+def test_timeouts_and_flush_take_fractions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SALESREPORT_BODY_TIMEOUT_S", "0.5")
+    monkeypatch.setenv("SALESREPORT_DRAIN_S", "2.5")
+    monkeypatch.setenv("SALESREPORT_WRITE_TIMEOUT_S", "1.5")
+    monkeypatch.setenv("SALESREPORT_FLUSH_MS", "0.25")
+    monkeypatch.setenv("SALESREPORT_KEY_LIFETIME_DAYS", "7")
+    settings = config.load()
+    assert (settings.body_timeout, settings.drain_seconds, settings.write_timeout) == (0.5, 2.5, 1.5)
+    assert settings.flush_ms == 0.25
+    assert settings.key_lifetime.days == 7

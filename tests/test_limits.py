@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from salesreport import config, db
 from salesreport.schemas import MAX_ERRORS, format_money
@@ -82,3 +84,14 @@ async def test_open_mode_answers_loopback_clients_only(
             assert (await remote.get("/health/live")).status_code == 200
             assert (await remote.get("/openapi.json")).status_code == 200
     assert await count_sales(settings) == 0
+
+
+async def test_readers_cannot_take_the_writers_connections(settings: config.Settings, clock: Clock) -> None:
+    """Every read connection is busy (slow reports, say): sales are still written."""
+    async with app_client(replace(settings, pool_size=1), clock) as client:
+        database = client.app.state.service.db  # type: ignore[attr-defined]
+        async with database.reader.connect() as held:  # the only reader
+            await held.execute(sa.text("SELECT 1"))
+            response = await client.post("/sales", content=json.dumps({"product_id": 1, "store_id": 1}), headers=JSON)
+            assert response.status_code == 201, response.text
+    assert await count_sales(settings) == 1
