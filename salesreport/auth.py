@@ -122,7 +122,7 @@ class KeyRing:
             if not self.changes.stale("keys", self.version):
                 return
             with self.changes.reloading("keys"):
-                async with self.database.reader.connect() as conn:
+                async with self.database.control.connect() as conn:
                     version = await db.get_version(conn, "keys")
                     rows = (await conn.execute(sa.select(db.api_keys))).all()
             self.by_hash = {r.hash: Key(r.id, r.role, r.store_id, r.hash) for r in rows if r.revoked_at is None}

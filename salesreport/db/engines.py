@@ -19,9 +19,10 @@ if TYPE_CHECKING:
     from .sqlite import SQLiteWriter
 
 SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA busy_timeout=10000")
-# The writer's own connections (PostgreSQL): one for the batches, one for the
-# keys' last-used times. Readers never take these, so reports cannot starve it.
-WRITER_POOL = 2
+# The writer's own connections (PostgreSQL): the batches, the keys' last-used
+# times, and reloads of the catalog and the keys (``control``). Readers never
+# take these, so reports cannot starve ingestion.
+WRITER_POOL = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +30,9 @@ class Database:
     """Readers use ``reader``; the process's one writer uses ``writer``.
 
     They are separate pools, so that report traffic cannot take the
-    connections the writer needs. Readers run in autocommit: one statement,
+    connections the writer needs; ``control`` reads what the writer and every
+    request depend on (the catalog, the API keys) on the writer's side of
+    that split. Readers run in autocommit: one statement,
     one round trip (a reader that needs a snapshot over several statements
     sets its isolation level). On SQLite the batches of sales are written by a
     thread with its own connection (``sqlite_writer``), inside ``BEGIN
@@ -38,6 +41,7 @@ class Database:
 
     reader: AsyncEngine
     writer: AsyncEngine
+    control: AsyncEngine
     sqlite_writer: SQLiteWriter | None = None
 
     @property
@@ -47,6 +51,7 @@ class Database:
     async def dispose(self) -> None:
         await self.reader.dispose()
         await self.writer.dispose()
+        await self.control.dispose()
         if self.sqlite_writer is not None:
             self.sqlite_writer.close()
 
@@ -81,6 +86,7 @@ def connect(settings: Settings) -> Database:
                 isolation_level="AUTOCOMMIT"
             ),
             writer=_sqlite_engine(url, immediate=True, pool_size=1),
+            control=_sqlite_engine(url, immediate=False, pool_size=1).execution_options(isolation_level="AUTOCOMMIT"),
             sqlite_writer=SQLiteWriter(sa.engine.make_url(url).database or ""),
         )
 
@@ -94,9 +100,11 @@ def connect(settings: Settings) -> Database:
             connect_args={"timeout": 5, "command_timeout": 30, "server_settings": {"synchronous_commit": "on"}},
         )
 
+    writer = engine(WRITER_POOL)
     return Database(
         reader=engine(settings.pool_size).execution_options(isolation_level="AUTOCOMMIT"),
-        writer=engine(WRITER_POOL),
+        writer=writer,
+        control=writer.execution_options(isolation_level="AUTOCOMMIT"),  # the same pool
     )
 
 

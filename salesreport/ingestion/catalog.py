@@ -54,7 +54,7 @@ class Catalog:
             return
         async with self._lock:
             with self.changes.reloading("catalog"):
-                async with self.database.reader.connect() as conn:
+                async with self.database.control.connect() as conn:
                     version = await db.get_version(conn, "catalog")
                     if version == self.version:
                         return
