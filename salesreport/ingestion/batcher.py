@@ -124,7 +124,7 @@ class Batcher:
         self._queued_sales += len(sales)
         self._wakeup.set()
         try:
-            # Shielded: a client that goes away does not cancel its batch-mates' transaction.
+            # Shielded: if the client goes away, its sales are still written (or not) whole, and its retry is a replay.
             async with asyncio.timeout(self.write_timeout):
                 stored: Stored = await asyncio.shield(request.future)
         except TimeoutError:
