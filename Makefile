@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-clock lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,16 @@ run: $(VENV)/.runtime
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q
+
+# The whole suite under faketime (Debian: apt-get install faketime) at a month's and a year's last minutes and at DST changes.
+CLOCK_INSTANTS := 2026-11-30T23:31:00Z 2026-12-31T23:58:00Z 2026-03-29T00:59:00Z 2026-10-25T00:59:00Z 2026-11-01T05:59:00Z
+test-clock: $(VENV)/.dev
+	@command -v faketime >/dev/null || { echo "test-clock needs faketime (Debian: apt-get install faketime)"; exit 1; }
+	@failed=; for instant in $(CLOCK_INSTANTS); do \
+		echo "== pytest under faketime $$instant"; \
+		faketime "$$instant" $(BIN)/python -m pytest -q || failed="$$failed $$instant"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-clock failed at:$$failed"; exit 1; fi
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check salesreport tests bench

@@ -1,15 +1,24 @@
-"""Fixtures: every API test runs on SQLite and on a throwaway PostgreSQL."""
+"""Fixtures: every API test runs on SQLite and on a throwaway PostgreSQL.
+
+No test reads the wall clock: the app's "now" is the ``clock`` fixture (fixed at ``NOW`` unless a
+test sets it), and a test waiting for something to happen polls for it with ``eventually``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -103,16 +112,84 @@ async def seed(settings: config.Settings, products: list[dict[str, Any]], stores
         await database.dispose()
 
 
+# The app's "now" unless a test sets the clock: mid-month, at noon UTC, far from a month's end
+# and from a DST change in every store's zone, so that "now" is in the same month everywhere.
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    """A settable clock for ``create_app(clock=...)``: it shows one instant until a test moves it."""
+
+    now: datetime
+
+    def __init__(self, now: datetime = NOW) -> None:
+        self.set(now)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def set(self, instant: datetime | str) -> datetime:
+        """Stop the clock at ``instant`` (aware, or RFC 3339 text such as ``"2026-11-30T23:31:00Z"``)."""
+        if isinstance(instant, str):
+            instant = datetime.fromisoformat(instant)
+        if instant.utcoffset() is None:
+            raise ValueError(f"the clock shows aware instants only, not {instant!r}")
+        self.now = instant.astimezone(UTC)
+        return self.now
+
+    def advance(self, by: timedelta = timedelta(0), **kwargs: float) -> datetime:
+        """Move the clock on: ``clock.advance(timedelta(minutes=1))`` or ``clock.advance(seconds=30)``."""
+        return self.set(self.now + by + timedelta(**kwargs))
+
+
 @pytest.fixture
-async def client(settings: config.Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client on the real ASGI app, its lifespan run, the catalog seeded."""
+def clock() -> Clock:
+    """The app's clock (see ``client``), at ``NOW`` until the test sets or advances it."""
+    return Clock()
+
+
+@contextlib.asynccontextmanager
+async def app_client(settings: config.Settings, clock: Clock) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the real ASGI app with ``clock``, its lifespan run, the catalog seeded."""
     await seed(settings, PRODUCTS, STORES)
-    app = create_app(settings)
+    app = create_app(settings, clock=clock)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             http.app = app  # type: ignore[attr-defined]
             yield http
+
+
+@pytest.fixture
+async def client(settings: config.Settings, clock: Clock) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the real ASGI app, its lifespan run, the catalog seeded; its "now" is ``clock``."""
+    async with app_client(settings, clock) as http:
+        yield http
+
+
+T = TypeVar("T")
+
+
+async def eventually(
+    predicate: Callable[[], T | Awaitable[T]], within: float = 5.0, *, every: float = 0.005, what: str = ""
+) -> T:
+    """Poll ``predicate`` (a function or a coroutine function) until it returns something true, and return that.
+
+    It is called every ``every`` seconds; if it is still false after ``within`` seconds, the test fails,
+    saying ``what`` it waited for and the last value. The deadline only bounds a failure: a test passes
+    as soon as the event happens, however slow or fast the machine.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
+        if time.monotonic() >= deadline:
+            name = what or getattr(predicate, "__qualname__", repr(predicate))
+            raise AssertionError(f"still not so after {within:g} s: {name} (last: {value!r})")
+        await asyncio.sleep(every)
 
 
 async def scalar(settings: config.Settings, query: Any) -> Any:

@@ -77,6 +77,8 @@ async def test_slow_body_gets_408(settings, database_url) -> None:  # type: igno
 
     async def slow():  # type: ignore[no-untyped-def]
         yield b'{"product_id": 1,'
+        # On purpose: a client that stalls mid-body, far longer than the 0.2 s the app allows it
+        # (the app gives up at 0.2 s and cancels this wait; nothing here waits for an event).
         await asyncio.sleep(1)
         yield b'"store_id": 1}'
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 
 from salesreport import auth, config, db
-from tests.conftest import count_sales
+from tests.conftest import count_sales, eventually
 from tests.test_api import assert_problem
 from tests.test_cli import cli
 
@@ -103,13 +101,14 @@ async def test_revoking_takes_effect_at_once(
     key_id = listing.split()[0]
     assert listing.startswith(f"{key_id} owner - ")
     assert cli(database_url, "keys", "revoke", key_id).returncode == 0
-    # PostgreSQL delivers the change by NOTIFY: allow it a moment to arrive.
-    for _ in range(50):
+    # On SQLite every request reads the keys' version; PostgreSQL delivers the change by NOTIFY,
+    # which takes a moment to arrive: poll for it.
+
+    async def refused() -> httpx.Response | None:
         response = await call(client, "GET", "/reports/top-products", None, key)
-        if response.status_code == 401:
-            break
-        await asyncio.sleep(0.02)
-    assert_problem(response, 401)
+        return response if response.status_code == 401 else None
+
+    assert_problem(await eventually(refused, what="the revoked key is refused"), 401)
     assert "revoked" in cli(database_url, "keys", "list").stdout
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import sqlalchemy as sa
 
 from salesreport import config, db
 from salesreport.api import create_app
-from tests.conftest import ROOT, count_sales, scalar
+from tests.conftest import ROOT, Clock, count_sales, eventually, scalar
 
 pytestmark = pytest.mark.anyio
 
@@ -37,13 +36,13 @@ async def test_migrate_twice_is_harmless(database_url: str) -> None:
 
 
 async def test_import_and_price_change_keeps_history(
-    database_url: str, settings: config.Settings, tmp_path: Path
+    database_url: str, settings: config.Settings, clock: Clock, tmp_path: Path
 ) -> None:
     products = write(tmp_path / "p.csv", 'id,name,price\n1,Tea,2.50\n2,"Milk, 1 l",0.99\n')
     stores = write(tmp_path / "s.csv", 'id,address,timezone\n7,"Main st. 1, Omsk",Asia/Omsk\n')
     done = cli(database_url, "import", "--products", products, "--stores", stores)
     assert done.returncode == 0, done.stderr
-    app = create_app(settings)
+    app = create_app(settings, clock=clock)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
             assert (await http.get("/products")).json() == [
@@ -58,7 +57,12 @@ async def test_import_and_price_change_keeps_history(
             # The running service picks up the new price without a restart.
             new_price = write(tmp_path / "p2.csv", "id,name,price\n1,Tea,3\n")
             assert cli(database_url, "import", "--products", new_price).returncode == 0
-            await asyncio.sleep(0.1)  # the change notice reaches the app's loop, which cli() blocked
+            # On PostgreSQL the change arrives by NOTIFY, a moment later (cli() blocked the app's loop): poll.
+
+            async def new_price_loaded() -> bool:
+                return {"id": 1, "name": "Tea", "price": "3.00"} in (await http.get("/products")).json()
+
+            await eventually(new_price_loaded, what="the new price is loaded")
             later = await http.post("/sales", json={"product_id": 1, "store_id": 7, "sold_at": "2026-05-06T05:05:05Z"})
             assert later.json()["unit_price"] == "3.00"
             assert (await http.get("/reports/top-stores", params={"month": "2026-05"})).json()[0]["revenue"] == "5.50"

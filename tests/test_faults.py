@@ -253,6 +253,14 @@ def first(attempts: list[Attempt], predicate: Callable[[Attempt], bool]) -> Atte
     return min((a for a in attempts if predicate(a)), key=lambda a: a.started, default=None)
 
 
+async def under_way(load: Load, posts: int = 200, within: float = 30) -> int:
+    """Wait until the server has acknowledged ``posts`` posts of ``load``: every terminal is busy, requests
+    are in flight (instead of a fixed warm-up that a slow machine may not fill); returns how many sales."""
+    found = await poll(lambda: True if sum(post.acknowledged for post in load.posts) >= posts else None, within)
+    assert found, f"fewer than {posts} posts acknowledged after {within} s: {load.summary()}"
+    return len(load.acknowledged_keys())
+
+
 # --- the tests ------------------------------------------------------------------------------
 
 
@@ -262,14 +270,14 @@ async def test_kill_9_under_load_loses_and_doubles_nothing(
     server = await servers.start_ready()
     async with Load(server.url, prefix="k9") as load:
         async with loading(load):
-            await asyncio.sleep(1.5)
-            acknowledged_before = len(load.acknowledged_keys())
+            acknowledged_before = await under_way(load)
             server.kill()
             killed = time.monotonic()
             server = await servers.start_ready()
             restarted = time.monotonic()
-            # The load goes on against the new process for a while.
+            # The load goes on against the new process for a while: until it acknowledged a sale...
             await poll(lambda: first(load.attempts(), lambda a: a.acknowledged and a.started >= killed), within=10)
+            # ... and, on purpose, for at least 0.5 s after the restart (more load, not an event).
             await asyncio.sleep(max(0.0, restarted + 0.5 - time.monotonic()))
         assert acknowledged_before > 0, f"nothing acknowledged before the kill: {load.summary()}"
         after_kill = [a for a in load.attempts() if a.started >= killed]
@@ -292,12 +300,14 @@ async def test_database_restart_under_load(
         restarted = False
         try:
             async with loading(load):
-                await asyncio.sleep(1)
+                await under_way(load)
                 await asyncio.to_thread(pg_cluster.stop, "immediate")
                 stopped = time.monotonic()
-                await asyncio.sleep(1)
+                # The outage lasts until a request sent during it has been answered: the terminals first
+                # wait out the Retry-After of the 503s they got as it began, so a fixed length may end
+                # just before their next attempts. Then the readiness probe, still during the outage.
+                await poll(lambda: first(load.attempts(), lambda a: a.started >= stopped), within=15)
                 ready_when_down = await probe.get("/health/ready", timeout=10)
-                await asyncio.sleep(1)
                 outage_end = time.monotonic()
                 await asyncio.to_thread(pg_cluster.start)
                 restarted = True
@@ -305,7 +315,7 @@ async def test_database_restart_under_load(
                 recovered = await poll(
                     lambda: first(load.attempts(), lambda a: a.acknowledged and a.started >= up), within=10
                 )
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.5)  # on purpose: more load on the recovered service, not an event
         finally:
             if not restarted:  # the cluster is the whole session's: never leave it stopped
                 pg_cluster.start()
@@ -350,7 +360,7 @@ async def test_sigterm_under_load_answers_every_request(
     server = await servers.start_ready()
     async with Load(server.url, prefix="term") as load:
         async with loading(load):
-            await asyncio.sleep(1.5)
+            await under_way(load)
             server.proc.send_signal(signal.SIGTERM)
             termed = time.monotonic()
             try:
@@ -358,6 +368,7 @@ async def test_sigterm_under_load_answers_every_request(
             except subprocess.TimeoutExpired:
                 pytest.fail(f"the server did not exit within 10 s of SIGTERM:\n{server.log()}")
             exited = time.monotonic()
+            # On purpose: the terminals go on for 0.3 s after the exit (a length of load, not an event).
             await asyncio.sleep(0.3)
         assert not server.group_alive(), "a worker outlived the server's main process"
     stored = await stored_sales(settings)

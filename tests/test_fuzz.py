@@ -44,7 +44,7 @@ from salesreport import auth, config, db
 from salesreport.api import MAX_BODY, create_app
 from salesreport.catalog import MAX_PRICE
 from salesreport.schemas import MAX_ID, SalesIn
-from tests.conftest import PRODUCTS, STORES, count_sales, seed
+from tests.conftest import NOW, PRODUCTS, STORES, Clock, count_sales, seed
 
 PRODUCT_IDS = [p["id"] for p in PRODUCTS]
 STORE_IDS = [s["id"] for s in STORES]
@@ -86,7 +86,7 @@ def _acceptable(sale: Any) -> Any:
     The document says "an integer 1..2^63-1", not "a product of the catalog"; nor "written without
     a fraction" (JSON Schema counts 3.0 as an integer), nor "from 2000 until now", nor "one key, one
     sale". Positive cases are made to follow those rules, so that the positive-data check holds the
-    service to accepting every one of them.
+    service to accepting every one of them. "Now" is ``NOW``, where ``api_schema`` stops the app's clock.
     """
     if not isinstance(sale, dict):
         return sale
@@ -101,7 +101,7 @@ def _acceptable(sale: Any) -> Any:
     if isinstance(sale.get("sold_at"), str):
         instant = _instant(sale["sold_at"])
         # One the service cannot read stays: refusing a schema-valid date-time is a finding.
-        if instant is not None and not EARLIEST <= instant <= datetime.now(UTC):
+        if instant is not None and not EARLIEST <= instant <= NOW:
             sale["sold_at"] = None
     if isinstance(sale.get("idempotency_key"), str):
         # Unique, the generated characters kept but control characters (refused, as documented).
@@ -129,7 +129,7 @@ async def owner_key(settings: config.Settings) -> str:
 
 
 @pytest.fixture
-def api_schema(settings: config.Settings) -> Any:
+def api_schema(settings: config.Settings, clock: Clock) -> Any:
     """The OpenAPI document as the app serves it, on a seeded database with an owner key.
 
     With a key in the database every endpoint but /health requires one, as the document declares
@@ -143,7 +143,8 @@ def api_schema(settings: config.Settings) -> Any:
     asyncio.run(seed(settings, PRODUCTS, STORES))
     key = asyncio.run(owner_key(settings))
     options = SchemathesisConfig.from_dict({"auth": {"openapi": {"bearer": {"bearer": key}}}})
-    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(settings), config=options)
+    assert clock() == NOW  # what _acceptable takes for "now"
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(settings, clock=clock), config=options)
     schema.hook(map_case)
     return schema
 
@@ -551,7 +552,8 @@ def _shift(label: str, months: int) -> str:
     return f"{index // 12:04d}-{index % 12 + 1:02d}"
 
 
-LATEST = datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=1)
+# The latest instant drawn: a minute before the app's clock (``NOW``, where the ``client`` fixture keeps it).
+LATEST = NOW.replace(tzinfo=None) - timedelta(minutes=1)
 
 
 @st.composite

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import replace
-from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -14,7 +13,7 @@ from salesreport import config, db, reports
 from salesreport.api import create_app
 from salesreport.changes import Changes
 from salesreport.ingestion import Batcher, Catalog, Rejected, SaleIn, Unavailable
-from tests.conftest import PRODUCTS, STORES, count_sales, seed
+from tests.conftest import NOW, PRODUCTS, STORES, Clock, count_sales, eventually, seed
 
 pytestmark = pytest.mark.anyio
 
@@ -41,9 +40,9 @@ def sale(product_id: int = 1, store_id: int = 1, **kw: object) -> SaleIn:
 
 
 async def test_a_failing_request_fails_alone(batcher: Batcher, settings: config.Settings) -> None:
-    now = datetime.now(UTC)
-    stored, created = await batcher.submit([sale(idempotency_key="k")], False, now)
-    assert created
+    now = NOW  # received_at: what the app's clock would say
+    stored = await batcher.submit([sale(idempotency_key="k")], False, now)
+    assert stored.created
     results = await asyncio.gather(
         batcher.submit([sale(2, 1)], False, now),
         batcher.submit([sale(3, 1), sale(2, 1, idempotency_key="k")], True, now),  # conflicts with "k"
@@ -53,51 +52,52 @@ async def test_a_failing_request_fails_alone(batcher: Batcher, settings: config.
     )
     assert isinstance(results[1], Rejected)
     assert [e.index for e in results[1].errors] == [1]
-    assert results[0][1] is True and results[2][1] is True
-    assert results[3] == (stored, False)
+    assert results[0].created and results[2].created
+    assert results[3].sales == stored.sales and results[3].new == [False]
     assert await count_sales(settings) == 3
 
 
 async def test_one_key_twice_in_one_batch_is_one_sale(batcher: Batcher, settings: config.Settings) -> None:
-    now = datetime.now(UTC)
+    now = NOW  # received_at: what the app's clock would say
     first, second, other = await asyncio.gather(
         batcher.submit([sale(idempotency_key="same")], False, now),
         batcher.submit([sale(idempotency_key="same")], False, now),
         batcher.submit([sale(2, idempotency_key="same")], False, now),
         return_exceptions=True,
     )
-    assert first[0] == second[0][0:1] and first[1] is True
-    assert second[1] is False  # a replay of its batch-mate: 200, not 201
+    assert first.sales == second.sales and first.created
+    assert not second.created  # a replay of its batch-mate: 200, not 201
     assert isinstance(other, Rejected)
     assert await count_sales(settings) == 1
 
 
 async def test_full_queue_answers_unavailable(batcher: Batcher) -> None:
-    now = datetime.now(UTC)
+    now = NOW  # received_at: what the app's clock would say
     waiting = asyncio.ensure_future(batcher.submit([sale()] * 10, True, now))
-    await asyncio.sleep(0)
+    # Queued, and held there by the batcher's 200 ms wait for company: the queue is full.
+    await eventually(lambda: batcher._queued_sales == 10, what="the 10 sales are queued")
     with pytest.raises(Unavailable) as info:
         await batcher.submit([sale()], False, now)
     assert info.value.retry_after >= 1
-    assert (await waiting)[1] is True
+    assert (await waiting).created
     # Once written, there is room again.
-    assert (await batcher.submit([sale()], False, now))[1] is True
+    assert (await batcher.submit([sale()], False, now)).created
 
 
 async def test_close_writes_what_is_queued_and_refuses_more(batcher: Batcher, settings: config.Settings) -> None:
-    now = datetime.now(UTC)
+    now = NOW  # received_at: what the app's clock would say
     pending = asyncio.ensure_future(batcher.submit([sale()], False, now))
-    await asyncio.sleep(0)
+    await eventually(lambda: batcher._queued_sales == 1, what="the sale is queued")
     await batcher.close()
-    assert (await pending)[1] is True
+    assert (await pending).created
     with pytest.raises(Unavailable):
         await batcher.submit([sale()], False, now)
     assert await count_sales(settings) == 1
 
 
-async def test_503_with_retry_after_over_http(settings: config.Settings) -> None:
+async def test_503_with_retry_after_over_http(settings: config.Settings, clock: Clock) -> None:
     await seed(settings, PRODUCTS, STORES)
-    app = create_app(replace(settings, queue_max_sales=5, flush_ms=300))
+    app = create_app(replace(settings, queue_max_sales=5, flush_ms=300), clock=clock)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
             body = json.dumps([{"product_id": 1, "store_id": 1}] * 3)
@@ -142,7 +142,7 @@ async def test_a_value_the_database_refuses_fails_alone(batcher: Batcher, settin
     # No input can reach this since prices are bounded on import; the batcher
     # must still keep the damage to the one request.
     batcher.catalog.prices[3] = 2**62
-    now = datetime.now(UTC)
+    now = NOW  # received_at: what the app's clock would say
     results = await asyncio.gather(
         batcher.submit([sale(1, 1)], False, now),
         batcher.submit([sale(3, 1, quantity=4)], False, now),
@@ -151,17 +151,21 @@ async def test_a_value_the_database_refuses_fails_alone(batcher: Batcher, settin
     )
     assert isinstance(results[1], Rejected)
     assert results[1].errors[0].field == "body"
-    assert results[0][1] is True and results[2][1] is True
+    assert results[0].created and results[2].created
     assert await count_sales(settings) == 2
 
 
-async def test_a_dead_writer_answers_instead_of_hanging(batcher: Batcher) -> None:
-    assert batcher._task is not None
-    batcher._task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await batcher._task
+async def test_a_dead_writer_answers_what_it_held_and_starts_again(batcher: Batcher, settings: config.Settings) -> None:
+    waiting = asyncio.ensure_future(batcher.submit([sale()], False, NOW))
+    await eventually(lambda: batcher._queued_sales == 1, what="the sale is queued")
+    task = batcher._task
+    assert task is not None
+    task.cancel()
     with pytest.raises(Unavailable):
-        await asyncio.wait_for(batcher.submit([sale()], False, datetime.now(UTC)), 5)
+        await asyncio.wait_for(waiting, 5)
+    assert batcher.running and batcher._task is not task and batcher.restarts == 1
+    assert (await asyncio.wait_for(batcher.submit([sale()], False, NOW), 5)).created
+    assert await count_sales(settings) == 1
 
 
 async def test_a_failed_reload_is_tried_again(batcher: Batcher) -> None:

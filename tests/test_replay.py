@@ -75,9 +75,7 @@ async def test_a_repeat_in_another_request_of_the_same_batch_follows_the_rule(
     assert await count_sales(settings) == 1
 
 
-async def test_a_key_lives_for_its_lifetime_then_may_be_used_again(
-    settings: config.Settings, clock: Clock
-) -> None:
+async def test_a_key_lives_for_its_lifetime_then_may_be_used_again(settings: config.Settings, clock: Clock) -> None:
     lifetime = timedelta(days=7)
     async with app_client(replace(settings, key_lifetime=lifetime), clock) as client:
         sale = {"product_id": 1, "store_id": 1, "quantity": 2, "idempotency_key": "till-1"}

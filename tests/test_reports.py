@@ -72,7 +72,7 @@ async def test_dst_change_in_new_york(client: httpx.AsyncClient) -> None:
 
 
 async def test_leap_february(client: httpx.AsyncClient) -> None:
-    # 2024: the last leap year before today (future sales are refused).
+    # 2024: the last leap year before the app's clock (2026-11-20; future sales are refused).
     await sell(
         client,
         [

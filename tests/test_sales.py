@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
 
 from salesreport import config
-from tests.conftest import count_sales
+from tests.conftest import Clock, app_client, count_sales
 from tests.test_api import assert_problem
 
 pytestmark = pytest.mark.anyio
@@ -19,8 +20,11 @@ async def post(client: httpx.AsyncClient, body: object) -> httpx.Response:
     return await client.post("/sales", content=json.dumps(body), headers={"content-type": "application/json"})
 
 
-async def test_one_sale_is_stored_and_echoed(client: httpx.AsyncClient, settings: config.Settings) -> None:
-    before = datetime.now(UTC)
+async def test_one_sale_is_stored_and_echoed(
+    client: httpx.AsyncClient, settings: config.Settings, clock: Clock
+) -> None:
+    # Without sold_at the sale is dated when received: here 02:31 on 1 December in Moscow.
+    clock.set("2026-11-30T23:31:00Z")
     response = await post(client, {"product_id": 2, "store_id": 1, "quantity": 3})
     assert response.status_code == 201, response.text
     sale = response.json()
@@ -29,9 +33,7 @@ async def test_one_sale_is_stored_and_echoed(client: httpx.AsyncClient, settings
     assert sale["amount"] == "136.50"
     assert sale["idempotency_key"] is None
     assert isinstance(sale["id"], int)
-    sold_at = datetime.fromisoformat(sale["sold_at"])
-    assert sold_at.utcoffset() == timedelta(0)
-    assert before - timedelta(seconds=1) <= sold_at <= datetime.now(UTC) + timedelta(seconds=1)
+    assert sale["sold_at"] == "2026-11-30T23:31:00Z"
     assert await count_sales(settings) == 1
 
 
@@ -168,12 +170,28 @@ async def test_invalid_sales_are_422_naming_each_field(
     assert await count_sales(settings) == 0
 
 
-async def test_sold_at_in_the_future(client: httpx.AsyncClient) -> None:
-    soon = (datetime.now(UTC) + timedelta(minutes=4)).isoformat()
-    assert (await post(client, {"product_id": 1, "store_id": 1, "sold_at": soon})).status_code == 201
-    late = (datetime.now(UTC) + timedelta(minutes=6)).isoformat()
-    problem = assert_problem(await post(client, {"product_id": 1, "store_id": 1, "sold_at": late}), 422)
-    assert problem["errors"][0]["field"] == "sold_at"
+@pytest.mark.parametrize(
+    ("ahead", "status"),
+    [
+        (timedelta(minutes=4), 201),
+        (timedelta(minutes=5), 201),  # "at most 5 minutes ahead"
+        (timedelta(minutes=5, microseconds=1), 422),
+        (timedelta(minutes=6), 422),
+    ],
+)
+async def test_sold_at_in_the_future(client: httpx.AsyncClient, clock: Clock, ahead: timedelta, status: int) -> None:
+    # Two minutes before a new year: the bound is 2027-01-01T00:03Z, whatever the date today.
+    now = clock.set("2026-12-31T23:58:00Z")
+    for hours in (0, -5, 10):  # the instant counts, not the offset it is written with
+        sold_at = (now + ahead).astimezone(timezone(timedelta(hours=hours))).isoformat()
+        sale = {"product_id": 1, "store_id": 1, "sold_at": sold_at, "idempotency_key": f"{ahead} {hours}"}
+        response = await post(client, sale)
+        if status == 201:
+            assert response.status_code == 201, response.text
+            assert datetime.fromisoformat(response.json()["sold_at"]) == now + ahead
+        else:
+            problem = assert_problem(response, 422)
+            assert problem["errors"][0]["field"] == "sold_at"
 
 
 @pytest.mark.parametrize(
@@ -224,15 +242,61 @@ async def test_three_dimes_make_thirty_cents(client: httpx.AsyncClient) -> None:
     assert top == [{"id": 1, "address": "1 Red Square, Moscow", "revenue": "0.30"}]
 
 
-async def test_a_sale_is_in_the_reports_at_once(client: httpx.AsyncClient) -> None:
-    now = datetime.now(UTC)
+async def test_a_sale_is_in_the_reports_at_once(client: httpx.AsyncClient, clock: Clock) -> None:
+    # Mid-month (the clock's default instant): November in Berlin as in UTC, the default zone here.
+    assert clock() == datetime.fromisoformat("2026-11-20T12:00:00Z")
     assert (await post(client, {"product_id": 3, "store_id": 4, "quantity": 7})).status_code == 201
-    # The default month is the current one in the default zone (UTC here).
     top = (await client.get("/reports/top-stores")).json()
-    if now.month == datetime.now(UTC).month:
-        assert top == [{"id": 4, "address": "Alexanderplatz 1, Berlin", "revenue": "8641.92"}]
+    assert top == [{"id": 4, "address": "Alexanderplatz 1, Berlin", "revenue": "8641.92"}]
     products = (await client.get("/reports/top-products")).json()
     assert products == [{"id": 3, "name": "Coffee", "quantity": 7}]
+
+
+# Store ids whose local month, at the instant, is the default month in the zone (and the other stores).
+@pytest.mark.parametrize(
+    ("instant", "zone", "month", "stores", "others"),
+    [
+        # The last half hour of November in UTC: already December in Moscow, Vladivostok and Berlin.
+        ("2026-11-30T23:31:00Z", "UTC", "2026-11", [3], ("2026-12", [4, 2, 1])),
+        ("2026-11-30T23:31:00Z", "Europe/Berlin", "2026-12", [4, 2, 1], ("2026-11", [3])),
+        ("2026-11-30T23:31:00Z", "America/New_York", "2026-11", [3], ("2026-12", [4, 2, 1])),
+        # Two minutes before the new year in UTC: 2027 in every store but New York.
+        ("2026-12-31T23:58:00Z", "UTC", "2026-12", [3], ("2027-01", [4, 2, 1])),
+        ("2026-12-31T23:58:00Z", "Asia/Vladivostok", "2027-01", [4, 2, 1], ("2026-12", [3])),
+        # A minute before New York's clocks go back (01:59 EDT): November everywhere.
+        ("2026-11-01T05:59:00Z", "America/New_York", "2026-11", [4, 3, 2, 1], None),
+        # 23:59 EDT on 31 October in New York, and already November everywhere else.
+        ("2026-11-01T03:59:00Z", "America/New_York", "2026-10", [3], ("2026-11", [4, 2, 1])),
+        # A minute before Berlin's clocks go forward (01:59 CET on 29 March): March everywhere.
+        ("2026-03-29T00:59:00Z", "Europe/Berlin", "2026-03", [4, 3, 2, 1], None),
+    ],
+)
+async def test_top_stores_defaults_to_the_current_month_of_the_default_zone(
+    settings: config.Settings,
+    clock: Clock,
+    instant: str,
+    zone: str,
+    month: str,
+    stores: list[int],
+    others: tuple[str, list[int]] | None,
+) -> None:
+    clock.set(instant)
+    async with app_client(replace(settings, default_timezone=zone), clock) as http:
+        # One sale per store, dated when received; store n sells n loaves, so that the order is 4, 3, 2, 1.
+        for store in (1, 2, 3, 4):
+            response = await post(http, {"product_id": 2, "store_id": store, "quantity": store})
+            assert response.status_code == 201, response.text
+            assert datetime.fromisoformat(response.json()["sold_at"]) == clock()
+        default = await http.get("/reports/top-stores")
+        assert default.status_code == 200, default.text
+        assert [row["id"] for row in default.json()] == stores
+        assert default.json() == (await http.get("/reports/top-stores", params={"month": month})).json()
+        if others is not None:
+            other_month, other_stores = others
+            other = (await http.get("/reports/top-stores", params={"month": other_month})).json()
+            assert [row["id"] for row in other] == other_stores
+        # top-products has no default month: all time.
+        assert (await http.get("/reports/top-products")).json() == [{"id": 2, "name": "Bread", "quantity": 10}]
 
 
 @pytest.mark.parametrize("key", ["a\u0000b", "tab\there", "line\n", "\u007f"])
