@@ -76,10 +76,16 @@ async def authenticate(request: Request) -> Key | None:
     return key
 
 
+# Headers that proxies add. A proxy on this machine that adds none of them
+# (a bare TCP relay, an SSH tunnel) cannot be told from a local client: this
+# check is a safety net, and the real safeguard is to create keys.
+_PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip", "via", "x-client-ip")
+
+
 def _local(request: Request) -> bool:
     """Whether the request comes straight from this machine (not through a proxy)."""
     headers = request.headers
-    if "forwarded" in headers or "x-forwarded-for" in headers:
+    if any(name in headers for name in _PROXY_HEADERS):
         return False
     client = request.client
     if client is None:

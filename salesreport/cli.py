@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import ipaddress
+import socket
 import ssl
 import sys
 import time
@@ -243,6 +245,10 @@ def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
             file=sys.stderr,
         )
         return 2
+    taken = _address_taken(args.host, args.port)
+    if taken:
+        print(f"cannot serve on {args.host}:{args.port}: {taken}", file=sys.stderr)
+        return 2
     workers = args.workers
     if settings.is_sqlite and workers > 1:
         print("SQLite has one writer: serving with 1 worker (use PostgreSQL for more)", file=sys.stderr)
@@ -262,6 +268,40 @@ def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
         ssl_key=tls[1] if tls else None,
     ).serve()
     return 0
+
+
+def _address_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be served on, or None.
+
+    Granian binds with SO_REUSEPORT, so a second server on a port in use would
+    start, and the kernel would split the requests between the two (perhaps
+    two databases). A bind without it tells.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        return str(exc)
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past connections in TIME_WAIT do not count
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return "the address is in use (is another server running?)" if exc.errno == errno.EADDRINUSE else str(exc)
+    return None
+
+
+def _bounded(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
 
 
 def parser() -> argparse.ArgumentParser:
@@ -291,8 +331,8 @@ def parser() -> argparse.ArgumentParser:
     keys.set_defaults(func=_keys)
     srv = sub.add_parser("serve", help="run the HTTP service")
     srv.add_argument("--host", default="127.0.0.1")
-    srv.add_argument("--port", type=int, default=8000)
-    srv.add_argument("--workers", type=int, default=1)
+    srv.add_argument("--port", type=_bounded(1, 65535), default=8000)
+    srv.add_argument("--workers", type=_bounded(1, 256), default=1)
     srv.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate; needs --tls-key")
     srv.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM, unencrypted)")
     srv.set_defaults(func=_serve)

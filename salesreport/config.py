@@ -82,7 +82,7 @@ def load() -> Settings:
         zone(tz)
     except ValueError:
         raise SystemExit(f"SALESREPORT_TIMEZONE is not an IANA time zone: {tz!r}") from None
-    return Settings(
+    settings = Settings(
         database_url=async_url(os.environ.get("DATABASE_URL") or "sqlite:///salesreport.db"),
         default_timezone=tz,
         batch_max_sales=_int("SALESREPORT_BATCH_MAX_SALES", 2000, 1, 100_000),
@@ -91,10 +91,25 @@ def load() -> Settings:
         write_timeout=_float("SALESREPORT_WRITE_TIMEOUT_S", 10, 0.1, 600),
         key_lifetime=timedelta(days=_float("SALESREPORT_KEY_LIFETIME_DAYS", 30, 1, 3650)),
         pool_size=_int("SALESREPORT_POOL_SIZE", 8, 1, 1000),
-        log_format=os.environ.get("SALESREPORT_LOG_FORMAT") or ("console" if os.isatty(2) else "json"),
+        log_format=_log_format(),
         body_timeout=_float("SALESREPORT_BODY_TIMEOUT_S", 10, 0.1, 3600),
         drain_seconds=_float("SALESREPORT_DRAIN_S", 1, 0, 3600),
     )
+    # A batch waits up to flush_ms for company: a deadline that short would
+    # answer 503 to sales that are written a moment later.
+    if settings.flush_ms / 1000 * 10 > settings.write_timeout:
+        raise SystemExit(
+            f"SALESREPORT_WRITE_TIMEOUT_S ({settings.write_timeout:g}) must be at least ten times "
+            f"SALESREPORT_FLUSH_MS ({settings.flush_ms:g} ms)"
+        )
+    return settings
+
+
+def _log_format() -> str:
+    raw = os.environ.get("SALESREPORT_LOG_FORMAT") or ("console" if os.isatty(2) else "json")
+    if raw not in ("json", "console"):
+        raise SystemExit(f"SALESREPORT_LOG_FORMAT must be json or console, got {raw!r}")
+    return raw
 
 
 def configure_logging(log_format: str) -> None:

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from . import db
+from .ingestion import Unavailable
 from .problems import json_response
 from .schemas import encoder
 from .service import Service, service
@@ -67,6 +68,8 @@ async def _not_ready(svc: Service) -> str | None:
 
 def _kind(exc: BaseException) -> str:
     """What went wrong, without the database's own words (they may quote data)."""
+    if isinstance(exc, Unavailable):
+        return exc.detail
     return "unreachable" if db.is_unavailable(exc) else type(getattr(exc, "orig", exc)).__name__
 
 

@@ -22,6 +22,10 @@ PROBLEM = "application/problem+json"
 
 
 class ProblemError(Exception):
+    """An error answer. It lists at most MAX_ERRORS field errors and counts them
+    all (``total``, when more were found than given), so that no answer grows
+    with the request."""
+
     def __init__(
         self,
         status: int,
@@ -29,9 +33,13 @@ class ProblemError(Exception):
         detail: str,
         errors: list[FieldError] | None = None,
         headers: dict[str, str] | None = None,
+        total: int | None = None,
     ) -> None:
         super().__init__(detail)
-        self.problem = Problem(status=status, title=title, detail=detail, errors=errors)
+        self.problem = Problem(status=status, title=title, detail=detail)
+        if errors is not None:
+            self.problem.errors = errors[:MAX_ERRORS]
+            self.problem.error_count = len(errors) if total is None else total
         self.headers = headers
 
 
@@ -46,10 +54,7 @@ def json_response(value: Any, status: int = 200) -> Response:
 def invalid(
     errors: list[FieldError], detail: str = "the request has invalid fields", total: int | None = None
 ) -> ProblemError:
-    """A 422 naming at most MAX_ERRORS fields, and counting them all: an answer stays small whatever the body."""
-    problem = ProblemError(422, "Unprocessable Content", detail, errors[:MAX_ERRORS])
-    problem.problem.error_count = len(errors) if total is None else total
-    return problem
+    return ProblemError(422, "Unprocessable Content", detail, errors, total=total)
 
 
 def unavailable(exc: Unavailable) -> ProblemError:

@@ -128,29 +128,50 @@ async def differences(conn: AsyncConnection) -> list[Difference]:
 
 
 async def rebuild(conn: AsyncConnection) -> None:
-    """Replace every rollup with sums of the raw sales (slot 0)."""
+    """Replace every rollup with sums of the raw sales.
+
+    A sum goes into slot 0, or, past the bound of one slot's value
+    (``db.ROLLUP_LIMIT``), over as many slots as it needs.
+    """
     s = db.sales
     for table in (db.store_month, db.product_month, db.product_total):
         await conn.execute(sa.delete(table))
-    await conn.execute(
-        sa.insert(db.store_month).from_select(
-            ["store_id", "month", "slot", "revenue", "sales"],
-            sa.select(s.c.store_id, s.c.month, sa.literal(0), sa.func.sum(s.c.amount), sa.func.count()).group_by(
-                s.c.store_id, s.c.month
-            ),
-        )
+    by_store = await conn.execute(
+        sa.select(s.c.store_id, s.c.month, sa.func.sum(s.c.amount), sa.func.count()).group_by(s.c.store_id, s.c.month)
     )
-    await conn.execute(
-        sa.insert(db.product_month).from_select(
-            ["product_id", "month", "slot", "quantity"],
-            sa.select(s.c.product_id, s.c.month, sa.literal(0), sa.func.sum(s.c.quantity)).group_by(
-                s.c.product_id, s.c.month
-            ),
-        )
+    await _insert_spread(conn, db.store_month, ("store_id", "month"), ("revenue", "sales"), by_store)
+    by_product = await conn.execute(
+        sa.select(s.c.product_id, s.c.month, sa.func.sum(s.c.quantity)).group_by(s.c.product_id, s.c.month)
     )
-    await conn.execute(
-        sa.insert(db.product_total).from_select(
-            ["product_id", "slot", "quantity"],
-            sa.select(s.c.product_id, sa.literal(0), sa.func.sum(s.c.quantity)).group_by(s.c.product_id),
-        )
-    )
+    await _insert_spread(conn, db.product_month, ("product_id", "month"), ("quantity",), by_product)
+    totals = await conn.execute(sa.select(s.c.product_id, sa.func.sum(s.c.quantity)).group_by(s.c.product_id))
+    await _insert_spread(conn, db.product_total, ("product_id",), ("quantity",), totals)
+
+
+async def _insert_spread(
+    conn: AsyncConnection, table: sa.Table, keys: tuple[str, ...], values: tuple[str, ...], rows: Any
+) -> None:
+    records = []
+    for row in rows:
+        key = dict(zip(keys, row[: len(keys)], strict=True))
+        parts = [_spread(int(v)) for v in row[len(keys) :]]
+        for slot in range(max(len(p) for p in parts)):
+            record = {**key, "slot": slot}
+            for name, part in zip(values, parts, strict=True):
+                record[name] = part[slot] if slot < len(part) else 0
+            records.append(record)
+    if records:
+        await conn.execute(sa.insert(table), records)
+
+
+def _spread(value: int) -> list[int]:
+    """``value`` as parts of at most ``db.ROLLUP_LIMIT`` each (one part, usually)."""
+    parts = []
+    while abs(value) > db.ROLLUP_LIMIT:
+        step = db.ROLLUP_LIMIT if value > 0 else -db.ROLLUP_LIMIT
+        parts.append(step)
+        value -= step
+    parts.append(value)
+    if len(parts) > db.SLOTS:
+        raise ValueError(f"a sum of {sum(parts)} is beyond what the rollups can hold")
+    return parts

@@ -127,3 +127,23 @@ async def test_demo_then_check_then_repair(database_url: str, settings: config.S
 
 async def test_import_needs_a_file(database_url: str) -> None:
     assert cli(database_url, "import").returncode == 2
+
+
+async def test_repair_spreads_a_sum_beyond_one_slot_over_several(
+    database_url: str, settings: config.Settings, clock: Clock
+) -> None:
+    """Several workers may each fill a slot up to its bound; a rebuild must hold their sum too."""
+    big = db.ROLLUP_LIMIT - 1
+    sale = {"product_id": 1, "quantity": 1, "unit_price": big, "amount": big, "month": 202611}
+    at = {"sold_at": clock(), "received_at": clock()}
+    database = db.connect(settings)
+    async with database.writer.begin() as conn:
+        await db.store_history(conn, [{**sale, **at, "store_id": 1, "idempotency_key": None}], slot=0)
+        await db.store_history(conn, [{**sale, **at, "store_id": 1, "idempotency_key": None}], slot=1)
+    await database.dispose()
+    assert cli(database_url, "check").returncode == 0
+    repaired = cli(database_url, "check", "--repair")
+    assert repaired.returncode == 0, repaired.stderr
+    assert cli(database_url, "check").returncode == 0
+    total = await scalar(settings, sa.select(sa.func.sum(db.store_month.c.revenue)))
+    assert int(total) == 2 * big

@@ -81,3 +81,14 @@ def test_timeouts_and_flush_take_fractions(monkeypatch: pytest.MonkeyPatch) -> N
     assert (settings.body_timeout, settings.drain_seconds, settings.write_timeout) == (0.5, 2.5, 1.5)
     assert settings.flush_ms == 0.25
     assert settings.key_lifetime.days == 7
+
+
+def test_settings_that_contradict_each_other_stop_with_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SALESREPORT_WRITE_TIMEOUT_S", "0.5")
+    monkeypatch.setenv("SALESREPORT_FLUSH_MS", "1000")
+    with pytest.raises(SystemExit, match="at least ten times"):
+        config.load()
+    monkeypatch.delenv("SALESREPORT_FLUSH_MS")
+    monkeypatch.setenv("SALESREPORT_LOG_FORMAT", "JSON")
+    with pytest.raises(SystemExit, match="json or console"):
+        config.load()

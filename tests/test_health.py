@@ -11,11 +11,12 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from salesreport import config
 from salesreport.api import create_app
 from tests import pg
-from tests.conftest import Clock, app_client, count_sales
+from tests.conftest import PRODUCTS, STORES, Clock, app_client, count_sales, seed
 from tests.test_api import assert_problem
 
 pytestmark = pytest.mark.anyio
@@ -145,3 +146,51 @@ class holding_the_writer:
         else:
             await self.transaction.rollback()
             await self.pg.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "unavailable"),
+    [
+        (sqlite3.OperationalError("database is locked"), True),
+        (sqlite3.OperationalError("database or disk is full"), True),
+        (sqlite3.OperationalError("unable to open database file"), True),
+        (sqlite3.OperationalError("no such table: sales"), False),
+        (sqlite3.OperationalError('near "SELEC": syntax error'), False),
+        (ConnectionRefusedError(111, "refused"), True),
+        (TimeoutError(), True),
+        (ValueError("a bug"), False),
+    ],
+)
+def test_only_errors_of_reaching_the_database_are_unavailable(error: Exception, unavailable: bool) -> None:
+    from salesreport import db
+
+    assert db.is_unavailable(error) is unavailable
+    wrapped = sa.exc.OperationalError("SELECT 1", {}, error)
+    assert db.is_unavailable(wrapped) is unavailable
+
+
+async def test_a_read_only_postgresql_is_not_ready_and_sales_get_503(settings: config.Settings, clock: Clock) -> None:
+    """What a primary looks like after a failover that left it a standby, or set read-only."""
+    if settings.is_sqlite:
+        pytest.skip("PostgreSQL only")
+    await seed(settings, PRODUCTS, STORES)
+    name = sa.engine.make_url(settings.database_url).database
+    await execute(settings, f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+    try:
+        app = create_app(settings, clock=clock)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+        ):
+            ready = await client.get("/health/ready")
+            assert ready.status_code == 503
+            assert "read-only" in ready.json()["reason"]
+            response = await client.post("/sales", content=json.dumps({"product_id": 1, "store_id": 1}), headers=JSON)
+            assert_problem(response, 503)
+    finally:
+        conn = await asyncpg.connect(_plain(settings), server_settings={"default_transaction_read_only": "off"})
+        try:
+            await conn.execute(f"ALTER DATABASE {name} RESET default_transaction_read_only")
+        finally:
+            await conn.close()
+    assert await count_sales(settings) == 0

@@ -13,6 +13,7 @@ from salesreport import config, db
 from salesreport.schemas import MAX_ERRORS, format_money
 from tests.conftest import Clock, app_client, count_sales
 from tests.test_api import assert_problem
+from tests.test_auth import create
 from tests.test_health import execute
 
 pytestmark = pytest.mark.anyio
@@ -65,7 +66,10 @@ async def test_a_sale_that_would_overflow_a_rollup_fails_alone_and_reports_stay_
     [
         ({"forwarded": "for=203.0.113.9"}, "127.0.0.1"),
         ({"x-forwarded-for": "203.0.113.9"}, "127.0.0.1"),
+        ({"x-real-ip": "203.0.113.9"}, "127.0.0.1"),
+        ({"via": "1.1 nginx"}, "127.0.0.1"),
         ({}, "192.0.2.10"),
+        ({}, "::ffff:192.0.2.10"),
     ],
 )
 async def test_open_mode_answers_loopback_clients_only(
@@ -95,3 +99,12 @@ async def test_readers_cannot_take_the_writers_connections(settings: config.Sett
             response = await client.post("/sales", content=json.dumps({"product_id": 1, "store_id": 1}), headers=JSON)
             assert response.status_code == 201, response.text
     assert await count_sales(settings) == 1
+
+
+async def test_a_403_for_many_items_is_small_too(client: httpx.AsyncClient, settings: config.Settings) -> None:
+    _, pos = await create(settings, "pos", 1)
+    body = [{"product_id": 1, "store_id": 2}] * 1000
+    response = await client.post("/sales", json=body, headers={"authorization": f"Bearer {pos}"})
+    problem = assert_problem(response, 403)
+    assert len(problem["errors"]) == MAX_ERRORS and problem["error_count"] == 1000
+    assert len(response.content) < 64 * 1024

@@ -292,3 +292,30 @@ def test_nothing_changes_where_no_server_handles_sigterm() -> None:
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
     run_with_server_handlers(sigterm=False, sigint=False, test=test)
+
+
+def test_a_port_in_use_is_refused_even_by_a_reuseport_listener(sqlite_url: str, tmp_path: Path) -> None:
+    """Granian binds with SO_REUSEPORT: without a check, a second server would share the port's traffic."""
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        env = {**os.environ, "DATABASE_URL": sqlite_url}
+        done = subprocess.run(
+            [sys.executable, "-m", "salesreport", "serve", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2, done.stderr
+    assert "address is in use" in done.stderr
+
+
+@pytest.mark.parametrize("args", [["--port", "70000"], ["--port", "0"], ["--workers", "0"], ["--workers", "x"]])
+def test_serve_arguments_out_of_range_are_refused(sqlite_url: str, args: list[str]) -> None:
+    done = cli(sqlite_url, "serve", *args)
+    assert done.returncode == 2
+    assert "must be between" in done.stderr or "not an integer" in done.stderr

@@ -128,13 +128,15 @@ def upsert(conn: AsyncConnection, table: sa.Table) -> Any:
 
 # --- is the database away? ------------------------------------------------------
 
-# SQLSTATE classes and codes of a server that is unreachable, restarting or
-# overloaded: 08 connection exception, 53 insufficient resources, 57P01..57P03
-# shutting down or starting up, 58 system error.
+# SQLSTATE classes and codes of a server that is unreachable, restarting,
+# overloaded or cannot take writes now: 08 connection exception, 53
+# insufficient resources (disk full, too many connections), 57P01..57P03
+# shutting down or starting up, 57014 statement timeout, 58 system error,
+# 25006 read-only (a standby, or a primary set read-only: after a failover).
 _UNAVAILABLE_CLASSES = ("08", "53", "58")
-_UNAVAILABLE_STATES = {"57P01", "57P02", "57P03", "57014"}
+_UNAVAILABLE_STATES = {"57P01", "57P02", "57P03", "57014", "25006"}
 # SQLite says so in words only.
-_SQLITE_UNAVAILABLE = ("database is locked", "unable to open database", "disk i/o error", "database is full")
+_SQLITE_UNAVAILABLE = ("database is locked", "unable to open database", "disk i/o error", "disk is full")
 
 
 def sqlstate(exc: BaseException) -> str | None:

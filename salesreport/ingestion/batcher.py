@@ -106,7 +106,9 @@ class Batcher:
             await self.db.sqlite_writer.probe()
             return
         async with self.db.writer.connect() as conn:
-            await conn.execute(sa.text("SELECT 1"))
+            # A standby, or a primary set read-only, answers reads but refuses every batch.
+            if await conn.scalar(sa.text("SELECT current_setting('transaction_read_only')")) == "on":
+                raise Unavailable("the database takes no writes (read-only)")
 
     async def submit(
         self, sales: list[SaleIn], is_array: bool, received_at: datetime, request_id: str | None = None
