@@ -194,3 +194,21 @@ async def test_a_read_only_postgresql_is_not_ready_and_sales_get_503(settings: c
         finally:
             await conn.close()
     assert await count_sales(settings) == 0
+
+
+async def test_a_broken_sqlite_writer_connection_is_replaced(
+    client: httpx.AsyncClient, settings: config.Settings
+) -> None:
+    if not settings.is_sqlite:
+        pytest.skip("SQLite's writer thread only")
+    writer = client.app.state.service.db.sqlite_writer  # type: ignore[attr-defined]
+    await client.post("/sales", content=json.dumps({"product_id": 1, "store_id": 1}), headers=JSON)
+    writer._conn.close()  # as an I/O fault would leave it
+    transport = httpx.ASGITransport(app=client.app, raise_app_exceptions=False)  # type: ignore[attr-defined]
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as loose:
+        first = await loose.post("/sales", content=json.dumps({"product_id": 1, "store_id": 1}), headers=JSON)
+    assert first.status_code in (500, 503)
+    second = await client.post("/sales", content=json.dumps({"product_id": 1, "store_id": 1}), headers=JSON)
+    assert second.status_code == 201
+    assert (await client.get("/health/ready")).status_code == 200
+    assert await count_sales(settings) == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import sqlite3
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
@@ -50,14 +51,24 @@ class SQLiteWriter:
         return self._conn
 
     def _probe(self) -> None:
-        conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("ROLLBACK")
+        try:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            self._reset()
+            raise
+
+    def _reset(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
 
     def _write_batch(self, job: BatchJob, slot: int) -> Any:
         conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
         try:
+            conn.execute("BEGIN IMMEDIATE")
             keys = job.keys_to_find()
             stored = self._find(conn, keys, job.live_after) if keys else {}
             rows = job.plan(stored)
@@ -70,8 +81,13 @@ class SQLiteWriter:
         except StopIteration as exc:
             # An asyncio future cannot carry StopIteration: it would never complete.
             raise RuntimeError("StopIteration in a batch") from exc
+        except sqlite3.Error as exc:
+            if not isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError):
+                # The connection itself may be at fault (an I/O error, closed): the next batch opens a new one.
+                self._reset()
+            raise
         finally:
-            if conn.in_transaction:
+            if self._conn is conn and conn.in_transaction:
                 conn.execute("ROLLBACK")
 
     @staticmethod
