@@ -245,7 +245,7 @@ def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    taken = _address_taken(args.host, args.port)
+    address, taken = _bind_address(args.host, args.port)
     if taken:
         print(f"cannot serve on {args.host}:{args.port}: {taken}", file=sys.stderr)
         return 2
@@ -256,7 +256,7 @@ def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
     Granian(
         "salesreport.api:create_app",
         factory=True,
-        address=args.host,
+        address=address,
         port=args.port,
         interface=Interfaces.ASGI,
         workers=workers,
@@ -270,8 +270,9 @@ def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
     return 0
 
 
-def _address_taken(host: str, port: int) -> str | None:
-    """Why ``host:port`` cannot be served on, or None.
+def _bind_address(host: str, port: int) -> tuple[str, str | None]:
+    """The IP address to serve ``host`` on (Granian takes addresses, not names),
+    and why ``host:port`` cannot be served on, or None.
 
     Granian binds with SO_REUSEPORT, so a second server on a port in use would
     start, and the kernel would split the requests between the two (perhaps
@@ -280,15 +281,17 @@ def _address_taken(host: str, port: int) -> str | None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (OSError, UnicodeError) as exc:
-        return str(exc)
+        return host, str(exc)
     family, kind, proto, _name, address = infos[0]
+    ip = str(address[0])
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past connections in TIME_WAIT do not count
         try:
             probe.bind(address)
         except OSError as exc:
-            return "the address is in use (is another server running?)" if exc.errno == errno.EADDRINUSE else str(exc)
-    return None
+            in_use = exc.errno == errno.EADDRINUSE
+            return ip, "the address is in use (is another server running?)" if in_use else str(exc)
+    return ip, None
 
 
 def _bounded(low: int, high: int) -> Callable[[str], int]:

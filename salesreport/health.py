@@ -29,11 +29,10 @@ async def health_ready(request: Request) -> Response:
     is loaded, and the writer is running and can begin a write. Otherwise 503,
     saying why."""
     svc = service(request)
-    try:
-        async with asyncio.timeout(READY_TIMEOUT):
-            reason = await _not_ready(svc)
-    except TimeoutError:
-        reason = f"the database did not answer within {READY_TIMEOUT:g} s"
+    # Probes that arrive while one runs share its answer: a flood of them costs one probe at a time.
+    if svc.readiness is None or svc.readiness.done():
+        svc.readiness = asyncio.create_task(_probe(svc))
+    reason = await asyncio.shield(svc.readiness)
     if reason is not None:
         down = {"status": "unavailable", "reason": reason}
         return Response(encoder.encode(down), 503, {"Retry-After": "5"}, "application/json")
@@ -43,6 +42,14 @@ async def health_ready(request: Request) -> Response:
             f"store {store_id}: {why}; its sales get 503" for store_id, why in sorted(svc.catalog.unusable.items())
         ]
     return json_response(body)
+
+
+async def _probe(svc: Service) -> str | None:
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            return await _not_ready(svc)
+    except TimeoutError:
+        return f"the database did not answer within {READY_TIMEOUT:g} s"
 
 
 async def _not_ready(svc: Service) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +26,8 @@ class Service:
     # The wall clock, injectable: tests pin it to any instant (a month's last minute, a DST change).
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     draining: bool = False
+    # The readiness probe under way, if any (see ``health``).
+    readiness: asyncio.Task[str | None] | None = None
 
 
 def service(request: Request) -> Service:

@@ -212,3 +212,17 @@ async def test_a_broken_sqlite_writer_connection_is_replaced(
     assert second.status_code == 201
     assert (await client.get("/health/ready")).status_code == 200
     assert await count_sales(settings) == 2
+
+
+async def test_concurrent_readiness_probes_share_one(client: httpx.AsyncClient) -> None:
+    batcher = client.app.state.service.batcher  # type: ignore[attr-defined]
+    probe, runs = batcher.probe, []
+
+    async def counted() -> None:
+        runs.append(1)
+        await probe()
+
+    batcher.probe = counted
+    answers = await asyncio.gather(*(client.get("/health/ready") for _ in range(30)))
+    assert all(a.status_code == 200 for a in answers)
+    assert 1 <= len(runs) < 30

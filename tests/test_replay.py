@@ -106,3 +106,21 @@ async def test_a_replay_is_logged_with_the_stored_sale_id(
     lines = [line for line in capsys.readouterr().out.splitlines() if "replay answered" in line]
     assert len(lines) == 1
     assert f"sale_ids=[{stored['id']}]" in lines[0] and "request_id=retry-1" in lines[0]
+
+
+async def test_repeats_of_a_stored_sale_are_replays_whichever_way_they_give_sold_at(
+    settings: config.Settings, clock: Clock
+) -> None:
+    stored = {"product_id": 1, "store_id": 1, "quantity": 2, "sold_at": "2026-11-20T11:00:00Z", "idempotency_key": "k1"}
+    without = {key: value for key, value in stored.items() if key != "sold_at"}
+    async with app_client(replace(settings, flush_ms=200), clock) as client:
+        first = await post(client, stored)
+        assert first.status_code == 201
+        # In one array: the item without sold_at is dated on arrival, but it repeats the stored sale.
+        both = await post(client, [without, stored])
+        assert both.status_code == 200, both.text
+        assert both.json() == [first.json(), first.json()]
+        # As two requests written in one batch.
+        results = await asyncio.gather(post(client, without), post(client, stored))
+        assert [r.status_code for r in results] == [200, 200], [r.text for r in results]
+    assert await count_sales(settings) == 1

@@ -319,3 +319,10 @@ def test_serve_arguments_out_of_range_are_refused(sqlite_url: str, args: list[st
     done = cli(sqlite_url, "serve", *args)
     assert done.returncode == 2
     assert "must be between" in done.stderr or "not an integer" in done.stderr
+
+
+def test_serves_on_a_host_name(sqlite_url: str, tmp_path: Path) -> None:
+    """Granian takes IP addresses only: a name such as localhost is resolved first."""
+    with serving(sqlite_url, tmp_path, "--host", "localhost") as server:
+        response = wait_live(server, f"http://127.0.0.1:{server.port}/health/live", ssl.create_default_context())
+        assert response.status_code == 200

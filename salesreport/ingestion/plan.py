@@ -154,6 +154,10 @@ class BatchPlan:
                     first, entry = self._rows[position], _NewRow(position, creates=False)
                 if first is not None and entry is not None:
                     if not is_replay(first, sale):
+                        if not isinstance(entry, _StoredSale) and not self.look_up:
+                            # Judged against a row of this batch, which may itself repeat a sale
+                            # stored before (then both are replays of it): look the keys up first.
+                            raise Raced
                         errors.append(conflict(index))
                     plan.append(entry)
                     continue
