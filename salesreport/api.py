@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import ipaddress
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
@@ -19,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import config, db, drain, reports
-from .auth import Key, KeyRing, Unauthenticated
+from .auth import Key, KeyRing, Unauthenticated, is_loopback
 from .changes import Changes
 from .front import Front
 from .health import head_revision, health_live, health_ready
@@ -87,13 +86,7 @@ def _local(request: Request) -> bool:
     headers = request.headers
     if any(name in headers for name in _PROXY_HEADERS):
         return False
-    client = request.client
-    if client is None:
-        return False
-    try:
-        return ipaddress.ip_address(client.host).is_loopback
-    except ValueError:
-        return client.host == "localhost"
+    return request.client is not None and is_loopback(request.client.host)
 
 
 async def owner_only(request: Request) -> None:
@@ -178,9 +171,6 @@ async def post_sales(request: Request) -> Response:
     errors += unknown
     if errors:
         raise invalid(errors)
-    undatable = svc.catalog.undatable(sales)
-    if undatable:
-        raise unavailable(Unavailable(undatable, retry_after=60))
     try:
         stored = await svc.batcher.submit(sales, is_array, now, request.scope.get("salesreport.request_id"))
     except Rejected as exc:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,16 @@ class Key:
     role: str
     store_id: int | None
     hash: str
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address, or "localhost") is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def new_key() -> str:

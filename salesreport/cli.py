@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
-import ipaddress
 import socket
 import ssl
 import sys
@@ -177,15 +176,6 @@ def _keys(args: argparse.Namespace, settings: config.Settings) -> int:
     return _run(manage, settings)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _any_key(settings: config.Settings) -> int:
     async def count(database: db.Database) -> int:
         async with database.reader.connect() as conn:
@@ -237,7 +227,7 @@ def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
     except _ServeError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if not _is_loopback(args.host) and _any_key(settings) == 0:
+    if not auth.is_loopback(args.host) and _any_key(settings) == 0:
         print(
             f"refusing to serve on {args.host}: no API key exists, so anyone could post sales and read revenue.\n"
             "Create keys first (python -m salesreport keys create --role owner, "

@@ -92,6 +92,8 @@ class Catalog:
 
     def undatable(self, sales: Sequence[SaleIn]) -> str | None:
         """Why these sales cannot be dated now (a store without a usable zone), or None."""
+        if not self.unusable:
+            return None
         for sale in sales:
             if sale.store_id in self.unusable:
                 return f"store {sale.store_id} has a time zone this server cannot use: {self.unusable[sale.store_id]}"
