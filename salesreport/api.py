@@ -22,7 +22,18 @@ from .auth import Key, KeyRing, Unauthenticated, is_loopback
 from .changes import Changes
 from .front import Front
 from .health import head_revision, health_live, health_ready
-from .ingestion import Batcher, Catalog, Malformed, Rejected, Unavailable, check_sales, parse_sales
+from .ingestion import (
+    Batcher,
+    Catalog,
+    Malformed,
+    Rejected,
+    ReturnPlan,
+    Unavailable,
+    check_returns,
+    check_sales,
+    parse_returns,
+    parse_sales,
+)
 from .problems import (
     ProblemError,
     database_errors,
@@ -34,7 +45,7 @@ from .problems import (
     on_problem,
     unavailable,
 )
-from .schemas import FieldError, parse_month
+from .schemas import MAX_ID, FieldError, parse_month
 from .service import Service, service
 from .zones import zone
 
@@ -105,16 +116,47 @@ async def fresh_catalog(request: Request, *, ask: bool = False) -> Catalog:
     return catalog
 
 
+def _flag(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "false":
+        return False
+    if raw == "true":
+        return True
+    raise invalid([FieldError(field=name, message="must be true or false")], "invalid query parameter")
+
+
+def _id_param(request: Request) -> int:
+    raw = request.path_params["id"]
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_ID:
+        raise ProblemError(404, "Not Found", f"no such id: {raw[:40]!r}")
+    return int(raw)
+
+
 async def get_products(request: Request) -> Response:
     await authenticate(request)
+    include_retired = _flag(request, "include_retired")
     catalog = await fresh_catalog(request)
-    return Response(catalog.products_json, media_type="application/json")
+    body = catalog.products_json(service(request).clock(), include_retired=include_retired)
+    return Response(body, media_type="application/json")
+
+
+async def get_product(request: Request) -> Response:
+    await authenticate(request)
+    product_id = _id_param(request)
+    catalog = await fresh_catalog(request)
+    product = catalog.product(product_id, service(request).clock())
+    if product is None:
+        product = (await fresh_catalog(request, ask=True)).product(product_id, service(request).clock())
+    if product is None:
+        raise ProblemError(404, "Not Found", f"no product {product_id}")
+    return json_response(product)
 
 
 async def get_stores(request: Request) -> Response:
     await authenticate(request)
+    include_retired = _flag(request, "include_retired")
     catalog = await fresh_catalog(request)
-    return Response(catalog.stores_json, media_type="application/json")
+    return Response(catalog.all_stores_json if include_retired else catalog.stores_json, media_type="application/json")
 
 
 async def read_body(request: Request) -> bytes:
@@ -177,7 +219,78 @@ async def post_sales(request: Request) -> Response:
         raise invalid(exc.errors, total=exc.total) from None
     except Unavailable as exc:
         raise unavailable(exc) from None
-    return json_response(stored.sales if is_array else stored.sales[0], 201 if stored.created else 200)
+    return json_response(stored.items if is_array else stored.items[0], 201 if stored.created else 200)
+
+
+async def post_returns(request: Request) -> Response:
+    key = await authenticate(request)
+    body = await read_body(request)
+    svc = service(request)
+    now = svc.clock()
+    try:
+        items, is_array = await parse_returns(body)
+    except Malformed as exc:
+        raise ProblemError(400, "Bad Request", f"the body is not valid JSON: {exc}") from None
+    except Rejected as exc:
+        raise invalid(exc.errors, total=exc.total) from None
+    if key is not None and key.role == "pos":
+        # A till takes goods back at its own store (any sale of the chain may come back there).
+        others = [
+            FieldError(
+                field="store_id",
+                index=i if is_array else None,
+                message=f"this key may take returns at store {key.store_id} only",
+            )
+            for i, item in enumerate(items)
+            if item.store_id is not None and item.store_id != key.store_id
+        ]
+        if others:
+            raise forbidden("the key may not take returns at another store", others)
+        for item in items:
+            item.store_id = key.store_id
+    errors = check_returns(items, now, is_array)
+    given = [item for item in items if item.store_id is not None]
+    unknown = svc.catalog.unknown(given, False)
+    if unknown:
+        unknown = (await fresh_catalog(request, ask=True)).unknown(given, False)
+    if unknown:
+        errors += [
+            FieldError(field=e.field, index=i if is_array else None, message=e.message)
+            for i, item in enumerate(items)
+            if item.store_id is not None
+            for e in svc.catalog.unknown([item], False)
+        ]
+    if errors:
+        raise invalid(errors)
+    try:
+        stored = await svc.returns.submit(items, is_array, now, request.scope.get("salesreport.request_id"))
+    except Rejected as exc:
+        raise invalid(exc.errors, total=exc.total) from None
+    except Unavailable as exc:
+        raise unavailable(exc) from None
+    return json_response(stored.items if is_array else stored.items[0], 201 if stored.created else 200)
+
+
+async def get_sale(request: Request) -> Response:
+    key = await authenticate(request)
+    sale_id = _id_param(request)
+    async with reading(request) as conn:
+        sale = await reports.sale(conn, sale_id)
+    if sale is None:
+        raise ProblemError(404, "Not Found", f"no sale {sale_id}")
+    if key is not None and key.role == "pos" and key.store_id != sale.store_id:
+        raise forbidden(f"this key may read the sales of store {key.store_id} only")
+    return json_response(sale)
+
+
+def _limit_param(request: Request) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return reports.LIMIT
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= reports.MAX_LIMIT:
+        message = f"must be an integer from 1 to {reports.MAX_LIMIT}"
+        raise invalid([FieldError(field="limit", message=message)], "invalid query parameter")
+    return int(raw)
 
 
 def _month_param(request: Request, *, default_current: bool) -> int | None:
@@ -198,16 +311,18 @@ async def get_top_stores(request: Request) -> Response:
     await owner_only(request)
     month = _month_param(request, default_current=True)
     assert month is not None
+    limit = _limit_param(request)
     async with reading(request) as conn:
-        rows = await reports.top_stores(conn, month)
+        rows = await reports.top_stores(conn, month, limit)
     return json_response(rows)
 
 
 async def get_top_products(request: Request) -> Response:
     await owner_only(request)
     month = _month_param(request, default_current=False)
+    limit = _limit_param(request)
     async with reading(request) as conn:
-        rows = await reports.top_products(conn, month)
+        rows = await reports.top_products(conn, month, limit)
     return json_response(rows)
 
 
@@ -221,8 +336,11 @@ async def openapi(request: Request) -> Response:
 
 routes = [
     Route("/products", get_products, methods=["GET"]),
+    Route("/products/{id}", get_product, methods=["GET"]),
     Route("/stores", get_stores, methods=["GET"]),
     Route("/sales", post_sales, methods=["POST"]),
+    Route("/sales/{id}", get_sale, methods=["GET"]),
+    Route("/returns", post_returns, methods=["POST"]),
     Route("/reports/top-stores", get_top_stores, methods=["GET"]),
     Route("/reports/top-products", get_top_products, methods=["GET"]),
     Route("/health/live", health_live, methods=["GET"]),
@@ -255,10 +373,23 @@ def create_app(settings: config.Settings | None = None, *, clock: Callable[[], d
             write_timeout=settings.write_timeout,
             key_lifetime=settings.key_lifetime,
         )
+        returns = Batcher(
+            database,
+            catalog,
+            max_sales=settings.batch_max_sales,
+            flush_ms=settings.flush_ms,
+            queue_max_sales=settings.queue_max_sales,
+            write_timeout=settings.write_timeout,
+            key_lifetime=settings.key_lifetime,
+            plan=ReturnPlan,
+            write=db.write_returns,
+            what="returns",
+        )
         keys = KeyRing(database, changes)
         batcher.start()
+        returns.start()
         keys.start()
-        svc = Service(settings, database, catalog, batcher, keys, head_revision())
+        svc = Service(settings, database, catalog, batcher, returns, keys, head_revision())
         if clock is not None:
             svc.clock = clock
         app.state.service = svc
@@ -274,6 +405,7 @@ def create_app(settings: config.Settings | None = None, *, clock: Callable[[], d
             restore()
             # Requests in flight have finished: commit every queued batch, then close.
             await batcher.close()
+            await returns.close()
             await keys.close()
             await changes.close()
             await database.dispose()

@@ -8,10 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .schemas import CONTROL_CHARACTERS, MAX_ID, parse_money
+from .schemas import CONTROL_CHARACTERS, MAX_ID, MAX_PRICE, parse_money
 from .zones import zone
-
-MAX_PRICE = 99_999_999_99  # cents; keeps quantity × price far inside BIGINT
 
 
 class CatalogError(Exception):
@@ -56,8 +54,19 @@ def _timezone(text: str) -> str:
     return text
 
 
+def _retired(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("", "false", "no", "0"):
+        return False
+    if value in ("true", "yes", "1"):
+        return True
+    raise ValueError(f"must be true or false, got {text!r}")
+
+
 PRODUCT_COLUMNS: dict[str, Callable[[str], Any]] = {"id": _id, "name": _text(200), "price": _price}
 STORE_COLUMNS: dict[str, Callable[[str], Any]] = {"id": _id, "address": _text(500), "timezone": _timezone}
+# A last column a file may have; without it, what is retired stays as it was.
+OPTIONAL_COLUMNS: dict[str, Callable[[str], Any]] = {"retired": _retired}
 
 
 def read_csv(path: Path, columns: dict[str, Callable[[str], Any]]) -> list[dict[str, Any]]:
@@ -68,9 +77,13 @@ def read_csv(path: Path, columns: dict[str, Callable[[str], Any]]) -> list[dict[
         raise CatalogError([f"{path}: cannot read: {exc}"]) from None
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
+    names = [h.strip().lower() for h in header or []]
+    columns = {**columns, **OPTIONAL_COLUMNS} if names == [*columns, *OPTIONAL_COLUMNS] else columns
     expected = list(columns)
-    if header is None or [h.strip().lower() for h in header] != expected:
-        raise CatalogError([f"{path}:1: the header must be {','.join(expected)}, got {','.join(header or [])!r}"])
+    if names != expected:
+        raise CatalogError(
+            [f"{path}:1: the header must be {','.join(expected)}[,retired], got {','.join(header or [])!r}"]
+        )
     rows: dict[int, dict[str, Any]] = {}
     problems: list[str] = []
     for line, fields in enumerate(reader, start=2):

@@ -49,6 +49,7 @@ def _import(args: argparse.Namespace, settings: config.Settings) -> int:
     if not args.products and not args.stores:
         print("import: give --products FILE.csv, --stores FILE.csv, or both", file=sys.stderr)
         return 2
+    effective = args.effective or datetime.now(UTC)
     problems: list[str] = []
     parsed: dict[str, list[dict[str, Any]]] = {"products": [], "stores": []}
     for name, path, columns in (
@@ -66,12 +67,52 @@ def _import(args: argparse.Namespace, settings: config.Settings) -> int:
         return 1
 
     async def save(database: db.Database) -> int:
-        async with database.writer.begin() as conn:
-            await db.save_catalog(conn, parsed["products"], parsed["stores"])
-        print(f"imported {len(parsed['products'])} products and {len(parsed['stores'])} stores")
+        try:
+            async with database.writer.begin() as conn:
+                changed = await db.save_catalog(conn, parsed["products"], parsed["stores"], effective=effective)
+        except db.CatalogConflict as exc:
+            print(f"{exc}\nnothing was imported", file=sys.stderr)
+            return 1
+        print(
+            f"imported {len(parsed['products'])} products and {len(parsed['stores'])} stores; "
+            f"{changed} price changes from {effective.isoformat()}"
+        )
         return 0
 
     return _run(save, settings)
+
+
+def _retire(args: argparse.Namespace, settings: config.Settings) -> int:
+    table, ids = (db.products, args.product) if args.product else (db.stores, args.store)
+    if not ids:
+        print("retire: give --product ID or --store ID (repeatable)", file=sys.stderr)
+        return 2
+
+    async def mark(database: db.Database) -> int:
+        async with database.writer.begin() as conn:
+            missing = await db.set_retired(conn, table, ids, not args.undo)
+            if missing:
+                await conn.rollback()
+        if missing:
+            print(f"retire: no {table.name[:-1]} {', '.join(map(str, missing))}; nothing was changed", file=sys.stderr)
+            return 1
+        verb = "brought back" if args.undo else "retired"
+        print(f"{verb} {len(ids)} {table.name if len(ids) > 1 else table.name[:-1]}: {', '.join(map(str, ids))}")
+        return 0
+
+    return _run(mark, settings)
+
+
+def _instant(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 instant: {text!r}") from None
+    if value.utcoffset() is None:
+        raise argparse.ArgumentTypeError(f"give the instant with its offset, e.g. {text}+03:00 or {text}Z")
+    if value <= db.BEGINNING:
+        raise argparse.ArgumentTypeError(f"must be after {db.BEGINNING.isoformat()}")
+    return value.astimezone(UTC)
 
 
 def _demo(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -83,7 +124,7 @@ def _demo(args: argparse.Namespace, settings: config.Settings) -> int:
             return 0
         store_rows, product_rows = demo.stores(args.stores), demo.products(args.products)
         async with database.writer.begin() as conn:
-            await db.save_catalog(conn, product_rows, store_rows)
+            await db.save_catalog(conn, product_rows, store_rows, effective=datetime.now(UTC))
         started = time.perf_counter()
         chunk: list[dict[str, Any]] = []
         done = 0
@@ -115,8 +156,11 @@ def _check(args: argparse.Namespace, settings: config.Settings) -> int:
             async with database.writer.begin() as conn:
                 if conn.dialect.name == "postgresql":
                     # Wait for in-flight batches, and hold new ones, while rebuilding.
+                    # Sales first: every batch takes it first, so none can hold a lock this waits behind.
                     await conn.execute(
-                        sa.text("LOCK TABLE store_month, product_month, product_total IN EXCLUSIVE MODE")
+                        sa.text(
+                            "LOCK TABLE sales, returns, store_month, product_month, product_total IN EXCLUSIVE MODE"
+                        )
                     )
                 found = await reports.differences(conn)
                 # Always rebuilt: that also folds every writer's slot into one row per key.
@@ -301,10 +345,32 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m salesreport", description="The retail chain's sales service.")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="create or upgrade the schema").set_defaults(func=_migrate)
-    imp = sub.add_parser("import", help="load or update products and stores from CSV")
-    imp.add_argument("--products", metavar="FILE.csv", help="columns id,name,price")
-    imp.add_argument("--stores", metavar="FILE.csv", help="columns id,address,timezone")
+    imp = sub.add_parser(
+        "import",
+        help="load or update products and stores from CSV",
+        description="Insert or update products and stores; either file alone may list only what changes. "
+        "A known product whose price differs from the one in force at --effective gets a new price from then on; "
+        "past prices are never rewritten. A new product's price is in force from the beginning.",
+    )
+    imp.add_argument("--products", metavar="FILE.csv", help="columns id,name,price[,retired]")
+    imp.add_argument("--stores", metavar="FILE.csv", help="columns id,address,timezone[,retired]")
+    imp.add_argument(
+        "--effective",
+        type=_instant,
+        metavar="INSTANT",
+        help="when the new prices take effect, with an offset: 2026-12-01T00:00:00+03:00 (default: now); "
+        "may lie in the past",
+    )
     imp.set_defaults(func=_import)
+    ret = sub.add_parser(
+        "retire",
+        help="retire products or stores: no longer sold to, listed only with ?include_retired=true; "
+        "their history stays in every report",
+    )
+    ret.add_argument("--product", type=int, action="append", metavar="ID", help="a product (repeatable)")
+    ret.add_argument("--store", type=int, action="append", metavar="ID", help="a store (repeatable)")
+    ret.add_argument("--undo", action="store_true", help="bring them back instead")
+    ret.set_defaults(func=_retire)
     dem = sub.add_parser("demo", help="fill an empty database with a demo chain")
     dem.add_argument("--sales", type=int, default=50_000, help="number of sales (default 50000)")
     dem.add_argument("--stores", type=int, default=50)

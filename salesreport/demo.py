@@ -89,4 +89,5 @@ def sales(
                 "received_at": sold_at.astimezone(UTC),
                 "month": month_of(sold_at, zones[store["id"]]),
                 "idempotency_key": None,
+                "catalog_price": product["price"],
             }

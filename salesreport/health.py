@@ -66,6 +66,8 @@ async def _not_ready(svc: Service) -> str | None:
         return f"the catalog cannot be loaded: {_kind(exc)}"
     if not svc.batcher.running:
         return "the sales writer is not running"
+    if not svc.returns.running:
+        return "the returns writer is not running"
     try:
         await svc.batcher.probe()
     except Exception as exc:

@@ -5,21 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import db
-from .schemas import TopProduct, TopStore, format_money
+from .ingestion import return_out, sale_out
+from .schemas import SaleDetail, TopProduct, TopStore, format_money
 
 LIMIT = 10
+MAX_LIMIT = 100
 
 
 def _top(totals: sa.Subquery, table: sa.Table, label: str, columns: list[sa.Column[Any]]) -> sa.Select[Any]:
     return (
-        sa.select(*columns, totals.c[label])
+        sa.select(*columns, *totals.c[1:])
         .join(totals, totals.c.key == table.c.id)
         .order_by(totals.c[label].desc(), table.c.id)
-        .limit(LIMIT)
+        .limit(sa.bindparam("limit"))
     )
 
 
@@ -28,10 +31,19 @@ def _sum(column: sa.Column[Any], label: str) -> sa.Label[Any]:
     return sa.cast(sa.func.sum(column), sa.BigInteger).label(label)
 
 
+def _product_sums(table: sa.Table) -> list[sa.Label[Any]]:
+    return [_sum(table.c.quantity, "quantity"), _sum(table.c.returned, "returned"), _sum(table.c.revenue, "revenue")]
+
+
 _sm, _pm, _pt = db.store_month, db.product_month, db.product_total
 # Built once: the reports run often, and building a select costs more than running it.
 _TOP_STORES = _top(
-    sa.select(_sm.c.store_id.label("key"), _sum(_sm.c.revenue, "revenue"))
+    sa.select(
+        _sm.c.store_id.label("key"),
+        _sum(_sm.c.revenue, "revenue"),
+        _sum(_sm.c.refunds, "refunds"),
+        _sum(_sm.c.discounts, "discounts"),
+    )
     .where(_sm.c.month == sa.bindparam("month"))
     .group_by(_sm.c.store_id)
     .subquery(),
@@ -40,7 +52,7 @@ _TOP_STORES = _top(
     [db.stores.c.id, db.stores.c.address],
 )
 _TOP_PRODUCTS_OF_MONTH = _top(
-    sa.select(_pm.c.product_id.label("key"), _sum(_pm.c.quantity, "quantity"))
+    sa.select(_pm.c.product_id.label("key"), *_product_sums(_pm))
     .where(_pm.c.month == sa.bindparam("month"))
     .group_by(_pm.c.product_id)
     .subquery(),
@@ -49,24 +61,60 @@ _TOP_PRODUCTS_OF_MONTH = _top(
     [db.products.c.id, db.products.c.name],
 )
 _TOP_PRODUCTS = _top(
-    sa.select(_pt.c.product_id.label("key"), _sum(_pt.c.quantity, "quantity")).group_by(_pt.c.product_id).subquery(),
+    sa.select(_pt.c.product_id.label("key"), *_product_sums(_pt)).group_by(_pt.c.product_id).subquery(),
     db.products,
     "quantity",
     [db.products.c.id, db.products.c.name],
 )
 
 
-async def top_stores(conn: AsyncConnection, month: int) -> list[TopStore]:
-    result = await conn.execute(_TOP_STORES, {"month": month})
-    return [TopStore(id=r.id, address=r.address, revenue=format_money(r.revenue)) for r in result]
+async def top_stores(conn: AsyncConnection, month: int, limit: int = LIMIT) -> list[TopStore]:
+    """The stores with the highest net revenue in ``month`` (store-local), any with a sale or a return in it."""
+    result = await conn.execute(_TOP_STORES, {"month": month, "limit": limit})
+    return [
+        TopStore(
+            id=r.id,
+            address=r.address,
+            revenue=format_money(r.revenue),
+            gross=format_money(r.revenue + r.refunds),
+            refunds=format_money(r.refunds),
+            discounts=format_money(r.discounts),
+        )
+        for r in result
+    ]
 
 
-async def top_products(conn: AsyncConnection, month: int | None) -> list[TopProduct]:
+async def top_products(conn: AsyncConnection, month: int | None, limit: int = LIMIT) -> list[TopProduct]:
+    """The products with the most units sold less returned, in ``month`` or over all time."""
     if month is None:
-        result = await conn.execute(_TOP_PRODUCTS)
+        result = await conn.execute(_TOP_PRODUCTS, {"limit": limit})
     else:
-        result = await conn.execute(_TOP_PRODUCTS_OF_MONTH, {"month": month})
-    return [TopProduct(id=r.id, name=r.name, quantity=r.quantity) for r in result]
+        result = await conn.execute(_TOP_PRODUCTS_OF_MONTH, {"month": month, "limit": limit})
+    return [
+        TopProduct(
+            id=r.id,
+            name=r.name,
+            quantity=r.quantity,
+            sold=r.quantity + r.returned,
+            returned=r.returned,
+            revenue=format_money(r.revenue),
+        )
+        for r in result
+    ]
+
+
+_SALE = sa.select(db.sales).where(db.sales.c.id == sa.bindparam("id"))
+_RETURNS_OF = sa.select(db.returns).where(db.returns.c.sale_id == sa.bindparam("id")).order_by(db.returns.c.id)
+
+
+async def sale(conn: AsyncConnection, sale_id: int) -> SaleDetail | None:
+    """One sale with its returns, oldest first."""
+    row = (await conn.execute(_SALE, {"id": sale_id})).mappings().first()
+    if row is None:
+        return None
+    returns = (await conn.execute(_RETURNS_OF, {"id": sale_id})).mappings().all()
+    out = sale_out(dict(row))
+    return SaleDetail(**msgspec.structs.asdict(out), returns=[return_out(dict(r)) for r in returns])
 
 
 # --- check and repair --------------------------------------------------------------
@@ -80,72 +128,96 @@ class Difference:
     recomputed: tuple[int, ...]
 
     def __str__(self) -> str:
-        return f"{self.table} {self.key}: rollups say {self.rollup}, raw sales say {self.recomputed}"
+        return f"{self.table} {self.key}: stored {self.rollup}, raw sales and returns say {self.recomputed}"
 
 
-async def _pairs(conn: AsyncConnection, query: sa.Select[Any], width: int) -> dict[tuple[int, ...], tuple[int, ...]]:
-    result = await conn.execute(query)
+async def recompute(conn: AsyncConnection) -> db.Rollups:
+    """Every rollup as the raw sales and returns say it should be (``db.Rollups``, the one rule)."""
+    s, r = db.sales, db.returns
+    rollups = db.Rollups()
+    sale_sums = await conn.execute(
+        sa.select(
+            s.c.store_id,
+            s.c.product_id,
+            s.c.month,
+            sa.func.sum(s.c.quantity),
+            sa.func.sum(s.c.amount),
+            sa.func.sum((s.c.catalog_price - s.c.unit_price) * s.c.quantity),
+            sa.func.count(),
+        ).group_by(s.c.store_id, s.c.product_id, s.c.month)
+    )
+    for store_id, product_id, month, quantity, amount, discount, count in sale_sums:
+        rollups.add_sale(store_id, product_id, month, int(quantity), int(amount), int(discount), int(count))
+    return_sums = await conn.execute(
+        sa.select(r.c.store_id, r.c.product_id, r.c.month, sa.func.sum(r.c.quantity), sa.func.sum(r.c.amount)).group_by(
+            r.c.store_id, r.c.product_id, r.c.month
+        )
+    )
+    for store_id, product_id, month, quantity, refund in return_sums:
+        rollups.add_return(store_id, product_id, month, int(quantity), int(refund))
+    return rollups
+
+
+async def _stored(conn: AsyncConnection, name: str) -> dict[tuple[int, ...], tuple[int, ...]]:
+    """A rollup table as its slots sum up."""
+    table = db.metadata.tables[name]
+    keys = [table.c[k] for k in db.ROLLUP_KEYS[name]]
+    result = await conn.execute(
+        sa.select(*keys, *(sa.func.sum(table.c[c]) for c in db.ROLLUP_COLUMNS[name])).group_by(*keys)
+    )
+    width = len(keys)
     return {tuple(int(v) for v in row[:width]): tuple(int(v) for v in row[width:]) for row in result}
 
 
+# Sales whose count of returned units is not the sum of their returns.
+_returned = (
+    sa.select(db.returns.c.sale_id, sa.func.sum(db.returns.c.quantity).label("quantity"))
+    .group_by(db.returns.c.sale_id)
+    .subquery()
+)
+_WRONG_RETURNED = (
+    sa.select(db.sales.c.id, db.sales.c.returned, sa.func.coalesce(_returned.c.quantity, 0))
+    .outerjoin(_returned, _returned.c.sale_id == db.sales.c.id)
+    .where(db.sales.c.returned != sa.func.coalesce(_returned.c.quantity, 0))
+    .order_by(db.sales.c.id)
+)
+
+
 async def differences(conn: AsyncConnection) -> list[Difference]:
-    """Recompute every rollup from the raw sales and list what disagrees."""
-    s, sm, pm, pt = db.sales, db.store_month, db.product_month, db.product_total
+    """Recompute every rollup, and each sale's returned units, from the raw sales and returns; list what disagrees."""
     found: list[Difference] = []
-    checks = [
-        (
-            "store_month",
-            sa.select(sm.c.store_id, sm.c.month, sa.func.sum(sm.c.revenue), sa.func.sum(sm.c.sales)).group_by(
-                sm.c.store_id, sm.c.month
-            ),
-            sa.select(s.c.store_id, s.c.month, sa.func.sum(s.c.amount), sa.func.count()).group_by(
-                s.c.store_id, s.c.month
-            ),
-            2,
-        ),
-        (
-            "product_month",
-            sa.select(pm.c.product_id, pm.c.month, sa.func.sum(pm.c.quantity)).group_by(pm.c.product_id, pm.c.month),
-            sa.select(s.c.product_id, s.c.month, sa.func.sum(s.c.quantity)).group_by(s.c.product_id, s.c.month),
-            2,
-        ),
-        (
-            "product_total",
-            sa.select(pt.c.product_id, sa.func.sum(pt.c.quantity)).group_by(pt.c.product_id),
-            sa.select(s.c.product_id, sa.func.sum(s.c.quantity)).group_by(s.c.product_id),
-            1,
-        ),
-    ]
-    for name, rollup_query, raw_query, width in checks:
-        rollup = await _pairs(conn, rollup_query, width)
-        raw = await _pairs(conn, raw_query, width)
-        zero = (0,) * (len(next(iter(raw.values()))) if raw else 1)
-        for key in sorted(rollup.keys() | raw.keys()):
-            have, want = rollup.get(key, zero), raw.get(key, zero)
-            if have != want:
-                found.append(Difference(name, key, have, want))
+    expected = await recompute(conn)
+    for name in db.ROLLUP_COLUMNS:
+        stored = await _stored(conn, name)
+        want = {key: tuple(sums) for key, sums in expected.tables[name].items()}
+        zero = (0,) * len(db.ROLLUP_COLUMNS[name])
+        for key in sorted(stored.keys() | want.keys()):
+            have, should = stored.get(key, zero), want.get(key, zero)
+            if have != should:
+                found.append(Difference(name, key, have, should))
+    for sale_id, returned, should in await conn.execute(_WRONG_RETURNED):
+        found.append(Difference("sales.returned", (int(sale_id),), (int(returned),), (int(should),)))
     return found
 
 
 async def rebuild(conn: AsyncConnection) -> None:
-    """Replace every rollup with sums of the raw sales.
+    """Replace every rollup with sums of the raw sales and returns, and set each sale's returned units.
 
     A sum goes into slot 0, or, past the bound of one slot's value
     (``db.ROLLUP_LIMIT``), over as many slots as it needs.
     """
-    s = db.sales
-    for table in (db.store_month, db.product_month, db.product_total):
+    expected = await recompute(conn)
+    for name in db.ROLLUP_COLUMNS:
+        table = db.metadata.tables[name]
         await conn.execute(sa.delete(table))
-    by_store = await conn.execute(
-        sa.select(s.c.store_id, s.c.month, sa.func.sum(s.c.amount), sa.func.count()).group_by(s.c.store_id, s.c.month)
-    )
-    await _insert_spread(conn, db.store_month, ("store_id", "month"), ("revenue", "sales"), by_store)
-    by_product = await conn.execute(
-        sa.select(s.c.product_id, s.c.month, sa.func.sum(s.c.quantity)).group_by(s.c.product_id, s.c.month)
-    )
-    await _insert_spread(conn, db.product_month, ("product_id", "month"), ("quantity",), by_product)
-    totals = await conn.execute(sa.select(s.c.product_id, sa.func.sum(s.c.quantity)).group_by(s.c.product_id))
-    await _insert_spread(conn, db.product_total, ("product_id",), ("quantity",), totals)
+        rows = [(*key, *sums) for key, sums in sorted(expected.tables[name].items())]
+        await _insert_spread(conn, table, db.ROLLUP_KEYS[name], db.ROLLUP_COLUMNS[name], rows)
+    wrong = (await conn.execute(_WRONG_RETURNED)).all()
+    if wrong:
+        await conn.execute(
+            sa.update(db.sales).where(db.sales.c.id == sa.bindparam("sale_id")).values(returned=sa.bindparam("units")),
+            [{"sale_id": sale_id, "units": should} for sale_id, _, should in wrong],
+        )
 
 
 async def _insert_spread(

@@ -35,6 +35,16 @@ Money = Annotated[
     ),
 ]
 Instant = Annotated[datetime, msgspec.Meta(tz=True, description="RFC 3339 date-time with an offset.")]
+# Prices: at most 99,999,999.99, so that quantity × price stays far inside BIGINT.
+MAX_PRICE = 99_999_999_99
+PriceIn = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[0-9]{1,8}(\.[0-9]{1,2})?$",
+        description="The price actually charged per unit: a decimal string, 0.00 to 99999999.99.",
+        examples=["2.49"],
+    ),
+]
 
 
 class SaleIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -43,6 +53,8 @@ class SaleIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     quantity: Quantity = 1
     sold_at: Instant | None = None
     idempotency_key: IdempotencyKey | None = None
+    # Without it, the sale is charged the catalog price in force at ``sold_at``.
+    unit_price: PriceIn | None = None
 
 
 SalesIn = SaleIn | Annotated[list[SaleIn], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
@@ -53,34 +65,80 @@ class SaleOut(msgspec.Struct, kw_only=True):
     product_id: int
     store_id: int
     quantity: int
-    unit_price: Money
-    amount: Money
+    unit_price: Money  # the price charged
+    amount: Money  # quantity × unit_price
     sold_at: datetime
+    idempotency_key: str | None
+    catalog_price: Money  # the catalog's price in force at sold_at
+
+
+class ReturnIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    sale_id: Id
+    quantity: Quantity = 1
+    # The store taking the goods back; default: the sale's store.
+    store_id: Id | None = None
+    returned_at: Instant | None = None
+    idempotency_key: IdempotencyKey | None = None
+
+
+ReturnsIn = ReturnIn | Annotated[list[ReturnIn], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class ReturnOut(msgspec.Struct, kw_only=True):
+    id: int
+    sale_id: int
+    store_id: int
+    product_id: int
+    quantity: int
+    unit_price: Money  # the sale's price charged
+    amount: Money  # the refund: quantity × unit_price
+    returned_at: datetime
     idempotency_key: str | None
 
 
-class Product(msgspec.Struct, kw_only=True):
+class SaleDetail(SaleOut, kw_only=True):
+    returns: list[ReturnOut]
+
+
+class Product(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: int
     name: str
+    price: Money  # in force now
+    retired: bool = False
+
+
+class PriceOut(msgspec.Struct, kw_only=True):
+    effective_from: datetime | None  # None: the first price, in force from the beginning
     price: Money
 
 
-class Store(msgspec.Struct, kw_only=True):
+class ProductDetail(Product, kw_only=True, omit_defaults=True):
+    prices: list[PriceOut] = []
+
+
+class Store(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: int
     address: str
     timezone: str
+    retired: bool = False
 
 
 class TopStore(msgspec.Struct, kw_only=True):
     id: int
     address: str
-    revenue: Money
+    revenue: Money  # net: gross - refunds
+    gross: Money
+    refunds: Money
+    discounts: Money
 
 
 class TopProduct(msgspec.Struct, kw_only=True):
     id: int
     name: str
-    quantity: int
+    quantity: int  # net: sold - returned
+    sold: int
+    returned: int
+    revenue: Money  # net
 
 
 class FieldError(msgspec.Struct, kw_only=True, omit_defaults=True):

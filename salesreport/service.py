@@ -20,6 +20,8 @@ class Service:
     db: db.Database
     catalog: Catalog
     batcher: Batcher
+    # The writer of returns: a batcher of its own, beside the sales'.
+    returns: Batcher
     keys: KeyRing
     # The Alembic revision this code expects the database at.
     head_revision: str

@@ -107,7 +107,7 @@ async def seed(settings: config.Settings, products: list[dict[str, Any]], stores
     database = db.connect(settings)
     try:
         async with database.writer.begin() as conn:
-            await db.save_catalog(conn, products, stores)
+            await db.save_catalog(conn, products, stores, effective=NOW)
     finally:
         await database.dispose()
 

@@ -54,9 +54,10 @@ async def test_import_and_price_change_keeps_history(
             ]
             sale = await http.post("/sales", json={"product_id": 1, "store_id": 7, "sold_at": "2026-05-05T05:05:05Z"})
             assert sale.json()["unit_price"] == "2.50"
-            # The running service picks up the new price without a restart.
+            # The running service picks up the new price without a restart; a file may list only what changes.
             new_price = write(tmp_path / "p2.csv", "id,name,price\n1,Tea,3\n")
-            assert cli(database_url, "import", "--products", new_price).returncode == 0
+            changed = cli(database_url, "import", "--products", new_price, "--effective", "2026-05-06T00:00:00Z")
+            assert changed.returncode == 0, changed.stderr
             # On PostgreSQL the change arrives by NOTIFY, a moment later (cli() blocked the app's loop): poll.
 
             async def new_price_loaded() -> bool:
@@ -65,7 +66,17 @@ async def test_import_and_price_change_keeps_history(
             await eventually(new_price_loaded, what="the new price is loaded")
             later = await http.post("/sales", json={"product_id": 1, "store_id": 7, "sold_at": "2026-05-06T05:05:05Z"})
             assert later.json()["unit_price"] == "3.00"
-            assert (await http.get("/reports/top-stores", params={"month": "2026-05"})).json()[0]["revenue"] == "5.50"
+            # A sale uploaded late is priced as of when it was made, not as of its arrival.
+            backlog = await http.post(
+                "/sales", json={"product_id": 1, "store_id": 7, "sold_at": "2026-05-05T23:59:59Z"}
+            )
+            assert backlog.json()["unit_price"] == backlog.json()["catalog_price"] == "2.50"
+            assert (await http.get("/reports/top-stores", params={"month": "2026-05"})).json()[0]["revenue"] == "8.00"
+            history = (await http.get("/products/1")).json()["prices"]
+            assert history == [
+                {"effective_from": None, "price": "2.50"},
+                {"effective_from": "2026-05-06T00:00:00Z", "price": "3.00"},
+            ]
             # A product added while the service runs can be sold at once.
             added = write(tmp_path / "p3.csv", "id,name,price\n3,Sugar,1.00\n")
             assert cli(database_url, "import", "--products", added).returncode == 0
@@ -134,7 +145,7 @@ async def test_repair_spreads_a_sum_beyond_one_slot_over_several(
 ) -> None:
     """Several workers may each fill a slot up to its bound; a rebuild must hold their sum too."""
     big = db.ROLLUP_LIMIT - 1
-    sale = {"product_id": 1, "quantity": 1, "unit_price": big, "amount": big, "month": 202611}
+    sale = {"product_id": 1, "quantity": 1, "unit_price": big, "catalog_price": big, "amount": big, "month": 202611}
     at = {"sold_at": clock(), "received_at": clock()}
     database = db.connect(settings)
     async with database.writer.begin() as conn:

@@ -251,7 +251,7 @@ async def _open(name: str, url: str) -> Side:
         async with database.writer.begin() as conn:
             if not settings.is_sqlite:
                 await conn.execute(sa.text(f"TRUNCATE {TABLES} RESTART IDENTITY"))
-            await db.save_catalog(conn, PRODUCTS, STORES)
+            await db.save_catalog(conn, PRODUCTS, STORES, effective=FIXED_NOW)
     finally:
         await database.dispose()
     app = create_app(settings, clock=lambda: FIXED_NOW)

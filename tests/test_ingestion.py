@@ -53,7 +53,7 @@ async def test_a_failing_request_fails_alone(batcher: Batcher, settings: config.
     assert isinstance(results[1], Rejected)
     assert [e.index for e in results[1].errors] == [1]
     assert results[0].created and results[2].created
-    assert results[3].sales == stored.sales and results[3].new == [False]
+    assert results[3].items == stored.items and results[3].new == [False]
     assert await count_sales(settings) == 3
 
 
@@ -65,7 +65,7 @@ async def test_one_key_twice_in_one_batch_is_one_sale(batcher: Batcher, settings
         batcher.submit([sale(2, idempotency_key="same")], False, now),
         return_exceptions=True,
     )
-    assert first.sales == second.sales and first.created
+    assert first.items == second.items and first.created
     assert not second.created  # a replay of its batch-mate: 200, not 201
     assert isinstance(other, Rejected)
     assert await count_sales(settings) == 1
@@ -141,7 +141,7 @@ async def test_concurrent_load_keeps_rollups_equal_to_raw_sales(
 async def test_a_value_the_database_refuses_fails_alone(batcher: Batcher, settings: config.Settings) -> None:
     # No input can reach this since prices are bounded on import; the batcher
     # must still keep the damage to the one request.
-    batcher.catalog.prices[3] = 2**62
+    batcher.catalog.histories[3] = [(db.BEGINNING, 2**62)]
     now = NOW  # received_at: what the app's clock would say
     results = await asyncio.gather(
         batcher.submit([sale(1, 1)], False, now),

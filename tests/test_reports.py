@@ -99,7 +99,14 @@ async def test_top_ten_ties_by_id_and_exact_sums(client: httpx.AsyncClient, sett
     assert top[:4] == [(114, "1.50"), (111, "1.20"), (112, "1.20"), (113, "1.20")]
     assert top[-1] == (105, "0.60")
     response = await client.get("/reports/top-stores", params={"month": "2025-06"})
-    assert response.json()[0] == {"id": 114, "address": "Store 114", "revenue": "1.50"}
+    assert response.json()[0] == {
+        "id": 114,
+        "address": "Store 114",
+        "revenue": "1.50",
+        "gross": "1.50",
+        "refunds": "0.00",
+        "discounts": "0.00",
+    }
 
 
 async def test_top_products_ties_and_limit(client: httpx.AsyncClient, settings: config.Settings) -> None:
@@ -110,7 +117,7 @@ async def test_top_products_ties_and_limit(client: httpx.AsyncClient, settings: 
     assert top[:5] == [(24, 24), (23, 23), (22, 22), (21, 21), (20, 20)]
     assert top[5:] == [(10, 5), (11, 5), (12, 5), (13, 5), (14, 5)]
     names = (await client.get("/reports/top-products")).json()
-    assert names[0] == {"id": 24, "name": "Item 24", "quantity": 24}
+    assert names[0] == {"id": 24, "name": "Item 24", "quantity": 24, "sold": 24, "returned": 0, "revenue": "24.00"}
 
 
 async def test_empty_month_is_an_empty_list(client: httpx.AsyncClient) -> None:

@@ -239,7 +239,16 @@ async def test_three_dimes_make_thirty_cents(client: httpx.AsyncClient) -> None:
             await post(client, {"product_id": 1, "store_id": 1, "sold_at": "2026-11-10T12:00:00Z"})
         ).status_code == 201
     top = (await client.get("/reports/top-stores", params={"month": "2026-11"})).json()
-    assert top == [{"id": 1, "address": "1 Red Square, Moscow", "revenue": "0.30"}]
+    assert top == [
+        {
+            "id": 1,
+            "address": "1 Red Square, Moscow",
+            "revenue": "0.30",
+            "gross": "0.30",
+            "refunds": "0.00",
+            "discounts": "0.00",
+        }
+    ]
 
 
 async def test_a_sale_is_in_the_reports_at_once(client: httpx.AsyncClient, clock: Clock) -> None:
@@ -247,9 +256,18 @@ async def test_a_sale_is_in_the_reports_at_once(client: httpx.AsyncClient, clock
     assert clock() == datetime.fromisoformat("2026-11-20T12:00:00Z")
     assert (await post(client, {"product_id": 3, "store_id": 4, "quantity": 7})).status_code == 201
     top = (await client.get("/reports/top-stores")).json()
-    assert top == [{"id": 4, "address": "Alexanderplatz 1, Berlin", "revenue": "8641.92"}]
+    assert top == [
+        {
+            "id": 4,
+            "address": "Alexanderplatz 1, Berlin",
+            "revenue": "8641.92",
+            "gross": "8641.92",
+            "refunds": "0.00",
+            "discounts": "0.00",
+        }
+    ]
     products = (await client.get("/reports/top-products")).json()
-    assert products == [{"id": 3, "name": "Coffee", "quantity": 7}]
+    assert products == [{"id": 3, "name": "Coffee", "quantity": 7, "sold": 7, "returned": 0, "revenue": "8641.92"}]
 
 
 # Store ids whose local month, at the instant, is the default month in the zone (and the other stores).
@@ -296,7 +314,9 @@ async def test_top_stores_defaults_to_the_current_month_of_the_default_zone(
             other = (await http.get("/reports/top-stores", params={"month": other_month})).json()
             assert [row["id"] for row in other] == other_stores
         # top-products has no default month: all time.
-        assert (await http.get("/reports/top-products")).json() == [{"id": 2, "name": "Bread", "quantity": 10}]
+        assert (await http.get("/reports/top-products")).json() == [
+            {"id": 2, "name": "Bread", "quantity": 10, "sold": 10, "returned": 0, "revenue": "455.00"}
+        ]
 
 
 @pytest.mark.parametrize("key", ["a\u0000b", "tab\there", "line\n", "\u007f"])

@@ -1,34 +1,44 @@
 """The data layer: the schema, the engines, and the SQL that reads and writes them.
 
 ``schema`` the tables · ``engines`` connections and which errors mean "away" ·
-``catalog`` products, stores, change counters · ``rollups`` aggregates and the
-bulk path · ``batch`` the steps of a batch's transaction, run by ``postgres``
-and ``sqlite``, each database's writer.
+``catalog`` products, prices, stores, change counters · ``rollups`` what a sale
+and a return add to the reports, and the bulk path · ``batch`` the steps of a
+batch's transaction (sales or returns), run by ``postgres`` and ``sqlite``,
+each database's writer.
 """
 
-from .batch import BatchJob, Key, Row
+from .batch import BatchJob, Key, ReturnJob, Row
 from .catalog import (
     CHANNEL,
     VERSIONED,
+    CatalogConflict,
     bump_version,
     get_version,
+    list_prices,
     list_products,
     list_stores,
     save_catalog,
     schema_revision,
+    set_retired,
 )
 from .engines import Database, connect, driver_connection, is_unavailable, sqlstate, upsert, writer_slot
 from .postgres import write_batch as _write_postgres
-from .rollups import add_to_rollups, aggregate, insert_sales_bulk, store_history
+from .postgres import write_returns as _write_returns_postgres
+from .rollups import Rollups, add_to_rollups, insert_sales_bulk, store_history
 from .schema import (
+    BEGINNING,
+    ROLLUP_COLUMNS,
+    ROLLUP_KEYS,
     ROLLUP_LIMIT,
     SLOTS,
     UTCDateTime,
     api_keys,
     metadata,
+    prices,
     product_month,
     product_total,
     products,
+    returns,
     sales,
     store_month,
     stores,
@@ -36,17 +46,22 @@ from .schema import (
 )
 
 __all__ = [
+    "BEGINNING",
     "CHANNEL",
+    "ROLLUP_COLUMNS",
+    "ROLLUP_KEYS",
     "ROLLUP_LIMIT",
     "SLOTS",
     "VERSIONED",
     "BatchJob",
+    "CatalogConflict",
     "Database",
     "Key",
+    "ReturnJob",
+    "Rollups",
     "Row",
     "UTCDateTime",
     "add_to_rollups",
-    "aggregate",
     "api_keys",
     "bump_version",
     "connect",
@@ -54,15 +69,19 @@ __all__ = [
     "get_version",
     "insert_sales_bulk",
     "is_unavailable",
+    "list_prices",
     "list_products",
     "list_stores",
     "metadata",
+    "prices",
     "product_month",
     "product_total",
     "products",
+    "returns",
     "sales",
     "save_catalog",
     "schema_revision",
+    "set_retired",
     "sqlstate",
     "store_history",
     "store_month",
@@ -70,6 +89,7 @@ __all__ = [
     "upsert",
     "versions",
     "write_batch",
+    "write_returns",
     "writer_slot",
 ]
 
@@ -79,3 +99,10 @@ async def write_batch(database: Database, job: BatchJob, slot: int) -> object:
     if database.sqlite_writer is not None:
         return await database.sqlite_writer.write_batch(job, slot)
     return await _write_postgres(database, job, slot)
+
+
+async def write_returns(database: Database, job: ReturnJob, slot: int) -> object:
+    """Run one batch of returns on the database's writer (see ``batch.ReturnJob``)."""
+    if database.sqlite_writer is not None:
+        return await database.sqlite_writer.write_returns(job, slot)
+    return await _write_returns_postgres(database, job, slot)

@@ -39,6 +39,8 @@ SALE_COLUMNS = (
     "sold_at",
     "received_at",
     "idempotency_key",
+    "catalog_price",
+    "returned",
 )
 # A new sale as ``insert`` takes it.
 INSERT_COLUMNS = (
@@ -48,6 +50,33 @@ INSERT_COLUMNS = (
     "unit_price",
     "amount",
     "sold_at",
+    "received_at",
+    "month",
+    "idempotency_key",
+    "catalog_price",
+)
+# A stored return as ``find_returns`` returns it.
+RETURN_COLUMNS = (
+    "id",
+    "sale_id",
+    "store_id",
+    "product_id",
+    "quantity",
+    "unit_price",
+    "amount",
+    "returned_at",
+    "received_at",
+    "idempotency_key",
+)
+# A new return as ``insert_returns`` takes it.
+RETURN_INSERT_COLUMNS = (
+    "sale_id",
+    "store_id",
+    "product_id",
+    "quantity",
+    "unit_price",
+    "amount",
+    "returned_at",
     "received_at",
     "month",
     "idempotency_key",
@@ -65,6 +94,31 @@ class BatchJob(Protocol):
     def lost(self, ids: Sequence[int | None]) -> Collection[Key]: ...
 
     def resolve(self, ids: Sequence[int | None], winners: Mapping[Key, Row]) -> Any: ...
+
+
+class ReturnJob(Protocol):
+    """A batch of returns, in one transaction:
+
+    1. ``sales = lock_sales(job.sales_to_lock())``: read under a row lock
+       (``FOR UPDATE``), so that concurrent returns of one sale queue here
+    2. ``stored = find_returns(job.keys_to_find(sales))`` (replays; expired keys
+       cleared; a key's store may be its sale's, so the sales come first)
+    3. ``rows = job.plan(stored, sales)``; ``ids = insert_returns(rows)``, which
+       also adds each row's units to its sale's ``returned`` and the refunds to
+       the rollups; a row whose key was taken meanwhile is left out (id None)
+    4. ``return job.resolve(ids)``: raises to roll back if a key was taken
+    """
+
+    @property
+    def live_after(self) -> datetime: ...
+
+    def sales_to_lock(self) -> Collection[int]: ...
+
+    def keys_to_find(self, sales: Mapping[int, Row]) -> Collection[Key]: ...
+
+    def plan(self, stored: Mapping[Key, Row], sales: Mapping[int, Row]) -> list[Row]: ...
+
+    def resolve(self, ids: Sequence[int | None]) -> Any: ...
 
 
 def key_order(row: Row) -> tuple[int, str]:

@@ -1,23 +1,42 @@
-"""The catalog's SQL, and the change counters every worker watches."""
+"""The catalog's SQL (products, their prices, stores), and the change counters every worker watches."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ..prices import History, price_at
 from .engines import upsert
-from .schema import products, stores, versions
+from .schema import BEGINNING, prices, products, stores, versions
 
 CHANNEL = "salesreport_changes"
 VERSIONED = ("catalog", "keys")
 
 
+class CatalogConflict(Exception):
+    """The import would rewrite a price already recorded; nothing was written."""
+
+
 async def list_products(conn: AsyncConnection) -> Sequence[sa.Row[Any]]:
     result = await conn.execute(sa.select(products).order_by(products.c.id))
     return result.all()
+
+
+async def list_prices(
+    conn: AsyncConnection, product_ids: Sequence[int] | None = None
+) -> dict[int, list[tuple[datetime, int]]]:
+    """Each product's price history, oldest first."""
+    query = sa.select(prices).order_by(prices.c.product_id, prices.c.effective_from)
+    if product_ids is not None:
+        query = query.where(prices.c.product_id.in_(product_ids))
+    histories: dict[int, list[tuple[datetime, int]]] = {}
+    for row in await conn.execute(query):
+        histories.setdefault(row.product_id, []).append((row.effective_from, row.price))
+    return histories
 
 
 async def list_stores(conn: AsyncConnection) -> Sequence[sa.Row[Any]]:
@@ -42,15 +61,56 @@ async def save_catalog(
     conn: AsyncConnection,
     product_rows: Sequence[dict[str, Any]],
     store_rows: Sequence[dict[str, Any]],
-) -> None:
-    """Insert or update products and stores and bump the catalog version."""
-    for table, rows in ((products, product_rows), (stores, store_rows)):
-        if not rows:
-            continue
-        stmt = upsert(conn, table)
-        columns = {c.name: stmt.excluded[c.name] for c in table.columns if not c.primary_key}
-        await conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=columns), list(rows))
+    *,
+    effective: datetime,
+) -> int:
+    """Insert or update products and stores, bump the catalog version; return how many prices changed.
+
+    A new product's price is its first (in force from the beginning). A known
+    product whose price differs from the one in force at ``effective`` gets a
+    new price from ``effective`` on; earlier prices stay as they were. A row
+    without ``retired`` leaves that flag as it was (false for a new row).
+    Raises ``CatalogConflict`` if a different price already takes effect at
+    exactly ``effective``.
+    """
+    changes = []
+    if product_rows:
+        histories = await list_prices(conn, [row["id"] for row in product_rows])
+        conflicts = []
+        for row in product_rows:
+            history: History = histories.get(row["id"], [])
+            if not history:
+                changes.append({"product_id": row["id"], "effective_from": BEGINNING, "price": row["price"]})
+            elif price_at(history, effective) != row["price"]:
+                if any(start == effective for start, _ in history):
+                    conflicts.append(
+                        f"product {row['id']}: another price already takes effect at {effective.isoformat()}"
+                    )
+                changes.append({"product_id": row["id"], "effective_from": effective, "price": row["price"]})
+        if conflicts:
+            raise CatalogConflict("\n".join(conflicts))
+    await _upsert(conn, products, [{k: v for k, v in row.items() if k != "price"} for row in product_rows])
+    if changes:
+        await conn.execute(sa.insert(prices), changes)
+    await _upsert(conn, stores, store_rows)
     await bump_version(conn, "catalog")
+    return sum(1 for change in changes if change["effective_from"] != BEGINNING)
+
+
+async def _upsert(conn: AsyncConnection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    stmt = upsert(conn, table)
+    columns = {name: stmt.excluded[name] for name in rows[0] if name != "id"}
+    await conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=columns), list(rows))
+
+
+async def set_retired(conn: AsyncConnection, table: sa.Table, ids: Sequence[int], retired: bool) -> list[int]:
+    """Retire (or bring back) products or stores; return the ids that do not exist."""
+    found = set(await conn.scalars(sa.select(table.c.id).where(table.c.id.in_(ids))))
+    await conn.execute(sa.update(table).where(table.c.id.in_(ids)).values(retired=retired))
+    await bump_version(conn, "catalog")
+    return [i for i in ids if i not in found]
 
 
 async def schema_revision(conn: AsyncConnection) -> str | None:

@@ -1,4 +1,4 @@
-"""PostgreSQL's writer: a batch of sales and its rollups, in asyncpg's own transaction.
+"""PostgreSQL's writer: a batch of sales (or of returns) and its rollups, in asyncpg's own transaction.
 
 The hot path talks to asyncpg directly (SQLAlchemy would only add work): the
 sales and the three rollups go in one statement and one round trip, fed by
@@ -12,7 +12,18 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from .batch import INSERT_COLUMNS, SALE_COLUMNS, BatchJob, Key, Row, key_order, unsort
+from .batch import (
+    INSERT_COLUMNS,
+    RETURN_COLUMNS,
+    RETURN_INSERT_COLUMNS,
+    SALE_COLUMNS,
+    BatchJob,
+    Key,
+    ReturnJob,
+    Row,
+    key_order,
+    unsort,
+)
 from .engines import Database, driver_connection
 
 
@@ -67,36 +78,41 @@ async def find_sales(raw: Any, keys: Collection[Key], live_after: datetime) -> d
 
 
 # Sequence values follow the ORDER BY of the SELECT, so ids sorted ascending
-# are in row order.
+# are in row order. The rollup sums are ``rollups.Rollups.add_sales`` in SQL.
 _INSERT = """
 WITH input AS (
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::timestamptz[],
-                         $6::timestamptz[], $7::int[], $8::text[], $9::int[])
-        AS t(store_id, product_id, quantity, unit_price, sold_at, received_at, month, idempotency_key, ord)
+                         $6::timestamptz[], $7::int[], $8::text[], $9::bigint[], $10::int[])
+        AS t(store_id, product_id, quantity, unit_price, sold_at, received_at, month, idempotency_key,
+             catalog_price, ord)
 ), inserted AS (
     INSERT INTO sales (store_id, product_id, quantity, unit_price, amount, sold_at, received_at, month,
-                       idempotency_key)
+                       idempotency_key, catalog_price)
     SELECT store_id, product_id, quantity, unit_price, quantity * unit_price, sold_at, received_at, month,
-           idempotency_key
+           idempotency_key, catalog_price
     FROM input ORDER BY ord
     ON CONFLICT (store_id, idempotency_key) DO NOTHING
-    RETURNING id, store_id, product_id, quantity, amount, month, idempotency_key
+    RETURNING id, store_id, product_id, quantity, amount, (catalog_price - unit_price) * quantity AS discount,
+              month, idempotency_key
 ), by_store AS (
-    INSERT INTO store_month AS r (store_id, month, slot, revenue, sales)
-    SELECT store_id, month, $10, sum(amount), count(*)
+    INSERT INTO store_month AS r (store_id, month, slot, revenue, sales, refunds, discounts)
+    SELECT store_id, month, $11, sum(amount), count(*), 0, sum(discount)
     FROM inserted GROUP BY store_id, month ORDER BY store_id, month
     ON CONFLICT (store_id, month, slot)
-    DO UPDATE SET revenue = r.revenue + excluded.revenue, sales = r.sales + excluded.sales
+    DO UPDATE SET revenue = r.revenue + excluded.revenue, sales = r.sales + excluded.sales,
+                  discounts = r.discounts + excluded.discounts
 ), by_product AS (
-    INSERT INTO product_month AS r (product_id, month, slot, quantity)
-    SELECT product_id, month, $10, sum(quantity)
+    INSERT INTO product_month AS r (product_id, month, slot, quantity, returned, revenue)
+    SELECT product_id, month, $11, sum(quantity), 0, sum(amount)
     FROM inserted GROUP BY product_id, month ORDER BY product_id, month
-    ON CONFLICT (product_id, month, slot) DO UPDATE SET quantity = r.quantity + excluded.quantity
+    ON CONFLICT (product_id, month, slot)
+    DO UPDATE SET quantity = r.quantity + excluded.quantity, revenue = r.revenue + excluded.revenue
 ), total AS (
-    INSERT INTO product_total AS r (product_id, slot, quantity)
-    SELECT product_id, $10, sum(quantity)
+    INSERT INTO product_total AS r (product_id, slot, quantity, returned, revenue)
+    SELECT product_id, $11, sum(quantity), 0, sum(amount)
     FROM inserted GROUP BY product_id ORDER BY product_id
-    ON CONFLICT (product_id, slot) DO UPDATE SET quantity = r.quantity + excluded.quantity
+    ON CONFLICT (product_id, slot)
+    DO UPDATE SET quantity = r.quantity + excluded.quantity, revenue = r.revenue + excluded.revenue
 )
 SELECT id, store_id, idempotency_key FROM inserted ORDER BY id
 """
@@ -112,11 +128,113 @@ async def insert_sales(raw: Any, rows: Sequence[Row], slot: int) -> list[int | N
     ordered = [rows[i] for i in order]
     arrays = [[row[c] for row in ordered] for c in INSERT_COLUMNS if c != "amount"]  # amount: computed in SQL
     records = await raw.fetch(_INSERT, *arrays, list(range(len(ordered))), slot)
-    # Ids ascend in row order; rows whose key was taken are missing.
+    return unsort(order, _ids_in_order(ordered, records))
+
+
+# --- returns -------------------------------------------------------------------
+
+
+async def write_returns(database: Database, job: ReturnJob, slot: int) -> Any:
+    """Run ``job``'s steps (see ``batch.ReturnJob``) in one transaction."""
+    async with write_transaction(database) as raw:
+        sales = await lock_sales(raw, job.sales_to_lock())
+        keys = job.keys_to_find(sales)
+        stored = await find_returns(raw, keys, job.live_after) if keys else {}
+        rows = job.plan(stored, sales)
+        ids = await insert_returns(raw, rows, slot) if rows else []
+        return job.resolve(ids)
+
+
+_FIND_RETURNS = f"""
+WITH k AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[]) AS k(store_id, idempotency_key)
+), expired AS (
+    UPDATE returns r SET idempotency_key = NULL FROM k
+    WHERE r.store_id = k.store_id AND r.idempotency_key = k.idempotency_key AND r.received_at < $3
+)
+SELECT {", ".join("r." + c for c in RETURN_COLUMNS)}
+FROM returns r JOIN k ON r.store_id = k.store_id AND r.idempotency_key = k.idempotency_key
+WHERE r.received_at >= $3
+"""
+
+
+async def find_returns(raw: Any, keys: Collection[Key], live_after: datetime) -> dict[Key, Row]:
+    keys = list(keys)
+    records = await raw.fetch(_FIND_RETURNS, [k[0] for k in keys], [k[1] for k in keys], live_after)
+    return {(r["store_id"], r["idempotency_key"]): dict(r) for r in records}
+
+
+# In id order, so that two writers locking the same sales cannot deadlock.
+_LOCK_SALES = f"""
+SELECT {", ".join(SALE_COLUMNS)} FROM sales WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE
+"""
+
+
+async def lock_sales(raw: Any, ids: Collection[int]) -> dict[int, Row]:
+    """The sales with these ids, locked until the transaction ends."""
+    records = await raw.fetch(_LOCK_SALES, sorted(ids))
+    return {r["id"]: dict(r) for r in records}
+
+
+# The rollup sums are ``rollups.Rollups.add_returns`` in SQL.
+_INSERT_RETURNS = """
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::int[], $5::bigint[], $6::timestamptz[],
+                         $7::timestamptz[], $8::int[], $9::text[], $10::int[])
+        AS t(sale_id, store_id, product_id, quantity, unit_price, returned_at, received_at, month,
+             idempotency_key, ord)
+), inserted AS (
+    INSERT INTO returns (sale_id, store_id, product_id, quantity, unit_price, amount, returned_at, received_at,
+                         month, idempotency_key)
+    SELECT sale_id, store_id, product_id, quantity, unit_price, quantity * unit_price, returned_at, received_at,
+           month, idempotency_key
+    FROM input ORDER BY ord
+    ON CONFLICT (store_id, idempotency_key) DO NOTHING
+    RETURNING id, sale_id, store_id, product_id, quantity, amount, month, idempotency_key
+), by_sale AS (
+    UPDATE sales s SET returned = s.returned + i.quantity
+    FROM (SELECT sale_id, sum(quantity) AS quantity FROM inserted GROUP BY sale_id) i
+    WHERE s.id = i.sale_id
+), by_store AS (
+    INSERT INTO store_month AS r (store_id, month, slot, revenue, sales, refunds, discounts)
+    SELECT store_id, month, $11, -sum(amount), 0, sum(amount), 0
+    FROM inserted GROUP BY store_id, month ORDER BY store_id, month
+    ON CONFLICT (store_id, month, slot)
+    DO UPDATE SET revenue = r.revenue + excluded.revenue, refunds = r.refunds + excluded.refunds
+), by_product AS (
+    INSERT INTO product_month AS r (product_id, month, slot, quantity, returned, revenue)
+    SELECT product_id, month, $11, -sum(quantity), sum(quantity), -sum(amount)
+    FROM inserted GROUP BY product_id, month ORDER BY product_id, month
+    ON CONFLICT (product_id, month, slot)
+    DO UPDATE SET quantity = r.quantity + excluded.quantity, returned = r.returned + excluded.returned,
+                  revenue = r.revenue + excluded.revenue
+), total AS (
+    INSERT INTO product_total AS r (product_id, slot, quantity, returned, revenue)
+    SELECT product_id, $11, -sum(quantity), sum(quantity), -sum(amount)
+    FROM inserted GROUP BY product_id ORDER BY product_id
+    ON CONFLICT (product_id, slot)
+    DO UPDATE SET quantity = r.quantity + excluded.quantity, returned = r.returned + excluded.returned,
+                  revenue = r.revenue + excluded.revenue
+)
+SELECT id, store_id, idempotency_key FROM inserted ORDER BY id
+"""
+
+
+async def insert_returns(raw: Any, rows: Sequence[Row], slot: int) -> list[int | None]:
+    """Insert returns, add them to their sales and the rollups, return their ids in the order given
+    (None for a row whose key another writer took meanwhile)."""
+    order = sorted(range(len(rows)), key=lambda i: key_order(rows[i]))
+    ordered = [rows[i] for i in order]
+    arrays = [[row[c] for row in ordered] for c in RETURN_INSERT_COLUMNS if c != "amount"]
+    records = await raw.fetch(_INSERT_RETURNS, *arrays, list(range(len(ordered))), slot)
+    return unsort(order, _ids_in_order(ordered, records))
+
+
+def _ids_in_order(ordered: Sequence[Row], records: Sequence[Any]) -> list[int | None]:
+    """Ids ascend in row order; rows whose key was taken are missing from ``records``."""
     kept = {(r["store_id"], r["idempotency_key"]) for r in records if r["idempotency_key"] is not None}
     ids = iter(r["id"] for r in records)
-    new_ids = [
+    return [
         next(ids) if row["idempotency_key"] is None or (row["store_id"], row["idempotency_key"]) in kept else None
         for row in ordered
     ]
-    return unsort(order, new_ids)

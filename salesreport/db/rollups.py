@@ -1,102 +1,115 @@
-"""Adding sales into the rollups, and the bulk path for history loads."""
+"""What a sale and a return add to the rollups, adding it, and the bulk path for history loads.
+
+``Rollups`` is the one statement of the rule in Python (the SQLite writer, the
+bulk path and ``check`` use it); PostgreSQL's writer states the same sums in
+its SQL, and ``check`` and the differential tests hold the two to each other.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .engines import driver_connection, upsert
-from .schema import product_month, product_total, sales, store_month
+from .schema import ROLLUP_COLUMNS, ROLLUP_KEYS, metadata, sales
 
-StoreRevenue = dict[tuple[int, int], tuple[int, int]]
-ProductQuantity = dict[tuple[int, int], int]
-ProductTotals = dict[int, int]
+Sums = dict[tuple[int, ...], list[int]]
 
 
-def aggregate(rows: Iterable[dict[str, Any]]) -> tuple[StoreRevenue, ProductQuantity, ProductTotals]:
-    """Sum sales as the rollups hold them: revenue and count by (store, month),
-    quantity by (product, month), and quantity by product."""
-    store_revenue: StoreRevenue = {}
-    product_quantity: ProductQuantity = {}
-    product_totals: ProductTotals = {}
-    for row in rows:
-        key = (row["store_id"], row["month"])
-        revenue, count = store_revenue.get(key, (0, 0))
-        store_revenue[key] = (revenue + row["amount"], count + 1)
-        pkey = (row["product_id"], row["month"])
-        product_quantity[pkey] = product_quantity.get(pkey, 0) + row["quantity"]
-        product_totals[row["product_id"]] = product_totals.get(row["product_id"], 0) + row["quantity"]
-    return store_revenue, product_quantity, product_totals
+@dataclass
+class Rollups:
+    """Sums by rollup table and key, in the order of ``schema.ROLLUP_COLUMNS``."""
+
+    tables: dict[str, Sums] = field(default_factory=lambda: {name: {} for name in ROLLUP_COLUMNS})
+
+    def add(self, table: str, key: tuple[int, ...], *values: int) -> None:
+        sums = self.tables[table].get(key)
+        if sums is None:
+            self.tables[table][key] = list(values)
+        else:
+            for i, value in enumerate(values):
+                sums[i] += value
+
+    def add_sale(
+        self, store_id: int, product_id: int, month: int, quantity: int, amount: int, discount: int, count: int = 1
+    ) -> None:
+        """A sale (or ``count`` sales summed) adds its amount to its store's net revenue,
+        one to its count of sales, and what it was discounted by; its units and amount
+        to its product."""
+        self.add("store_month", (store_id, month), amount, count, 0, discount)
+        self.add("product_month", (product_id, month), quantity, 0, amount)
+        self.add("product_total", (product_id,), quantity, 0, amount)
+
+    def add_return(self, store_id: int, product_id: int, month: int, quantity: int, refund: int) -> None:
+        """A return (or several summed) takes its refund off the net revenue of the store
+        taking it back, in the month it happens, and its units and refund off its product."""
+        self.add("store_month", (store_id, month), -refund, 0, refund, 0)
+        self.add("product_month", (product_id, month), -quantity, quantity, -refund)
+        self.add("product_total", (product_id,), -quantity, quantity, -refund)
+
+    def add_sales(self, rows: Iterable[dict[str, Any]]) -> Rollups:
+        for r in rows:
+            discount = (r["catalog_price"] - r["unit_price"]) * r["quantity"]
+            self.add_sale(r["store_id"], r["product_id"], r["month"], r["quantity"], r["amount"], discount)
+        return self
+
+    def add_returns(self, rows: Iterable[dict[str, Any]]) -> Rollups:
+        for r in rows:
+            self.add_return(r["store_id"], r["product_id"], r["month"], r["quantity"], r["amount"])
+        return self
+
+    def records(self, table: str, slot: int) -> list[dict[str, Any]]:
+        """One table's sums as rows for ``slot``, in key order (two writers then lock rows in
+        the same order and cannot deadlock)."""
+        keys, columns = ROLLUP_KEYS[table], ROLLUP_COLUMNS[table]
+        return [
+            {**dict(zip(keys, key, strict=True)), "slot": slot, **dict(zip(columns, sums, strict=True))}
+            for key, sums in sorted(self.tables[table].items())
+        ]
 
 
-async def add_to_rollups(
-    conn: AsyncConnection,
-    slot: int,
-    store_revenue: StoreRevenue,
-    product_quantity: ProductQuantity,
-    product_totals: ProductTotals,
-) -> None:
-    """Add aggregates into the rollups (the bulk path; batches do it in their own SQL).
+def upsert_sql(table: str) -> str:
+    """The SQLite statement adding one row of sums into ``table`` (named parameters)."""
+    keys, columns = (*ROLLUP_KEYS[table], "slot"), ROLLUP_COLUMNS[table]
+    names = (*keys, *columns)
+    return (
+        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(':' + n for n in names)}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET " + ", ".join(f"{c} = {c} + excluded.{c}" for c in columns)
+    )
 
-    Keys are written in sorted order, so two writers that touch the same rows
-    lock them in the same order and cannot deadlock.
-    """
-    if store_revenue:
-        stmt = upsert(conn, store_month)
+
+async def add_to_rollups(conn: AsyncConnection, slot: int, rollups: Rollups) -> None:
+    """Add sums into the rollups (the bulk path; batches do it in their own SQL)."""
+    for name, columns in ROLLUP_COLUMNS.items():
+        records = rollups.records(name, slot)
+        if not records:
+            continue
+        table = metadata.tables[name]
+        stmt = upsert(conn, table)
         stmt = stmt.on_conflict_do_update(
-            index_elements=["store_id", "month", "slot"],
-            set_={
-                "revenue": store_month.c.revenue + stmt.excluded.revenue,
-                "sales": store_month.c.sales + stmt.excluded.sales,
-            },
+            index_elements=[*ROLLUP_KEYS[name], "slot"],
+            set_={c: table.c[c] + stmt.excluded[c] for c in columns},
         )
-        await conn.execute(
-            stmt,
-            [
-                {"store_id": s, "month": m, "slot": slot, "revenue": r, "sales": n}
-                for (s, m), (r, n) in sorted(store_revenue.items())
-            ],
-        )
-    if product_quantity:
-        stmt = upsert(conn, product_month)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["product_id", "month", "slot"],
-            set_={"quantity": product_month.c.quantity + stmt.excluded.quantity},
-        )
-        await conn.execute(
-            stmt,
-            [
-                {"product_id": p, "month": m, "slot": slot, "quantity": q}
-                for (p, m), q in sorted(product_quantity.items())
-            ],
-        )
-        stmt = upsert(conn, product_total)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["product_id", "slot"],
-            set_={"quantity": product_total.c.quantity + stmt.excluded.quantity},
-        )
-        await conn.execute(
-            stmt,
-            [{"product_id": p, "slot": slot, "quantity": q} for p, q in sorted(product_totals.items())],
-        )
+        await conn.execute(stmt, records)
 
 
 async def insert_sales_bulk(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     """Insert sales without reading anything back (history loads)."""
+    columns = [c.name for c in sales.columns if c.name not in ("id", "returned")]
     if conn.dialect.name == "postgresql":
         # COPY is several times faster than INSERT for millions of rows.
         raw = await driver_connection(conn)
-        columns = [c.name for c in sales.columns if c.name != "id"]
         records = [tuple(row[c] for c in columns) for row in rows]
         await raw.copy_records_to_table("sales", records=records, columns=columns)
     else:
-        await conn.execute(sa.insert(sales), list(rows))
+        await conn.execute(sa.insert(sales), [{c: row[c] for c in columns} for row in rows])
 
 
 async def store_history(conn: AsyncConnection, rows: Sequence[dict[str, Any]], slot: int = 0) -> None:
     """The bulk path: insert already-priced sales and their rollups, no answers."""
     await insert_sales_bulk(conn, rows)
-    await add_to_rollups(conn, slot, *aggregate(rows))
+    await add_to_rollups(conn, slot, Rollups().add_sales(rows))

@@ -1,12 +1,15 @@
 """The schema both databases share.
 
 Money is integer minor units (``BIGINT``); instants are UTC; ``month`` is a
-sale's month in its store's local calendar as an integer ``YYYYMM``, computed
-once when the sale is stored.
+sale's (or a return's) month in its store's local calendar as an integer
+``YYYYMM``, computed once when it is stored.
 
 The rollup tables hold one row per key and *slot*: each writer process adds
 into its own slot so that concurrent writers seldom queue on one hot row, and
-readers sum the slots.
+readers sum the slots. Their figures are net: ``revenue`` is what the sales
+took in less what returns gave back, ``quantity`` is units sold less units
+returned; ``refunds``, ``returned`` and ``discounts`` say how much of that
+was given back or given away.
 """
 
 from __future__ import annotations
@@ -17,10 +20,24 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
 SLOTS = 8
+# A product's first price has no start: it is stored as taking effect at this
+# instant, before which no sale can be dated (see ``schemas.EARLIEST_SALE``).
+BEGINNING = datetime(2000, 1, 1, tzinfo=UTC)
 # The bound of every rollup value. A slot's row is refused past it (the
 # request that would cross it fails alone), so that the sum of all slots
 # always fits a BIGINT: on SQLite an integer overflow silently becomes a float.
 ROLLUP_LIMIT = 2**59
+# Each rollup's key columns (besides ``slot``) and value columns.
+ROLLUP_KEYS = {
+    "store_month": ("store_id", "month"),
+    "product_month": ("product_id", "month"),
+    "product_total": ("product_id",),
+}
+ROLLUP_COLUMNS = {
+    "store_month": ("revenue", "sales", "refunds", "discounts"),
+    "product_month": ("quantity", "returned", "revenue"),
+    "product_total": ("quantity", "returned", "revenue"),
+}
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -55,8 +72,18 @@ products = sa.Table(
     metadata,
     sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("retired", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+# A product's price history: each price is in force from ``effective_from``
+# until the next one's. Rows are only ever added: past prices are never rewritten.
+prices = sa.Table(
+    "prices",
+    metadata,
+    sa.Column("product_id", sa.BigInteger, primary_key=True),
+    sa.Column("effective_from", UTCDateTime, primary_key=True),
     sa.Column("price", sa.BigInteger, nullable=False),
-    sa.CheckConstraint("price > 0", name="products_price_positive"),
+    sa.CheckConstraint("price > 0", name="prices_price_positive"),
 )
 
 stores = sa.Table(
@@ -65,12 +92,17 @@ stores = sa.Table(
     sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("address", sa.String(500), nullable=False),
     sa.Column("timezone", sa.String(64), nullable=False),
+    sa.Column("retired", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 # No foreign keys: they halve the batched insert rate (see BENCHMARKS.md);
 # the writer checks ids against its copy of the catalog, and catalog rows are
 # never deleted. An idempotency key is unique per store while it lives (see
 # ``ingestion.replay``); an expired key is cleared from its sale when reused.
+# ``unit_price`` is the price charged, ``catalog_price`` the catalog's price in
+# force at ``sold_at``; ``amount`` is quantity × price charged. ``returned``
+# counts the units returned so far: a return updates it under the row's lock,
+# so that concurrent returns of one sale can never return more than was sold.
 sales = sa.Table(
     "sales",
     metadata,
@@ -84,7 +116,32 @@ sales = sa.Table(
     sa.Column("received_at", UTCDateTime, nullable=False),
     sa.Column("month", sa.Integer, nullable=False),
     sa.Column("idempotency_key", sa.String(128), nullable=True),
+    sa.Column("catalog_price", sa.BigInteger, nullable=False),
+    sa.Column("returned", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.UniqueConstraint("store_id", "idempotency_key", name="sales_store_id_idempotency_key_key"),
+    sa.CheckConstraint("returned BETWEEN 0 AND quantity", name="sales_returned_within_quantity"),
+)
+
+# Goods brought back: ``quantity`` units of sale ``sale_id``, refunded at the
+# sale's own price charged (``unit_price``; ``amount`` is the refund), counted
+# in ``month`` of the store that took them back (``store_id``), when it did.
+# Idempotency keys are unique per store taking returns, apart from sales' keys.
+returns = sa.Table(
+    "returns",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("sale_id", sa.BigInteger, nullable=False),
+    sa.Column("store_id", sa.BigInteger, nullable=False),
+    sa.Column("product_id", sa.BigInteger, nullable=False),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("unit_price", sa.BigInteger, nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("returned_at", UTCDateTime, nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("month", sa.Integer, nullable=False),
+    sa.Column("idempotency_key", sa.String(128), nullable=True),
+    sa.UniqueConstraint("store_id", "idempotency_key", name="returns_store_id_idempotency_key_key"),
+    sa.Index("returns_sale_id_idx", "sale_id"),
 )
 
 store_month = sa.Table(
@@ -95,8 +152,10 @@ store_month = sa.Table(
     sa.Column("slot", sa.SmallInteger, primary_key=True),
     sa.Column("revenue", sa.BigInteger, nullable=False),
     sa.Column("sales", sa.BigInteger, nullable=False),
+    sa.Column("refunds", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("discounts", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     sa.Index("store_month_month_idx", "month"),
-    within_limit("store_month", "revenue", "sales"),
+    within_limit("store_month", *ROLLUP_COLUMNS["store_month"]),
 )
 
 product_month = sa.Table(
@@ -106,8 +165,10 @@ product_month = sa.Table(
     sa.Column("month", sa.Integer, primary_key=True),
     sa.Column("slot", sa.SmallInteger, primary_key=True),
     sa.Column("quantity", sa.BigInteger, nullable=False),
+    sa.Column("returned", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("revenue", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     sa.Index("product_month_month_idx", "month"),
-    within_limit("product_month", "quantity"),
+    within_limit("product_month", *ROLLUP_COLUMNS["product_month"]),
 )
 
 product_total = sa.Table(
@@ -116,7 +177,9 @@ product_total = sa.Table(
     sa.Column("product_id", sa.BigInteger, primary_key=True),
     sa.Column("slot", sa.SmallInteger, primary_key=True),
     sa.Column("quantity", sa.BigInteger, nullable=False),
-    within_limit("product_total", "quantity"),
+    sa.Column("returned", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("revenue", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    within_limit("product_total", *ROLLUP_COLUMNS["product_total"]),
 )
 
 # Change counters, one row per name ("catalog", "keys"): every process holds

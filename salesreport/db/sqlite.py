@@ -15,9 +15,21 @@ from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from .batch import INSERT_COLUMNS, SALE_COLUMNS, BatchJob, Key, Row, key_order, unsort
+from .batch import (
+    INSERT_COLUMNS,
+    RETURN_COLUMNS,
+    RETURN_INSERT_COLUMNS,
+    SALE_COLUMNS,
+    BatchJob,
+    Key,
+    ReturnJob,
+    Row,
+    key_order,
+    unsort,
+)
 from .engines import SQLITE_PRAGMAS
-from .rollups import aggregate
+from .rollups import Rollups, upsert_sql
+from .schema import ROLLUP_COLUMNS
 
 
 class SQLiteWriter:
@@ -29,6 +41,10 @@ class SQLiteWriter:
     async def write_batch(self, job: BatchJob, slot: int) -> Any:
         """Run ``job``'s steps (see ``batch``) in one transaction, in the writer's thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._write_batch, job, slot)
+
+    async def write_returns(self, job: ReturnJob, slot: int) -> Any:
+        """Run ``job``'s steps (see ``batch.ReturnJob``) in one transaction, in the writer's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._write_returns, job, slot)
 
     async def probe(self) -> None:
         """Return once the writer's thread has run a write transaction (health checks)."""
@@ -66,16 +82,37 @@ class SQLiteWriter:
             self._conn = None
 
     def _write_batch(self, job: BatchJob, slot: int) -> Any:
-        conn = self._connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        def steps(conn: sqlite3.Connection) -> Any:
             keys = job.keys_to_find()
-            stored = self._find(conn, keys, job.live_after) if keys else {}
+            stored = _find(conn, _FIND, SALE_COLUMNS, _EXPIRE, keys, job.live_after) if keys else {}
             rows = job.plan(stored)
             ids = self._insert(conn, rows, slot) if rows else []
             lost = job.lost(ids)
-            winners = self._find(conn, lost, job.live_after) if lost else {}
-            result = job.resolve(ids, winners)
+            winners = _find(conn, _FIND, SALE_COLUMNS, _EXPIRE, lost, job.live_after) if lost else {}
+            return job.resolve(ids, winners)
+
+        return self._transaction(steps)
+
+    def _write_returns(self, job: ReturnJob, slot: int) -> Any:
+        def steps(conn: sqlite3.Connection) -> Any:
+            sales = {}
+            for sale_id in sorted(job.sales_to_lock()):  # BEGIN IMMEDIATE already holds the database
+                row = conn.execute(_SALE, (sale_id,)).fetchone()
+                if row is not None:
+                    sales[sale_id] = _times(dict(zip(SALE_COLUMNS, row, strict=True)))
+            keys = job.keys_to_find(sales)
+            stored = _find(conn, _FIND_RETURN, RETURN_COLUMNS, _EXPIRE_RETURN, keys, job.live_after) if keys else {}
+            rows = job.plan(stored, sales)
+            ids = self._insert_returns(conn, rows, slot) if rows else []
+            return job.resolve(ids)
+
+        return self._transaction(steps)
+
+    def _transaction(self, steps: Any) -> Any:
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            result = steps(conn)
             conn.execute("COMMIT")
             return result
         except StopIteration as exc:
@@ -91,22 +128,6 @@ class SQLiteWriter:
                 conn.execute("ROLLBACK")
 
     @staticmethod
-    def _find(conn: sqlite3.Connection, keys: Collection[Key], live_after: datetime) -> dict[Key, Row]:
-        found = {}
-        for key in keys:
-            row = conn.execute(_FIND, key).fetchone()
-            if row is None:
-                continue
-            sale = dict(zip(SALE_COLUMNS, row, strict=True))
-            sale["sold_at"] = _from_text(sale["sold_at"])
-            sale["received_at"] = _from_text(sale["received_at"])
-            if sale["received_at"] < live_after:
-                conn.execute(_EXPIRE, (sale["id"],))
-                continue
-            found[key] = sale
-        return found
-
-    @staticmethod
     def _insert(conn: sqlite3.Connection, rows: Sequence[Row], slot: int) -> list[int | None]:
         order = sorted(range(len(rows)), key=lambda i: key_order(rows[i]))
         new_ids: list[int | None] = []
@@ -120,11 +141,62 @@ class SQLiteWriter:
             new_ids.append(result[0] if result else None)
             if result:
                 inserted.append(row)
-        store_revenue, product_quantity, product_totals = aggregate(inserted)
-        conn.executemany(_ADD_STORE, [(s, m, slot, r, n) for (s, m), (r, n) in sorted(store_revenue.items())])
-        conn.executemany(_ADD_PRODUCT, [(p, m, slot, q) for (p, m), q in sorted(product_quantity.items())])
-        conn.executemany(_ADD_TOTAL, [(p, slot, q) for p, q in sorted(product_totals.items())])
+        _add(conn, Rollups().add_sales(inserted), slot)
         return unsort(order, new_ids)
+
+    @staticmethod
+    def _insert_returns(conn: sqlite3.Connection, rows: Sequence[Row], slot: int) -> list[int | None]:
+        order = sorted(range(len(rows)), key=lambda i: key_order(rows[i]))
+        new_ids: list[int | None] = []
+        inserted = []
+        for i in order:
+            row = rows[i]
+            values = [row[c] for c in RETURN_INSERT_COLUMNS]
+            values[6] = _to_text(row["returned_at"])
+            values[7] = _to_text(row["received_at"])
+            result = conn.execute(_INSERT_RETURN, values).fetchone()
+            new_ids.append(result[0] if result else None)
+            if result:
+                inserted.append(row)
+                conn.execute(_ADD_RETURNED, (row["quantity"], row["sale_id"]))
+        _add(conn, Rollups().add_returns(inserted), slot)
+        return unsort(order, new_ids)
+
+
+def _add(conn: sqlite3.Connection, rollups: Rollups, slot: int) -> None:
+    for table in ROLLUP_COLUMNS:
+        records = rollups.records(table, slot)
+        if records:
+            conn.executemany(_UPSERTS[table], records)
+
+
+def _find(
+    conn: sqlite3.Connection,
+    query: str,
+    columns: Sequence[str],
+    expire: str,
+    keys: Collection[Key],
+    live_after: datetime,
+) -> dict[Key, Row]:
+    """The stored rows with these (store, key) whose key is alive; expired keys are cleared."""
+    found = {}
+    for key in keys:
+        row = conn.execute(query, key).fetchone()
+        if row is None:
+            continue
+        stored = _times(dict(zip(columns, row, strict=True)))
+        if stored["received_at"] < live_after:
+            conn.execute(expire, (stored["id"],))
+            continue
+        found[key] = stored
+    return found
+
+
+def _times(row: Row) -> Row:
+    for name in ("sold_at", "returned_at", "received_at"):
+        if name in row:
+            row[name] = _from_text(row[name])
+    return row
 
 
 def _to_text(value: datetime) -> str:
@@ -142,16 +214,12 @@ _INSERT = f"""
 INSERT INTO sales ({", ".join(INSERT_COLUMNS)}) VALUES ({", ".join("?" * len(INSERT_COLUMNS))})
 ON CONFLICT (store_id, idempotency_key) DO NOTHING RETURNING id
 """
-_ADD_STORE = """
-INSERT INTO store_month (store_id, month, slot, revenue, sales) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (store_id, month, slot)
-DO UPDATE SET revenue = revenue + excluded.revenue, sales = sales + excluded.sales
+_UPSERTS = {table: upsert_sql(table) for table in ROLLUP_COLUMNS}
+_SALE = f"SELECT {', '.join(SALE_COLUMNS)} FROM sales WHERE id = ?"
+_FIND_RETURN = f"SELECT {', '.join(RETURN_COLUMNS)} FROM returns WHERE store_id = ? AND idempotency_key = ?"
+_EXPIRE_RETURN = "UPDATE returns SET idempotency_key = NULL WHERE id = ?"
+_INSERT_RETURN = f"""
+INSERT INTO returns ({", ".join(RETURN_INSERT_COLUMNS)}) VALUES ({", ".join("?" * len(RETURN_INSERT_COLUMNS))})
+ON CONFLICT (store_id, idempotency_key) DO NOTHING RETURNING id
 """
-_ADD_PRODUCT = """
-INSERT INTO product_month (product_id, month, slot, quantity) VALUES (?, ?, ?, ?)
-ON CONFLICT (product_id, month, slot) DO UPDATE SET quantity = quantity + excluded.quantity
-"""
-_ADD_TOTAL = """
-INSERT INTO product_total (product_id, slot, quantity) VALUES (?, ?, ?)
-ON CONFLICT (product_id, slot) DO UPDATE SET quantity = quantity + excluded.quantity
-"""
+_ADD_RETURNED = "UPDATE sales SET returned = returned + ? WHERE id = ?"

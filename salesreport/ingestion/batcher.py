@@ -18,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections import deque
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
 
 from .. import db
-from ..schemas import FieldError, SaleIn
+from ..schemas import FieldError
 from .catalog import Catalog
 from .errors import Rejected, Unavailable
 from .plan import BatchPlan, Outcome, Raced, Request, Stored
@@ -48,7 +50,11 @@ class Batcher:
         queue_max_sales: int,
         write_timeout: float = 10.0,
         key_lifetime: timedelta = timedelta(days=30),
+        plan: Callable[..., Any] = BatchPlan,
+        write: Callable[[db.Database, Any, int], Awaitable[object]] = db.write_batch,
+        what: str = "sales",
     ) -> None:
+        """A batcher of sales by default; of returns with ``plan=ReturnPlan, write=db.write_returns``."""
         self.db = database
         self.catalog = catalog
         self.max_sales = max_sales
@@ -56,6 +62,9 @@ class Batcher:
         self.queue_max_sales = queue_max_sales
         self.write_timeout = write_timeout
         self.key_lifetime = key_lifetime
+        self._plan = plan
+        self._write_job = write
+        self.what = what
         self.restarts = 0
         self._queue: deque[Request] = deque()
         self._queued_sales = 0
@@ -69,7 +78,7 @@ class Batcher:
         return self._task is not None and not self._task.done()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="salesreport-batcher")
+        self._task = asyncio.create_task(self._run(), name=f"salesreport-batcher-{self.what}")
         self._task.add_done_callback(self._stopped)
 
     def _stopped(self, task: asyncio.Task[None]) -> None:
@@ -81,12 +90,12 @@ class Batcher:
         self._queued_sales = 0
         for request in waiting:
             if not request.future.done():
-                request.future.set_exception(Unavailable("the sales writer stopped; retry", retry_after=1))
+                request.future.set_exception(Unavailable(f"the {self.what} writer stopped; retry", retry_after=1))
         if self._closing:
             return
         self.restarts += 1
         log.error(
-            "the sales writer stopped; starting it again",
+            f"the {self.what} writer stopped; starting it again",
             error=repr(error) if error else "cancelled",
             failed_requests=len(waiting),
             restarts=self.restarts,
@@ -111,19 +120,19 @@ class Batcher:
                 raise Unavailable("the database takes no writes (read-only)")
 
     async def submit(
-        self, sales: list[SaleIn], is_array: bool, received_at: datetime, request_id: str | None = None
+        self, items: list[Any], is_array: bool, received_at: datetime, request_id: str | None = None
     ) -> Stored:
-        """Store ``sales``; return them as stored (new, or replays of sales stored before)."""
+        """Store ``items``; return them as stored (new, or replays of ones stored before)."""
         if self._closing:
             raise Unavailable("the service is shutting down", retry_after=1)
         if not self.running:
-            raise Unavailable("the sales writer is not running", retry_after=5)
-        if self._queued_sales + len(sales) > self.queue_max_sales:
-            raise Unavailable("too many sales waiting to be written", retry_after=1)
-        request = Request(sales, is_array, received_at, request_id)
+            raise Unavailable(f"the {self.what} writer is not running", retry_after=5)
+        if self._queued_sales + len(items) > self.queue_max_sales:
+            raise Unavailable(f"too many {self.what} waiting to be written", retry_after=1)
+        request = Request(items, is_array, received_at, request_id)
         request.future = asyncio.get_running_loop().create_future()
         self._queue.append(request)
-        self._queued_sales += len(sales)
+        self._queued_sales += len(items)
         self._wakeup.set()
         try:
             # Shielded: if the client goes away, its sales are still written (or not) whole, and its retry is a replay.
@@ -132,7 +141,8 @@ class Batcher:
         except TimeoutError:
             request.abandoned = True  # if no batch took it yet, none will
             raise Unavailable(
-                f"the sales were not written within {self.write_timeout:g} s; retry with the same idempotency keys",
+                f"the {self.what} were not written within {self.write_timeout:g} s; "
+                "retry with the same idempotency keys",
                 retry_after=2,
             ) from None
         return stored
@@ -150,13 +160,13 @@ class Batcher:
                 await asyncio.sleep(self.flush_seconds)
             batch: list[Request] = []
             size = 0
-            while self._queue and (not batch or size + len(self._queue[0].sales) <= self.max_sales):
+            while self._queue and (not batch or size + len(self._queue[0].items) <= self.max_sales):
                 request = self._queue.popleft()
-                self._queued_sales -= len(request.sales)
+                self._queued_sales -= len(request.items)
                 if request.abandoned or request.future.done():
                     continue
                 batch.append(request)
-                size += len(request.sales)
+                size += len(request.items)
             if not batch:
                 continue
             self._in_flight = batch
@@ -173,15 +183,16 @@ class Batcher:
             else:
                 request.future.set_result(outcome)
                 if not all(outcome.new):
-                    log.info("replay answered", request_id=request.request_id, sale_ids=outcome.replayed_ids)
+                    ids = {f"{self.what[:-1]}_ids": outcome.replayed_ids}
+                    log.info("replay answered", request_id=request.request_id, **ids)
 
     async def _outcomes(self, batch: list[Request]) -> list[Outcome]:
         """Each request's answer; every request gets one, whatever happened."""
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 await self.catalog.refresh()
-                plan = BatchPlan(batch, self.catalog, look_up=attempt > 1, key_lifetime=self.key_lifetime)
-                outcomes: list[Outcome] = await db.write_batch(self.db, plan, self.catalog.changes.slot)  # type: ignore[assignment]
+                plan = self._plan(batch, self.catalog, look_up=attempt > 1, key_lifetime=self.key_lifetime)
+                outcomes: list[Outcome] = await self._write_job(self.db, plan, self.catalog.changes.slot)  # type: ignore[assignment]
                 return outcomes
             except Exception as exc:
                 if (isinstance(exc, Raced) or db.sqlstate(exc) in _RETRYABLE_SQLSTATES) and attempt < _ATTEMPTS:
@@ -195,13 +206,13 @@ class Batcher:
                         # each request alone, so that only that one fails.
                         log.warning("batch refused by the database, writing its requests one by one", error=str(exc))
                         return [(await self._outcomes([request]))[0] for request in batch]
-                    log.warning("sales refused by the database", request_id=batch[0].request_id, error=str(exc))
+                    log.warning(f"{self.what} refused by the database", request_id=batch[0].request_id, error=str(exc))
                     return [
                         Rejected([FieldError(field="body", message="the database refused a value of this request")])
                     ]
                 if isinstance(exc, Raced) or db.is_unavailable(exc) or db.sqlstate(exc) in _RETRYABLE_SQLSTATES:
                     log.warning("batch not written: database unavailable", error=str(exc))
-                    return [Unavailable("the sales could not be stored now", retry_after=2)] * len(batch)
+                    return [Unavailable(f"the {self.what} could not be stored now", retry_after=2)] * len(batch)
                 # A bug or a schema that is not what this code expects: a 500, logged with the requests' ids.
                 log.exception("batch failed", request_ids=[r.request_id for r in batch])
                 return [exc] * len(batch)

@@ -1,17 +1,20 @@
-"""This process's copy of the catalog: prices, time zones, and the encoded lists."""
+"""This process's copy of the catalog: price histories, time zones, what is retired, and the encoded lists."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
 
 from .. import db
 from ..changes import Changes
-from ..schemas import FieldError, Product, SaleIn, Store, encoder, format_money
+from ..prices import History, next_change, price_at
+from ..schemas import FieldError, PriceOut, Product, ProductDetail, Store, encoder, format_money
 from ..zones import zone
 
 log = structlog.get_logger("salesreport.catalog")
@@ -32,12 +35,17 @@ class Catalog:
     database: db.Database
     changes: Changes
     version: int = -1
-    prices: dict[int, int] = field(default_factory=dict)
+    histories: dict[int, History] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)
     zones: dict[int, ZoneInfo | None] = field(default_factory=dict)
-    products_json: bytes = b"[]"
+    retired_products: frozenset[int] = frozenset()
+    retired_stores: frozenset[int] = frozenset()
     stores_json: bytes = b"[]"
+    all_stores_json: bytes = b"[]"
     # Stores whose zone cannot be loaded, with why.
     unusable: dict[int, str] = field(default_factory=dict)
+    # The product lists show prices in force now: rendered again when a scheduled price takes effect.
+    _products_json: dict[bool, tuple[bytes, datetime | None, datetime | None]] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -59,6 +67,7 @@ class Catalog:
                     if version == self.version:
                         return
                     products = await db.list_products(conn)
+                    histories = await db.list_prices(conn)
                     stores = await db.list_stores(conn)
             zones: dict[int, ZoneInfo | None] = {}
             unusable: dict[int, str] = {}
@@ -71,26 +80,75 @@ class Catalog:
                     log.error(
                         "a store's time zone cannot be loaded; its sales are refused", store_id=s.id, error=str(exc)
                     )
-            self.prices = {p.id: p.price for p in products}
+            # A product without a price (written by hand) cannot be sold: it is left out.
+            self.histories = {p.id: histories[p.id] for p in products if p.id in histories}
+            self.names = {p.id: p.name for p in products if p.id in histories}
+            self.retired_products = frozenset(p.id for p in products if p.retired)
+            self.retired_stores = frozenset(s.id for s in stores if s.retired)
             self.zones = zones
             self.unusable = unusable
-            self.products_json = encoder.encode(
-                [Product(id=p.id, name=p.name, price=format_money(p.price)) for p in products]
-            )
-            self.stores_json = encoder.encode([Store(id=s.id, address=s.address, timezone=s.timezone) for s in stores])
+            self._products_json = {}
+            store_list = [Store(id=s.id, address=s.address, timezone=s.timezone, retired=s.retired) for s in stores]
+            self.stores_json = encoder.encode([s for s in store_list if not s.retired])
+            self.all_stores_json = encoder.encode(store_list)
             self.version = version
 
-    def unknown(self, sales: Sequence[SaleIn], is_array: bool) -> list[FieldError]:
+    def price_at(self, product_id: int, instant: datetime) -> int:
+        return price_at(self.histories[product_id], instant)
+
+    def products_json(self, now: datetime, *, include_retired: bool = False) -> bytes:
+        """Every product with the price in force at ``now``, encoded; cached until a price changes."""
+        cached = self._products_json.get(include_retired)
+        if cached is not None:
+            body, since, until = cached
+            if since is not None and since <= now and (until is None or now < until):
+                return body
+        products = [
+            Product(id=p, name=self.names[p], price=format_money(price_at(h, now)), retired=p in self.retired_products)
+            for p, h in sorted(self.histories.items())
+            if include_retired or p not in self.retired_products
+        ]
+        changes = [c for h in self.histories.values() if (c := next_change(h, now)) is not None]
+        body = encoder.encode(products)
+        self._products_json[include_retired] = (body, now, min(changes, default=None))
+        return body
+
+    def product(self, product_id: int, now: datetime) -> ProductDetail | None:
+        history = self.histories.get(product_id)
+        if history is None:
+            return None
+        return ProductDetail(
+            id=product_id,
+            name=self.names[product_id],
+            price=format_money(price_at(history, now)),
+            retired=product_id in self.retired_products,
+            prices=[
+                PriceOut(effective_from=None if start == db.BEGINNING else start, price=format_money(price))
+                for start, price in history
+            ],
+        )
+
+    def unknown(self, sales: Sequence[Any], is_array: bool) -> list[FieldError]:
+        """Ids of products and stores that do not exist, or are retired (not sold to)."""
         errors = []
         for i, sale in enumerate(sales):
             index = i if is_array else None
-            if sale.product_id not in self.prices:
-                errors.append(FieldError(field="product_id", index=index, message="no such product"))
-            if sale.store_id not in self.zones:
+            product_id = getattr(sale, "product_id", None)
+            if product_id is not None:
+                if product_id not in self.histories:
+                    errors.append(FieldError(field="product_id", index=index, message="no such product"))
+                elif product_id in self.retired_products:
+                    errors.append(FieldError(field="product_id", index=index, message="the product is retired"))
+            store_id = sale.store_id
+            if store_id is None:
+                continue
+            if store_id not in self.zones:
                 errors.append(FieldError(field="store_id", index=index, message="no such store"))
+            elif store_id in self.retired_stores:
+                errors.append(FieldError(field="store_id", index=index, message="the store is retired"))
         return errors
 
-    def undatable(self, sales: Sequence[SaleIn]) -> str | None:
+    def undatable(self, sales: Sequence[Any]) -> str | None:
         """Why these sales cannot be dated now (a store without a usable zone), or None."""
         if not self.unusable:
             return None

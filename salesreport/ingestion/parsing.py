@@ -1,8 +1,9 @@
-"""From a POST body to sales: decoding, and the rules a request must keep on its own."""
+"""From a POST body to sales (or returns): decoding, and the rules a request must keep on its own."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from itertools import islice
@@ -10,33 +11,61 @@ from typing import Any
 
 import msgspec
 
-from ..schemas import CONTROL_CHARACTERS, EARLIEST_SALE, MAX_BATCH, MAX_ERRORS, FieldError, SaleIn, SalesIn
+from ..schemas import (
+    CONTROL_CHARACTERS,
+    EARLIEST_SALE,
+    MAX_BATCH,
+    MAX_ERRORS,
+    FieldError,
+    ReturnIn,
+    ReturnsIn,
+    SaleIn,
+    SalesIn,
+)
 from .errors import Malformed, Rejected
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
-_sale_fields = msgspec.structs.fields(SaleIn)
-_known_fields = frozenset(f.encode_name for f in _sale_fields)
-_decoder = msgspec.json.Decoder(SalesIn)
+
+
+class Parser:
+    """Decodes one kind of POST body: an object, or an array of 1..MAX_BATCH of them."""
+
+    def __init__(self, item: type[msgspec.Struct], body: Any, noun: str) -> None:
+        self.fields = msgspec.structs.fields(item)
+        self.known = frozenset(f.encode_name for f in self.fields)
+        self.decoder = msgspec.json.Decoder(body)
+        self.noun = noun
+
+    async def parse(self, body: bytes) -> tuple[list[Any], bool]:
+        """Decode a POST body into items, and whether it was an array.
+
+        The typed decoder is the fast path, and the only one for a valid body.
+        When it refuses, ``explain`` tells malformed JSON (400) from a wrong shape
+        (422) and names the offending fields, which msgspec alone stops at the
+        first of.
+        """
+        try:
+            decoded = self.decoder.decode(body)
+        except msgspec.ValidationError:
+            pass
+        except _MALFORMED as exc:
+            raise Malformed(str(exc)) from None
+        else:
+            return (decoded, True) if isinstance(decoded, list) else ([decoded], False)
+        errors, total = await explain(body, self)
+        raise Rejected(errors, total)
+
+
+SALES = Parser(SaleIn, SalesIn, "sale")
+RETURNS = Parser(ReturnIn, ReturnsIn, "return")
 
 
 async def parse_sales(body: bytes) -> tuple[list[SaleIn], bool]:
-    """Decode a POST body into sales, and whether it was an array.
+    return await SALES.parse(body)
 
-    The typed decoder is the fast path, and the only one for a valid body.
-    When it refuses, ``explain`` tells malformed JSON (400) from a wrong shape
-    (422) and names the offending fields, which msgspec alone stops at the
-    first of.
-    """
-    try:
-        decoded = _decoder.decode(body)
-    except msgspec.ValidationError:
-        pass
-    except _MALFORMED as exc:
-        raise Malformed(str(exc)) from None
-    else:
-        return (decoded, True) if isinstance(decoded, list) else ([decoded], False)
-    errors, total = await explain(body)
-    raise Rejected(errors, total)
+
+async def parse_returns(body: bytes) -> tuple[list[ReturnIn], bool]:
+    return await RETURNS.parse(body)
 
 
 _MALFORMED = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
@@ -48,8 +77,8 @@ MAX_ITEM_BYTES = 16 * 1024
 _SLICE_BYTES = 16 * 1024
 
 
-async def explain(body: bytes) -> tuple[list[FieldError], int]:
-    """Why a body that is JSON is not sales: the first ``MAX_ERRORS`` errors and
+async def explain(body: bytes, parser: Parser = SALES) -> tuple[list[FieldError], int]:
+    """Why a body that is JSON is not sales (or returns): the first ``MAX_ERRORS`` errors and
     how many there are. Raises ``Malformed`` if it is not JSON after all.
 
     Items are decoded one at a time (the array is first split without being
@@ -63,14 +92,17 @@ async def explain(body: bytes) -> tuple[list[FieldError], int]:
             raws = msgspec.json.decode(body, type=list[msgspec.Raw])
             if not 1 <= len(raws) <= MAX_BATCH:
                 return [
-                    FieldError(field="body", message=f"an array must hold 1 to {MAX_BATCH} sales, got {len(raws)}")
+                    FieldError(
+                        field="body", message=f"an array must hold 1 to {MAX_BATCH} {parser.noun}s, got {len(raws)}"
+                    )
                 ], 1
             items: list[tuple[int | None, bytes | msgspec.Raw]] = list(enumerate(raws))
         elif head == b"{":
             items = [(None, msgspec.json.decode(body, type=msgspec.Raw))]  # checks the syntax, builds nothing
         else:
             msgspec.json.decode(body)  # valid JSON, of the wrong kind?
-            return [FieldError(field="body", message="expected a sale object or an array of sale objects")], 1
+            noun = parser.noun
+            return [FieldError(field="body", message=f"expected a {noun} object or an array of {noun} objects")], 1
     except _MALFORMED as exc:
         raise Malformed(str(exc)) from None
     errors: list[FieldError] = []
@@ -81,14 +113,14 @@ async def explain(body: bytes) -> tuple[list[FieldError], int]:
         if size > MAX_ITEM_BYTES:
             total += 1
             if len(errors) < MAX_ERRORS:
-                message = f"{size} bytes: a sale object is at most {MAX_ITEM_BYTES} bytes"
+                message = f"{size} bytes: a {parser.noun} object is at most {MAX_ITEM_BYTES} bytes"
                 errors.append(FieldError(field="body", index=index, message=message))
             continue
         try:
             item = msgspec.json.decode(raw)
         except _MALFORMED as exc:
             raise Malformed(str(exc)) from None
-        count, listed = _item_errors(item, index)
+        count, listed = _item_errors(item, index, parser)
         total += count
         errors.extend(islice(listed, MAX_ERRORS - len(errors)))
         decoded_bytes += size
@@ -98,24 +130,26 @@ async def explain(body: bytes) -> tuple[list[FieldError], int]:
     return errors, total
 
 
-def _item_errors(item: Any, index: int | None) -> tuple[int, Iterator[FieldError]]:
+def _item_errors(item: Any, index: int | None, parser: Parser) -> tuple[int, Iterator[FieldError]]:
     """How many errors ``item`` has, and a lazy list of them."""
     if not isinstance(item, dict):
-        return 1, iter([FieldError(field="body", index=index, message="expected a sale object")])
-    unknown = len(item.keys() - _known_fields)
-    field_errors = list(_field_errors(item, index))
-    return unknown + len(field_errors), _chain_unknown(item, index, field_errors)
+        return 1, iter([FieldError(field="body", index=index, message=f"expected a {parser.noun} object")])
+    unknown = len(item.keys() - parser.known)
+    field_errors = list(_field_errors(item, index, parser))
+    return unknown + len(field_errors), _chain_unknown(item, index, field_errors, parser)
 
 
-def _chain_unknown(item: dict[Any, Any], index: int | None, then: list[FieldError]) -> Iterator[FieldError]:
+def _chain_unknown(
+    item: dict[Any, Any], index: int | None, then: list[FieldError], parser: Parser
+) -> Iterator[FieldError]:
     for name in item:
-        if name not in _known_fields:
+        if name not in parser.known:
             yield FieldError(field=str(name)[:64], index=index, message="unknown field")
     yield from then
 
 
-def _field_errors(item: dict[Any, Any], index: int | None) -> Iterator[FieldError]:
-    for f in _sale_fields:
+def _field_errors(item: dict[Any, Any], index: int | None, parser: Parser) -> Iterator[FieldError]:
+    for f in parser.fields:
         if f.encode_name not in item:
             if f.required:
                 yield FieldError(field=f.encode_name, index=index, message="required")
@@ -127,7 +161,7 @@ def _field_errors(item: dict[Any, Any], index: int | None) -> Iterator[FieldErro
 
 
 def check_sales(sales: Sequence[SaleIn], now: datetime, is_array: bool) -> list[FieldError]:
-    """Rules beyond types that need nothing but the request: time bounds and clean keys.
+    """Rules beyond types that need nothing but the request: time bounds, clean keys and prices.
 
     Whether two items of an array with one key are the same sale is decided
     with every other replay, by ``replay.is_replay``.
@@ -135,12 +169,39 @@ def check_sales(sales: Sequence[SaleIn], now: datetime, is_array: bool) -> list[
     errors: list[FieldError] = []
     for i, sale in enumerate(sales):
         index = i if is_array else None
-        if sale.sold_at is not None:
-            if sale.sold_at > now + FUTURE_TOLERANCE:
-                errors.append(FieldError(field="sold_at", index=index, message="more than 5 minutes in the future"))
-            elif sale.sold_at < EARLIEST_SALE:
-                errors.append(FieldError(field="sold_at", index=index, message="before 2000-01-01"))
-        if sale.idempotency_key is not None and CONTROL_CHARACTERS.search(sale.idempotency_key):
+        errors += _check_instant("sold_at", sale.sold_at, now, index)
+        errors += _check_key(sale.idempotency_key, index)
+        if sale.unit_price is not None and not _PRICE.fullmatch(sale.unit_price):
             # The pattern's $ lets a final newline through.
-            errors.append(FieldError(field="idempotency_key", index=index, message="control characters"))
+            errors.append(FieldError(field="unit_price", index=index, message="not a price such as 2.49"))
     return errors
+
+
+def check_returns(items: Sequence[ReturnIn], now: datetime, is_array: bool) -> list[FieldError]:
+    """The same rules for returns (that a return follows its sale needs the sale: ``returns.ReturnPlan``)."""
+    errors: list[FieldError] = []
+    for i, item in enumerate(items):
+        index = i if is_array else None
+        errors += _check_instant("returned_at", item.returned_at, now, index)
+        errors += _check_key(item.idempotency_key, index)
+    return errors
+
+
+_PRICE = re.compile(r"[0-9]{1,8}(\.[0-9]{1,2})?")
+
+
+def _check_instant(name: str, instant: datetime | None, now: datetime, index: int | None) -> list[FieldError]:
+    if instant is None:
+        return []
+    if instant > now + FUTURE_TOLERANCE:
+        return [FieldError(field=name, index=index, message="more than 5 minutes in the future")]
+    if instant < EARLIEST_SALE:
+        return [FieldError(field=name, index=index, message="before 2000-01-01")]
+    return []
+
+
+def _check_key(key: str | None, index: int | None) -> list[FieldError]:
+    if key is not None and CONTROL_CHARACTERS.search(key):
+        # The pattern's $ lets a final newline through.
+        return [FieldError(field="idempotency_key", index=index, message="control characters")]
+    return []

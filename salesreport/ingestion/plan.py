@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..db import Key, Row
-from ..schemas import SaleIn, SaleOut, format_money, month_of
+from ..schemas import SaleIn, SaleOut, format_money, month_of, parse_money
 from .catalog import Catalog
 from .errors import Rejected, Unavailable
 from .replay import conflict, is_replay, live_after
@@ -20,9 +20,9 @@ from .replay import conflict, is_replay, live_after
 
 @dataclass(slots=True)
 class Request:
-    """Sales of one POST, waiting for the writer."""
+    """The sales (or returns) of one POST, waiting for the writer."""
 
-    sales: list[SaleIn]
+    items: list[Any]
     is_array: bool
     received_at: datetime
     request_id: str | None = None
@@ -33,9 +33,9 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """A request's sales as stored, in order, and which of them are new (the rest are replays)."""
+    """A request's sales (or returns) as stored, in order, and which of them are new (the rest are replays)."""
 
-    sales: list[SaleOut]
+    items: list[Any]
     new: list[bool]
 
     @property
@@ -44,7 +44,7 @@ class Stored:
 
     @property
     def replayed_ids(self) -> list[int]:
-        return [sale.id for sale, new in zip(self.sales, self.new, strict=True) if not new]
+        return [item.id for item, new in zip(self.items, self.new, strict=True) if not new]
 
 
 class Raced(Exception):
@@ -90,7 +90,7 @@ class BatchPlan:
         return {
             (sale.store_id, sale.idempotency_key)
             for request in self.batch
-            for sale in request.sales
+            for sale in request.items
             if sale.idempotency_key is not None
         }
 
@@ -124,21 +124,21 @@ class BatchPlan:
                 continue
             rows = [entry.row if isinstance(entry, _StoredSale) else self._rows[entry.position] for entry in plan]
             new = [isinstance(entry, _NewRow) and entry.creates and inserted[entry.position] for entry in plan]
-            outcomes.append(Stored([_sale_out(row) for row in rows], new))
+            outcomes.append(Stored([sale_out(row) for row in rows], new))
         return outcomes
 
     def _plan(self, request: Request, stored: Mapping[Key, Row], by_key: dict[Key, int]) -> list[Any] | Exception:
-        errors = self.catalog.unknown(request.sales, request.is_array)
+        errors = self.catalog.unknown(request.items, request.is_array)
         if errors:
             return Rejected(errors)
-        undatable = self.catalog.undatable(request.sales)
+        undatable = self.catalog.undatable(request.items)
         if undatable:
             return Unavailable(undatable, retry_after=60)
         plan: list[_StoredSale | _NewRow] = []
         rows: list[Row] = []
         sales: list[SaleIn] = []
         keys: dict[Key, int] = {}  # this request's new keys, by position
-        for i, sale in enumerate(request.sales):
+        for i, sale in enumerate(request.items):
             index = i if request.is_array else None
             key = (sale.store_id, sale.idempotency_key) if sale.idempotency_key is not None else None
             if key is not None:
@@ -176,7 +176,8 @@ class BatchPlan:
 
     def _row(self, sale: SaleIn, received_at: datetime) -> Row:
         sold_at = sale.sold_at.astimezone(UTC) if sale.sold_at is not None else received_at
-        price = self.catalog.prices[sale.product_id]
+        catalog_price = self.catalog.price_at(sale.product_id, sold_at)
+        price = parse_money(sale.unit_price) if sale.unit_price is not None else catalog_price
         zone = self.catalog.zones[sale.store_id]
         assert zone is not None  # undatable() refused the request otherwise
         return {
@@ -189,10 +190,11 @@ class BatchPlan:
             "received_at": received_at,
             "month": month_of(sold_at, zone),
             "idempotency_key": sale.idempotency_key,
+            "catalog_price": catalog_price,
         }
 
 
-def _sale_out(row: Row) -> SaleOut:
+def sale_out(row: Row) -> SaleOut:
     return SaleOut(
         id=row["id"],
         product_id=row["product_id"],
@@ -202,4 +204,5 @@ def _sale_out(row: Row) -> SaleOut:
         amount=format_money(row["amount"]),
         sold_at=row["sold_at"],
         idempotency_key=row["idempotency_key"],
+        catalog_price=format_money(row["catalog_price"]),
     )

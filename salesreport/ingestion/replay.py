@@ -13,21 +13,34 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..schemas import FieldError, SaleIn
+from ..schemas import FieldError, ReturnIn, SaleIn, parse_money
 
 
 def is_replay(first: Mapping[str, Any], sale: SaleIn) -> bool:
     """Whether ``sale`` is the same sale as ``first``, the sale stored (or being
     stored) under the same store and key.
 
-    The same product and quantity; and if ``sale`` gives ``sold_at``, the same
+    The same product and quantity; if ``sale`` gives ``sold_at``, the same
     instant as ``first`` — for a first sale sent without one, the instant it
-    arrived. A repeat without ``sold_at`` matches any instant.
+    arrived; and if it gives ``unit_price``, the same price charged. A repeat
+    without ``sold_at`` (or ``unit_price``) matches any instant (or price).
     """
     return (
         first["product_id"] == sale.product_id
         and first["quantity"] == sale.quantity
         and (sale.sold_at is None or first["sold_at"] == sale.sold_at)
+        and (sale.unit_price is None or first["unit_price"] == parse_money(sale.unit_price))
+    )
+
+
+def is_return_replay(first: Mapping[str, Any], item: ReturnIn) -> bool:
+    """Whether ``item`` is the same return as ``first`` (stored, or being stored,
+    under the same store and key): the same rule as for sales. The same sale
+    and quantity; if it gives ``returned_at``, the same instant."""
+    return (
+        first["sale_id"] == item.sale_id
+        and first["quantity"] == item.quantity
+        and (item.returned_at is None or first["returned_at"] == item.returned_at)
     )
 
 
@@ -36,5 +49,7 @@ def live_after(now: datetime, lifetime: timedelta) -> datetime:
     return now - lifetime
 
 
-def conflict(index: int | None) -> FieldError:
-    return FieldError(field="idempotency_key", index=index, message="already used for a different sale of this store")
+def conflict(index: int | None, what: str = "sale") -> FieldError:
+    return FieldError(
+        field="idempotency_key", index=index, message=f"already used for a different {what} of this store"
+    )
