@@ -8,7 +8,19 @@ from typing import Any
 import msgspec
 
 from . import __version__
-from .schemas import Problem, Product, SaleOut, SalesIn, Store, TopProduct, TopStore
+from .schemas import (
+    Problem,
+    Product,
+    ProductDetail,
+    ReturnOut,
+    ReturnsIn,
+    SaleDetail,
+    SaleOut,
+    SalesIn,
+    Store,
+    TopProduct,
+    TopStore,
+)
 
 _REF = "#/components/schemas/{name}"
 
@@ -37,6 +49,27 @@ _MONTH = {
     "required": False,
     "schema": {"type": "string", "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$", "examples": ["2026-11"]},
 }
+_LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "description": "How many rows, 1..100; default 10",
+    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+}
+_INCLUDE_RETIRED = {
+    "name": "include_retired",
+    "in": "query",
+    "required": False,
+    "description": 'true: list retired ones too (marked `"retired": true`); default false',
+    "schema": {"type": "string", "enum": ["true", "false"]},
+}
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+_BODY_ERRORS = {
+    "400": _problem("The body is not valid JSON."),
+    "408": _problem("The body did not arrive in time."),
+    "413": _problem("The body is larger than 1 MiB."),
+    "415": _problem("The body is not JSON."),
+}
 _COMMON = {
     "401": _problem("No API key, or an unknown or revoked one (once any key exists)."),
     "503": _problem(
@@ -60,37 +93,92 @@ _READY = {
 
 @functools.cache
 def document() -> dict[str, Any]:
-    (sales_in, *_outs), components = msgspec.json.schema_components(
-        [SalesIn, SaleOut, Problem, Product, Store, TopProduct, TopStore], ref_template=_REF
+    (sales_in, returns_in, *_outs), components = msgspec.json.schema_components(
+        [
+            SalesIn,
+            ReturnsIn,
+            SaleOut,
+            SaleDetail,
+            ReturnOut,
+            Problem,
+            Product,
+            ProductDetail,
+            Store,
+            TopProduct,
+            TopStore,
+        ],
+        ref_template=_REF,
     )
     sale_out = {"anyOf": [{"$ref": _REF.format(name="SaleOut")}, _array("SaleOut")]}
+    return_out = {"anyOf": [{"$ref": _REF.format(name="ReturnOut")}, _array("ReturnOut")]}
     paths: dict[str, Any] = {
         "/products": {
             "get": {
-                "summary": "Every product, ordered by id",
+                "summary": "Every product on sale, ordered by id, with the price in force now",
                 "operationId": "listProducts",
-                "responses": {**_ok("The catalog", _array("Product")), **_COMMON},
+                "parameters": [_INCLUDE_RETIRED],
+                "responses": {**_ok("The catalog", _array("Product")), **_INVALID, **_COMMON},
+            }
+        },
+        "/products/{id}": {
+            "get": {
+                "summary": "One product with its price history (the first price has `effective_from: null`)",
+                "operationId": "getProduct",
+                "parameters": [_ID],
+                "responses": {**_ok("The product", {"$ref": _REF.format(name="ProductDetail")}), **_COMMON},
             }
         },
         "/stores": {
             "get": {
-                "summary": "Every store, ordered by id",
+                "summary": "Every open store, ordered by id",
                 "operationId": "listStores",
-                "responses": {**_ok("The stores", _array("Store")), **_COMMON},
+                "parameters": [_INCLUDE_RETIRED],
+                "responses": {**_ok("The stores", _array("Store")), **_INVALID, **_COMMON},
             }
         },
         "/sales": {
             "post": {
                 "summary": "Record one sale, or an array of 1..1000 sales (all or nothing)",
+                "description": "A sale without `unit_price` is charged the catalog price in force at `sold_at` "
+                "(default: when it arrives). A retired product or store is refused (422).",
                 "operationId": "recordSales",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": sales_in}}},
                 "responses": {
                     **_ok("Every sale was already stored (a replay); the sales as first stored", sale_out),
                     **_ok("At least one new sale was stored; the sales as stored", sale_out, "201"),
-                    "400": _problem("The body is not valid JSON."),
-                    "408": _problem("The body did not arrive in time."),
-                    "413": _problem("The body is larger than 1 MiB."),
-                    "415": _problem("The body is not JSON."),
+                    **_BODY_ERRORS,
+                    **_INVALID,
+                    **_FORBIDDEN,
+                    **_COMMON,
+                },
+            }
+        },
+        "/sales/{id}": {
+            "get": {
+                "summary": "One sale with its returns (owner key, or the pos key of the store that sold it)",
+                "operationId": "getSale",
+                "parameters": [_ID],
+                "responses": {
+                    **_ok("The sale", {"$ref": _REF.format(name="SaleDetail")}),
+                    **_FORBIDDEN,
+                    **_COMMON,
+                },
+            }
+        },
+        "/returns": {
+            "post": {
+                "summary": "Record goods brought back: one return, or an array of 1..1000 (all or nothing)",
+                "description": "The refund is the sale's price charged × the quantity returned. A sale can never "
+                "get back more units than it sold (422 naming the sale and what is left), however many returns "
+                "arrive at once. A return counts in the month (local) when it happens, at the store taking it "
+                "back (default: the sale's store; for a pos key, its own). Idempotency keys are per store "
+                "taking returns, apart from sales' keys; a replay is answered 200 with the return as first stored.",
+                "operationId": "recordReturns",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": returns_in}}},
+                "responses": {
+                    **_ok("Every return was already stored (a replay); the returns as first stored", return_out),
+                    **_ok("At least one new return was stored; the returns as stored", return_out, "201"),
+                    **_BODY_ERRORS,
                     **_INVALID,
                     **_FORBIDDEN,
                     **_COMMON,
@@ -99,19 +187,23 @@ def document() -> dict[str, Any]:
         },
         "/reports/top-stores": {
             "get": {
-                "summary": "The ten stores with the highest revenue in a month of their local calendar",
+                "summary": "The ten stores with the highest net revenue in a month of their local calendar",
+                "description": "Net revenue is what the store's sales took in (`gross`, at the prices charged) "
+                "less the refunds of the returns it took back (`refunds`) in that month; `discounts` is how "
+                "much under the catalog price its sales were charged. Any store with a sale or a return in the "
+                "month is ranked.",
                 "operationId": "topStores",
-                "parameters": [{**_MONTH, "description": "YYYY-MM; default the current month"}],
-                "responses": {**_ok("At most ten stores", _array("TopStore")), **_INVALID, **_FORBIDDEN, **_COMMON},
+                "parameters": [{**_MONTH, "description": "YYYY-MM; default the current month"}, _LIMIT],
+                "responses": {**_ok("At most `limit` stores", _array("TopStore")), **_INVALID, **_FORBIDDEN, **_COMMON},
             }
         },
         "/reports/top-products": {
             "get": {
-                "summary": "The ten best-selling products, over all time or in one month",
+                "summary": "The ten best-selling products by units sold less returned, over all time or in one month",
                 "operationId": "topProducts",
-                "parameters": [{**_MONTH, "description": "YYYY-MM; default all time"}],
+                "parameters": [{**_MONTH, "description": "YYYY-MM; default all time"}, _LIMIT],
                 "responses": {
-                    **_ok("At most ten products", _array("TopProduct")),
+                    **_ok("At most `limit` products", _array("TopProduct")),
                     **_INVALID,
                     **_FORBIDDEN,
                     **_COMMON,

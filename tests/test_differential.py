@@ -9,8 +9,14 @@ same request, or the same group of 2-4 concurrent ones, to both, and the outcome
   that id first appeared on its side, ``received_at`` is dropped, and so is ``sold_at`` where the
   request left it out (it is the arrival time);
 - at the end, the same reports (top stores of each month used and of the current one, top products
-  of each month and of all time), the same stored sales (ids aside), and rollups that ``check``
-  (``reports.differences``) finds clean on both.
+  of each month and of all time), the same stored sales and returns (ids aside), the same
+  ``GET /sales/{id}`` of every sale, and rollups that ``check`` (``reports.differences``) finds clean
+  on both; and on each side, every store's net revenue of every month in top-stores is exactly its
+  raw sales' amounts less its raw returns' refunds, summed in SQL by the test.
+
+Returns refer to a sale by the order in which its id first appeared (each side sends its own id for
+it), or to a sale that does not exist. They are sent one at a time: which of two concurrent returns
+of a sale's last unit is refused depends on which is written first.
 
 Sales come from a small world so that idempotency matters often: three keys, two busy stores,
 instants around month ends in the stores' time zones, items that repeat an earlier item of their
@@ -33,6 +39,7 @@ import json
 import logging
 import math
 import random
+import re
 import shutil
 from collections.abc import Awaitable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -49,6 +56,7 @@ from starlette.applications import Starlette
 
 from salesreport import config, db, reports
 from salesreport.api import create_app
+from salesreport.schemas import format_money
 from tests import pg
 from tests.conftest import PRODUCTS, STORES, TABLES
 
@@ -69,6 +77,7 @@ UNKNOWN = 404
 PRODUCT_CHOICES = [1, 2, 3, 1, 2, 3, 1, 2, PRODUCTS[3]["id"], UNKNOWN]
 STORE_CHOICES = [1, 2, 1, 2, 1, 2, 3, 4, UNKNOWN]
 QUANTITY_CHOICES = [None, 1, 2, 7]  # None: left out (1)
+PRICE_CHOICES = [None, None, None, "0.00", "2.50", "12.34"]  # None: the catalog's
 KEY_CHOICES = ["a", "b", "c", None]  # None: no key
 INSTANTS = [
     "2026-10-01T03:30:00Z",  # New York: still September
@@ -103,6 +112,7 @@ _FIELD_CHOICES: list[tuple[str, list[Any]]] = [
     ("quantity", QUANTITY_CHOICES),
     ("sold_at", [None] * len(SOLD_AT_CHOICES) + SOLD_AT_CHOICES),  # left out half of the time
     ("idempotency_key", KEY_CHOICES),
+    ("unit_price", PRICE_CHOICES),
 ]
 _ITEMS = math.prod(len(choices) for _, choices in _FIELD_CHOICES)
 # Hypothesis draws small integers far more often than large ones: the items are numbered in a
@@ -164,6 +174,7 @@ _FIELD_CHANGES = [
     *[("sold_at", value) for value in [None, *SOLD_AT_CHOICES]],
     *[("quantity", value) for value in QUANTITY_CHOICES],
     *[("product_id", value) for value in PRODUCT_CHOICES],
+    *[("unit_price", value) for value in PRICE_CHOICES],
 ]
 # An item of a body changed, or not (a quarter of the time); an array's item repeating an earlier one.
 changes = st.sampled_from(
@@ -215,6 +226,33 @@ def concurrent_groups(draw: st.DrawFn) -> list[Body]:
     return group
 
 
+# A return: which sale (by order of first appearance; past the sales seen: one that does not
+# exist), how many units, at which store, when, under which key.
+RETURN_STORES = [None, None, 1, 2, 4, UNKNOWN]  # None: the sale's store
+RETURNED_AT = [None] * 8 + [
+    *INSTANTS,
+    TOO_LATE,
+]  # mostly now: most sales are dated now, and none can be returned before
+RETURN_QUANTITIES = [None, None, 1, 2, 7]
+RETURN_KEYS = ["r", "s", None]
+
+
+@st.composite
+def return_bodies(draw: st.DrawFn) -> Body:
+    def one() -> Item:
+        return _sale(
+            sale_id=draw(st.integers(0, 6)),
+            quantity=draw(st.sampled_from(RETURN_QUANTITIES)),
+            store_id=draw(st.sampled_from(RETURN_STORES)),
+            returned_at=draw(st.sampled_from(RETURNED_AT)),
+            idempotency_key=draw(st.sampled_from(RETURN_KEYS)),
+        )
+
+    if draw(st.booleans()):
+        return [one() for _ in range(draw(st.integers(1, 3)))]
+    return one()
+
+
 # --- the two sides -------------------------------------------------------------------------------
 
 
@@ -237,9 +275,20 @@ class Side:
     stack: contextlib.AsyncExitStack
     http: httpx.AsyncClient
     ids: dict[Any, int] = field(default_factory=dict)  # sale id -> order of first appearance
+    return_ids: dict[Any, int] = field(default_factory=dict)
 
     def ordinal(self, sale_id: Any) -> str:
         return f"sale #{self.ids.setdefault(sale_id, len(self.ids))}"
+
+    def return_ordinal(self, return_id: Any) -> str:
+        return f"return #{self.return_ids.setdefault(return_id, len(self.return_ids))}"
+
+    def sale_id(self, ordinal: int) -> int:
+        """This side's id of the ``ordinal``-th sale seen; past those, one that does not exist."""
+        for sale_id, seen in self.ids.items():
+            if seen == ordinal:
+                return int(sale_id)
+        return 10**12 + ordinal
 
 
 async def _open(name: str, url: str) -> Side:
@@ -281,17 +330,37 @@ async def _close(side: Side, seconds: float = TIMEOUT) -> str | None:
     return problem
 
 
-async def _stored(side: Side) -> tuple[collections.Counter[tuple[Any, ...]], list[reports.Difference]]:
-    """The stored sales, ids and arrival times aside, and what ``check`` finds wrong."""
-    columns = [c for c in db.sales.c if c.name not in ("id", "received_at")]
+async def _stored(side: Side) -> tuple[collections.Counter[tuple[Any, ...]], list[str]]:
+    """The stored sales and returns, ids and arrival times aside, and what is wrong: what ``check``
+    finds, and any store-month whose net revenue in top-stores is not its raw sales' amounts less
+    its raw returns' refunds."""
+    sale_columns = [c for c in db.sales.c if c.name not in ("id", "received_at")]
+    return_columns = [c for c in db.returns.c if c.name not in ("id", "sale_id", "received_at")]
+    s, r = db.sales, db.returns
     database = db.connect(side.settings)
     try:
         async with database.reader.connect() as conn:
-            rows = (await conn.execute(sa.select(*columns))).all()
-            found = await reports.differences(conn)
+            rows = [("sale", *row) for row in (await conn.execute(sa.select(*sale_columns))).all()]
+            rows += [("return", *row) for row in (await conn.execute(sa.select(*return_columns))).all()]
+            found = [str(d) for d in await reports.differences(conn)]
+            net: collections.Counter[tuple[int, int]] = collections.Counter()
+            for store_id, month, amount in await conn.execute(
+                sa.select(s.c.store_id, s.c.month, sa.func.sum(s.c.amount)).group_by(s.c.store_id, s.c.month)
+            ):
+                net[(store_id, month)] += int(amount)
+            for store_id, month, refund in await conn.execute(
+                sa.select(r.c.store_id, r.c.month, sa.func.sum(r.c.amount)).group_by(r.c.store_id, r.c.month)
+            ):
+                net[(store_id, month)] -= int(refund)
+            for store_id, month in sorted(net):
+                top = await reports.top_stores(conn, month, reports.MAX_LIMIT)
+                reported = {row.id: row.revenue for row in top}.get(store_id)
+                raw = format_money(net[(store_id, month)])
+                if reported != raw:
+                    found.append(f"store {store_id} in {month}: top-stores says {reported}, raw rows say {raw}")
     finally:
         await database.dispose()
-    return collections.Counter(tuple(row) for row in rows), found
+    return collections.Counter(rows), found
 
 
 async def _gather(*awaitables: Awaitable[T]) -> list[T]:
@@ -332,6 +401,7 @@ class Differential(RuleBasedStateMachine):
         self.runner = asyncio.Runner()
         self.log = _Tail(40)
         self.posted: list[Body] = []
+        self.returned: list[Body] = []
         self.failed = False
         self.sqlite_path = env.workdir / f"differential-{next(env.counter)}.db"
         self.sides: list[Side] = []
@@ -372,6 +442,11 @@ class Differential(RuleBasedStateMachine):
     # --- an exchange: the same requests to both sides, their outcomes compared
 
     async def _answer(self, side: Side, method: str, url: str, body: Body | None) -> Answer:
+        if url == "/returns" and body is not None:
+            items = [{**item, "sale_id": side.sale_id(item["sale_id"])} for item in _items(body)]
+            body = items if isinstance(body, list) else items[0]
+        elif url.startswith("/sales/#"):
+            url = f"/sales/{side.sale_id(int(url[len('/sales/#') :]))}"
         if body is None:
             request = side.http.request(method, url)
         else:
@@ -394,24 +469,37 @@ class Differential(RuleBasedStateMachine):
             body = answer.json()
         except ValueError:
             body = answer.text
-        if sent is not None and answer.status_code in (200, 201):
-            body = self._comparable_sales(side, body, sent)
+        if answer.status_code in (200, 201) and sent is not None:
+            body = self._comparable(side, body, sent)
+        elif answer.status_code == 422 and isinstance(body, dict):
+            # A refused return names its sale by this side's id.
+            body = json.loads(re.sub(r"sale ([0-9]+)", lambda m: side.ordinal(int(m.group(1))), json.dumps(body)))
+        elif answer.status_code == 200 and isinstance(body, dict) and "returns" in body:  # GET /sales/{id}
+            body = {**body, "id": side.ordinal(body["id"]), "returns": [self._return(side, r) for r in body["returns"]]}
         return (answer.status_code, body)
 
     @staticmethod
-    def _comparable_sales(side: Side, answer: Any, sent: Body) -> Any:
+    def _return(side: Side, answer: dict[str, Any]) -> dict[str, Any]:
+        return {**answer, "id": side.return_ordinal(answer["id"]), "sale_id": side.ordinal(answer["sale_id"])}
+
+    @classmethod
+    def _comparable(cls, side: Side, answer: Any, sent: Body) -> Any:
         items = _items(sent)
-        sales = answer if isinstance(answer, list) else [answer]
-        if len(sales) != len(items) or not all(isinstance(s, dict) for s in sales):
+        answers = answer if isinstance(answer, list) else [answer]
+        if len(answers) != len(items) or not all(isinstance(a, dict) for a in answers):
             return answer
         comparable = []
-        for sale, item in zip(sales, items, strict=True):
-            sale = {k: v for k, v in sale.items() if k != "received_at"}
-            if "sold_at" not in item:
-                sale.pop("sold_at", None)  # the arrival time
-            if "id" in sale:
-                sale["id"] = side.ordinal(sale["id"])
-            comparable.append(sale)
+        for one, item in zip(answers, items, strict=True):
+            one = {k: v for k, v in one.items() if k != "received_at"}
+            if "sale_id" in one:  # a return
+                one = cls._return(side, one)
+                if "returned_at" not in item:
+                    one.pop("returned_at", None)  # the arrival time
+            elif "id" in one:
+                one["id"] = side.ordinal(one["id"])
+                if "sold_at" not in item:
+                    one.pop("sold_at", None)  # the arrival time
+            comparable.append(one)
         return comparable if isinstance(answer, list) else comparable[0]
 
     def exchange(self, requests: Sequence[Request]) -> None:
@@ -463,6 +551,19 @@ class Differential(RuleBasedStateMachine):
         with self.guard():
             self.post_sales(group)
 
+    @rule(body=return_bodies())
+    def post_return(self, body: Body) -> None:
+        self.returned.append(body)
+        with self.guard():
+            self.exchange([("POST", "/returns", body)])
+
+    @rule(back=st.integers(0, 3))
+    def post_return_again(self, back: int) -> None:
+        """A return sent before, again: a replay (or, if it was refused, judged again)."""
+        if self.returned:
+            with self.guard():
+                self.exchange([("POST", "/returns", self.returned[-1 - min(back, len(self.returned) - 1)])])
+
     def teardown(self) -> None:
         try:
             if self.failed or not self.sides:
@@ -474,16 +575,17 @@ class Differential(RuleBasedStateMachine):
                         for month in [None, *MONTHS]  # top-stores: the current month; top-products: all time
                         for report in ("top-stores", "top-products")
                     ]
+                    + [("GET", f"/sales/#{ordinal}", None) for ordinal in range(len(self.sides[0].ids))]
                 )
                 sides, self.sides = self.sides, []
                 problems = [p for p in self.run(_gather(*(_close(side) for side in sides))) if p]
                 assert not problems, "\n".join(problems)
                 stored = self.run(asyncio.wait_for(_gather(*(_stored(side) for side in sides)), TIMEOUT))
                 for side, (_, found) in zip(sides, stored, strict=True):
-                    assert not found, f"{side.name}: check finds " + "; ".join(map(str, found))
+                    assert not found, f"{side.name}: " + "; ".join(found)
                 (sqlite_sales, _), (postgresql_sales, _) = stored
                 assert sqlite_sales == postgresql_sales, (
-                    f"stored sales differ: only on SQLite {list((sqlite_sales - postgresql_sales).elements())}, "
+                    f"stored rows differ: only on SQLite {list((sqlite_sales - postgresql_sales).elements())}, "
                     f"only on PostgreSQL {list((postgresql_sales - sqlite_sales).elements())}"
                 )
         finally:

@@ -109,12 +109,61 @@ def _acceptable(sale: Any) -> Any:
     return sale
 
 
+# Sales that positive POST /returns cases return units of: far more units than fuzzing can return.
+RETURNABLE_SALES = 2000
+RETURNABLE_UNITS = 10_000
+_returnable = itertools.cycle(range(1, RETURNABLE_SALES + 1))
+
+
+async def seed_returnable(settings: config.Settings) -> None:
+    row = {
+        "store_id": STORE_IDS[0],
+        "product_id": PRODUCT_IDS[0],
+        "quantity": RETURNABLE_UNITS,
+        "unit_price": 10,
+        "catalog_price": 10,
+        "amount": 10 * RETURNABLE_UNITS,
+        "sold_at": EARLIEST,
+        "received_at": EARLIEST,
+        "month": 200001,
+        "idempotency_key": None,
+    }
+    database = db.connect(settings)
+    try:
+        async with database.writer.begin() as conn:
+            await db.store_history(conn, [row] * RETURNABLE_SALES)
+    finally:
+        await database.dispose()
+
+
+def _acceptable_return(item: Any) -> Any:
+    """A schema-valid return, moved inside the rules the document cannot state: a sale that exists
+    with units left (one unit each, spread over ``RETURNABLE_SALES`` sales), a store of the chain,
+    after the sale and not after now, one key per return."""
+    if not isinstance(item, dict):
+        return item
+    item = {**item, "sale_id": next(_returnable), "quantity": 1}
+    value = item.get("store_id")
+    if isinstance(value, float) and value.is_integer():
+        item["store_id"] = value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value not in STORE_IDS:
+        item["store_id"] = STORE_IDS[value % len(STORE_IDS)]
+    if isinstance(item.get("returned_at"), str):
+        instant = _instant(item["returned_at"])
+        if instant is not None and not EARLIEST <= instant <= NOW:
+            item["returned_at"] = None
+    if isinstance(item.get("idempotency_key"), str):
+        item["idempotency_key"] = CONTROL.sub("", item["idempotency_key"])[:95] + "~" + uuid.uuid4().hex
+    return item
+
+
 def map_case(context: Any, case: Any) -> Any:
-    """Schemathesis hook: positive POST /sales bodies made acceptable (see ``_acceptable``)."""
+    """Schemathesis hook: positive POST /sales and /returns bodies made acceptable (see ``_acceptable``)."""
     positive = case.meta is not None and case.meta.generation.mode == GenerationMode.POSITIVE
-    if positive and case.operation.path == "/sales":
+    fix = {"/sales": _acceptable, "/returns": _acceptable_return}.get(case.operation.path)
+    if positive and fix is not None and case.method.upper() == "POST":
         body = case.body
-        case.body = [_acceptable(item) for item in body] if isinstance(body, list) else _acceptable(body)
+        case.body = [fix(item) for item in body] if isinstance(body, list) else fix(body)
     return case
 
 
@@ -141,6 +190,7 @@ def api_schema(settings: config.Settings, clock: Clock) -> Any:
     test ends. So the lifespan is not run here too: the batcher and the pool belong to that loop.
     """
     asyncio.run(seed(settings, PRODUCTS, STORES))
+    asyncio.run(seed_returnable(settings))
     key = asyncio.run(owner_key(settings))
     options = SchemathesisConfig.from_dict({"auth": {"openapi": {"bearer": {"bearer": key}}}})
     assert clock() == NOW  # what _acceptable takes for "now"
