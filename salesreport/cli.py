@@ -83,21 +83,24 @@ def _import(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _retire(args: argparse.Namespace, settings: config.Settings) -> int:
-    table, ids = (db.products, args.product) if args.product else (db.stores, args.store)
-    if not ids:
-        print("retire: give --product ID or --store ID (repeatable)", file=sys.stderr)
+    chosen = [(table, ids) for table, ids in ((db.products, args.product), (db.stores, args.store)) if ids]
+    if not chosen:
+        print("retire: give --product ID and/or --store ID (each repeatable)", file=sys.stderr)
         return 2
 
     async def mark(database: db.Database) -> int:
+        missing: list[str] = []
         async with database.writer.begin() as conn:
-            missing = await db.set_retired(conn, table, ids, not args.undo)
+            for table, ids in chosen:
+                missing += [f"{table.name[:-1]} {i}" for i in await db.set_retired(conn, table, ids, not args.undo)]
             if missing:
                 await conn.rollback()
         if missing:
-            print(f"retire: no {table.name[:-1]} {', '.join(map(str, missing))}; nothing was changed", file=sys.stderr)
+            print(f"retire: no {', '.join(missing)}; nothing was changed", file=sys.stderr)
             return 1
         verb = "brought back" if args.undo else "retired"
-        print(f"{verb} {len(ids)} {table.name if len(ids) > 1 else table.name[:-1]}: {', '.join(map(str, ids))}")
+        for table, ids in chosen:
+            print(f"{verb} {len(ids)} {table.name if len(ids) > 1 else table.name[:-1]}: {', '.join(map(str, ids))}")
         return 0
 
     return _run(mark, settings)

@@ -92,7 +92,8 @@ def store_row(store_id: int, revenue: str, gross: str, refunds: str, discounts: 
 
 async def test_a_return_is_stored_and_echoed(client: httpx.AsyncClient, settings: config.Settings) -> None:
     sale = await sell(
-        client, {"product_id": 2, "store_id": 1, "quantity": 3, "unit_price": "40.00", "sold_at": "2026-11-02T10:00:00Z"}
+        client,
+        {"product_id": 2, "store_id": 1, "quantity": 3, "unit_price": "40.00", "sold_at": "2026-11-02T10:00:00Z"},
     )
     first = await returned(client, {"sale_id": sale["id"], "quantity": 2, "idempotency_key": "r-1"})
     assert isinstance(first["id"], int)
@@ -125,7 +126,9 @@ async def test_a_sale_with_its_returns(client: httpx.AsyncClient) -> None:
     assert detail.json() == {**sale, "returns": []}
     answers = [
         await returned(client, {"sale_id": sale["id"], "quantity": 2, "store_id": 4}),
-        await returned(client, [{"sale_id": sale["id"]}, {"sale_id": sale["id"], "returned_at": "2026-11-05T00:00:00Z"}]),
+        await returned(
+            client, [{"sale_id": sale["id"]}, {"sale_id": sale["id"], "returned_at": "2026-11-05T00:00:00Z"}]
+        ),
     ]
     flat = [answers[0], *answers[1]]
     assert [r["store_id"] for r in flat] == [4, 2, 2]
@@ -158,6 +161,12 @@ async def test_an_array_is_stored_in_order(client: httpx.AsyncClient, settings: 
     ]
     assert await count_returns(settings) == 3
     assert (await units_returned(settings, a["id"]), await units_returned(settings, b["id"])) == (4, 1)
+    # A thousand at once, the most an array may hold.
+    many = await sell(client, {"product_id": 9_000_000_000_000_000_000, "store_id": 4, "quantity": 1000})
+    answer = await returned(client, [{"sale_id": many["id"]}] * 1000)
+    assert len(answer) == 1000 and len({r["id"] for r in answer}) == 1000
+    assert all(r["product_id"] == 9_000_000_000_000_000_000 and r["amount"] == "0.01" for r in answer)
+    assert await units_returned(settings, many["id"]) == 1000
 
 
 # --- replays ------------------------------------------------------------------------------------
@@ -194,8 +203,33 @@ async def test_a_replay_is_answered_with_the_first_return(
     # Sales and returns have keys of their own: a return may use a sale's key.
     await sell(client, {"product_id": 1, "store_id": 1, "idempotency_key": "shared"})
     other_sale = await sell(client, {"product_id": 1, "store_id": 1, "quantity": 3})
-    assert (await give_back(client, {"sale_id": other_sale["id"], "idempotency_key": "shared"})).status_code == 201
+    shared = await returned(client, {"sale_id": other_sale["id"], "idempotency_key": "shared"})
     assert await count_returns(settings) == 3
+    # An array of a replay and a new return: 201, the replay answered as first stored.
+    mixed = await returned(
+        client, [{"sale_id": other_sale["id"], "idempotency_key": "shared"}, {"sale_id": other_sale["id"]}]
+    )
+    assert mixed[0] == shared and mixed[1]["id"] > shared["id"]
+    assert await count_returns(settings) == 4
+
+
+async def test_a_return_key_lives_thirty_days(
+    client: httpx.AsyncClient, settings: config.Settings, clock: Clock
+) -> None:
+    sale = await sell(client, {"product_id": 1, "store_id": 2, "quantity": 5})
+    first = await returned(client, {"sale_id": sale["id"], "idempotency_key": "old"})
+    clock.advance(days=29)
+    assert (await give_back(client, {"sale_id": sale["id"], "idempotency_key": "old"})).json() == first
+    assert_problem(await give_back(client, {"sale_id": sale["id"], "idempotency_key": "old", "quantity": 2}), 422)
+    clock.advance(days=2)
+    # Expired: the key names a new return now.
+    second = await returned(client, {"sale_id": sale["id"], "idempotency_key": "old", "quantity": 2})
+    assert second["id"] != first["id"] and second["quantity"] == 2
+    again = await give_back(client, {"sale_id": sale["id"], "idempotency_key": "old", "quantity": 2})
+    assert (again.status_code, again.json()) == (200, second)
+    detail = (await client.get(f"/sales/{sale['id']}")).json()
+    assert [(r["id"], r["quantity"]) for r in detail["returns"]] == [(first["id"], 1), (second["id"], 2)]
+    assert await units_returned(settings, sale["id"]) == 3
 
 
 async def test_a_key_twice_in_one_array(client: httpx.AsyncClient, settings: config.Settings) -> None:
@@ -259,6 +293,9 @@ async def test_invalid_returns_are_422_naming_each_field(
         ({"quantity": 1}, [(None, "sale_id")]),
         ({"sale_id": "1"}, [(None, "sale_id")]),
         ({"sale_id": 0}, [(None, "sale_id")]),
+        ({"sale_id": 2**63 - 1}, [(None, "sale_id")]),
+        ({"sale_id": 2**63}, [(None, "sale_id")]),
+        ({"sale_id": s, "returned_at": "1999-12-31T23:59:59Z"}, [(None, "returned_at")]),
         ({"sale_id": s, "quantity": 0}, [(None, "quantity")]),
         ({"sale_id": s, "quantity": 10_001}, [(None, "quantity")]),
         ({"sale_id": s, "returned_at": "2026-11-10T09:59:59Z"}, [(None, "returned_at")]),  # before the sale
@@ -443,6 +480,30 @@ async def test_concurrent_returns_never_exceed_the_sale(
     assert checked.returncode == 0, checked.stdout
 
 
+async def test_one_key_from_every_worker_at_once_is_one_return(
+    client: httpx.AsyncClient, settings: config.Settings, clock: Clock
+) -> None:
+    a = await sell(client, {"product_id": 2, "store_id": 1, "quantity": 10})
+    b = await sell(client, {"product_id": 1, "store_id": 1, "quantity": 10})
+    async with contextlib.AsyncExitStack() as stack:
+        workers = [client]
+        if not settings.is_sqlite:
+            workers.append(await stack.enter_async_context(another_worker(settings, clock)))
+        # The same return, sent through every worker at once: stored once, the others are replays.
+        same = {"sale_id": a["id"], "quantity": 2, "idempotency_key": "one"}
+        answers = await asyncio.gather(*(give_back(workers[i % len(workers)], same) for i in range(8)))
+        assert sorted(r.status_code for r in answers) == [200] * 7 + [201], [r.text for r in answers]
+        assert len({json.dumps(r.json(), sort_keys=True) for r in answers}) == 1
+        # One key (at store 1) for returns of two different sales at once: one is stored, the other refused.
+        rival = [{"sale_id": sale["id"], "idempotency_key": "two"} for sale in (a, b)]
+        answers = await asyncio.gather(*(give_back(workers[i % len(workers)], body) for i, body in enumerate(rival)))
+        assert sorted(r.status_code for r in answers) == [201, 422], [r.text for r in answers]
+        refused = next(r for r in answers if r.status_code == 422)
+        assert [e["field"] for e in refused.json()["errors"]] == ["idempotency_key"]
+    assert await units_returned(settings, a["id"]) + await units_returned(settings, b["id"]) == 3
+    assert await count_returns(settings) == 2
+
+
 # --- check and repair ---------------------------------------------------------------------------
 
 
@@ -473,26 +534,21 @@ async def test_check_sees_returns_and_repair_restores_them(
         ]
 
     before = await reports()
-    checked = cli(database_url, "check")
-    assert checked.returncode == 0, checked.stdout
+    # A rollup's refunds and a sale's count of returned units (the bound would let too much back), by hand.
     sm = db.store_month
     await corrupt(
         settings,
         sa.update(sm).where(sm.c.store_id == 4, sm.c.month == 202611).values(refunds=sm.c.refunds + 1),
     )
-    broken = cli(database_url, "check")
-    assert broken.returncode == 1, broken.stdout
-    assert "store_month (4, 202611)" in broken.stdout
-    assert cli(database_url, "check", "--repair").returncode == 0
-    assert cli(database_url, "check").returncode == 0
-    assert await reports() == before
-    # A sale's count of returned units, set back by hand: the bound would let too much back.
     await corrupt(settings, sa.update(db.sales).where(db.sales.c.id == sale["id"]).values(returned=0))
     broken = cli(database_url, "check")
     assert broken.returncode == 1, broken.stdout
-    assert f"sales.returned ({sale['id']},)" in broken.stdout
-    assert cli(database_url, "check", "--repair").returncode == 0
-    assert cli(database_url, "check").returncode == 0
+    assert "store_month (4, 202611)" in broken.stdout, broken.stdout
+    assert f"sales.returned ({sale['id']},)" in broken.stdout, broken.stdout
+    repaired = cli(database_url, "check", "--repair")
+    assert repaired.returncode == 0, repaired.stderr
+    checked = cli(database_url, "check")
+    assert checked.returncode == 0, checked.stdout
     assert await units_returned(settings, sale["id"]) == 3
     assert await reports() == before
     problem = assert_problem(await give_back(client, {"sale_id": sale["id"], "quantity": 2}), 422)
@@ -505,7 +561,7 @@ MONTHS = ["2026-07", "2026-08", "2026-09", "2026-10", "2026-11"]
 
 sales_drawn = st.lists(
     st.tuples(
-        st.sampled_from([1, 2, 3]),  # product
+        st.sampled_from([1, 2, 3, 9_000_000_000_000_000_000]),  # product
         st.sampled_from([1, 2, 3, 4]),  # store
         st.integers(0, len(MONTHS) - 1),  # month
         st.integers(1, 6),  # quantity
@@ -594,7 +650,7 @@ async def test_net_revenue_is_sales_less_refunds(
         refund = Decimal(sale["unit_price"]) * item["quantity"]
         assert Decimal(answer["amount"]) == refund
         key = (answer["store_id"], _local_month(datetime.fromisoformat(answer["returned_at"]), answer["store_id"]))
-        expected[key] -= refund * 0
+        expected[key] -= refund
         refunds[key] += refund
 
     if as_array and items:
