@@ -208,8 +208,24 @@ def test_every_operation_conforms_to_the_document(case: Any) -> None:
     case.call_and_validate()
 
 
+def _nothing_left(case: Any, response: Any) -> bool:
+    """A POST /returns refused only because its sales have no units left: the state machine may return
+    the sale it just made twice, and the document cannot state how many units a sale has left."""
+    if case.operation.path != "/returns" or response.status_code != 422:
+        return False
+    errors = json.loads(response.content).get("errors") or []
+    return bool(errors) and all(" units left to return" in error["message"] for error in errors)
+
+
 def test_stateful_sequences_conform_to_the_document(api_schema: Any) -> None:
-    api_schema.as_state_machine().run(
+    machine = api_schema.as_state_machine()
+
+    class Machine(machine):  # type: ignore[misc,valid-type]
+        def validate_response(self, response: Any, case: Any, *args: Any, **kwargs: Any) -> None:
+            if not _nothing_left(case, response):
+                super().validate_response(response, case, *args, **kwargs)
+
+    Machine.run(
         settings=settings(
             max_examples=25,
             stateful_step_count=6,
