@@ -25,7 +25,7 @@ from . import db
 
 log = structlog.get_logger("salesreport.changes")
 
-_SLOT_LOCKS = 0x5A1E  # the advisory lock class of rollup slots
+SLOT_LOCKS = 0x5A1E  # the advisory lock class of rollup slots
 
 
 class Changes:
@@ -76,7 +76,7 @@ class Changes:
 
     async def _claim_slot(self, conn: asyncpg.Connection) -> None:
         for slot in range(db.SLOTS):
-            if await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", _SLOT_LOCKS, slot):
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", SLOT_LOCKS, slot):
                 self.slot = slot
                 return
 

@@ -17,7 +17,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import auth, catalog, config, db, demo, reports
+from .changes import SLOT_LOCKS
+from .health import head_revision
 from .ingestion import store_history
+from .schemas import MAX_ID
 
 Command = Callable[[argparse.Namespace, config.Settings], int]
 
@@ -26,12 +29,41 @@ def _migrate(args: argparse.Namespace, settings: config.Settings) -> int:
     from alembic import command
     from alembic.config import Config
 
+    if not args.while_serving:
+        serving = _workers_serving(settings)
+        if serving:
+            print(
+                f"migrate: {serving} workers of this service are connected to the database. Code older than the "
+                "new schema cannot write to it (its sales would be refused): stop the service, migrate, then start "
+                "the new version. --while-serving migrates anyway.",
+                file=sys.stderr,
+            )
+            return 1
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     cfg.set_main_option("sqlalchemy.url", settings.database_url.replace("%", "%%"))
     command.upgrade(cfg, "head")
     print("schema is up to date")
     return 0
+
+
+def _workers_serving(settings: config.Settings) -> int:
+    """How many workers serve this PostgreSQL database while its schema is behind this code's (each holds
+    a rollup slot's advisory lock); 0 on SQLite, which cannot tell."""
+    if settings.is_sqlite:
+        return 0
+
+    async def count(database: db.Database) -> int:
+        async with database.reader.connect() as conn:
+            if await db.schema_revision(conn) in (None, head_revision()):
+                return 0
+            held = await conn.scalar(
+                sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :slots AND granted"),
+                {"slots": SLOT_LOCKS},
+            )
+            return int(held or 0)
+
+    return _run(count, settings)
 
 
 def _run(coro: Callable[[db.Database], Awaitable[int]], settings: config.Settings) -> int:
@@ -70,16 +102,32 @@ def _import(args: argparse.Namespace, settings: config.Settings) -> int:
         try:
             async with database.writer.begin() as conn:
                 changed = await db.save_catalog(conn, parsed["products"], parsed["stores"], effective=effective)
+                recorded = await _recorded_since(conn, changed, effective) if args.effective else 0
         except db.CatalogConflict as exc:
             print(f"{exc}\nnothing was imported", file=sys.stderr)
             return 1
         print(
             f"imported {len(parsed['products'])} products and {len(parsed['stores'])} stores; "
-            f"{changed} price changes from {effective.isoformat()}"
+            f"{len(changed)} price changes from {effective.isoformat()}"
         )
+        if recorded:
+            print(
+                f"note: {recorded} sales of these products dated from {effective.isoformat()} on were recorded "
+                "before this change; they keep the prices they were recorded with (sales are never restated)",
+                file=sys.stderr,
+            )
         return 0
 
     return _run(save, settings)
+
+
+async def _recorded_since(conn: Any, product_ids: list[int], effective: datetime) -> int:
+    """Sales of these products already recorded and dated at or after ``effective`` (a back-dated change)."""
+    if not product_ids:
+        return 0
+    s = db.sales
+    query = sa.select(sa.func.count()).where(s.c.product_id.in_(product_ids), s.c.sold_at >= effective)
+    return int(await conn.scalar(query) or 0)
 
 
 def _retire(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -112,7 +160,8 @@ def _instant(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an RFC 3339 instant: {text!r}") from None
     if value.utcoffset() is None:
-        raise argparse.ArgumentTypeError(f"give the instant with its offset, e.g. {text}+03:00 or {text}Z")
+        example = value.replace(tzinfo=UTC).isoformat().replace("+00:00", "")
+        raise argparse.ArgumentTypeError(f"give the instant with its offset, e.g. {example}+03:00 or {example}Z")
     if value <= db.BEGINNING:
         raise argparse.ArgumentTypeError(f"must be after {db.BEGINNING.isoformat()}")
     return value.astimezone(UTC)
@@ -347,7 +396,14 @@ def _bounded(low: int, high: int) -> Callable[[str], int]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m salesreport", description="The retail chain's sales service.")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("migrate", help="create or upgrade the schema").set_defaults(func=_migrate)
+    mig = sub.add_parser(
+        "migrate",
+        help="create or upgrade the schema (stop the service first: old code cannot write a newer schema)",
+    )
+    mig.add_argument(
+        "--while-serving", action="store_true", help="upgrade even though workers are connected (PostgreSQL)"
+    )
+    mig.set_defaults(func=_migrate)
     imp = sub.add_parser(
         "import",
         help="load or update products and stores from CSV",
@@ -370,8 +426,10 @@ def parser() -> argparse.ArgumentParser:
         help="retire products or stores: no longer sold to, listed only with ?include_retired=true; "
         "their history stays in every report",
     )
-    ret.add_argument("--product", type=int, action="append", metavar="ID", help="a product (repeatable)")
-    ret.add_argument("--store", type=int, action="append", metavar="ID", help="a store (repeatable)")
+    ret.add_argument(
+        "--product", type=_bounded(1, MAX_ID), action="append", metavar="ID", help="a product (repeatable)"
+    )
+    ret.add_argument("--store", type=_bounded(1, MAX_ID), action="append", metavar="ID", help="a store (repeatable)")
     ret.add_argument("--undo", action="store_true", help="bring them back instead")
     ret.set_defaults(func=_retire)
     dem = sub.add_parser("demo", help="fill an empty database with a demo chain")

@@ -158,3 +158,29 @@ async def test_repair_spreads_a_sum_beyond_one_slot_over_several(
     assert cli(database_url, "check").returncode == 0
     total = await scalar(settings, sa.select(sa.func.sum(db.store_month.c.revenue)))
     assert int(total) == 2 * big
+
+
+async def test_migrate_refuses_while_workers_serve_an_older_schema(
+    database_url: str, client: httpx.AsyncClient, settings: config.Settings
+) -> None:
+    if settings.is_sqlite:
+        pytest.skip("SQLite cannot tell whether a server has it open")
+
+    async def slot_claimed() -> bool:
+        held = await scalar(settings, sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"))
+        return bool(held)
+
+    await eventually(slot_claimed, what="the app's worker holds its rollup slot")
+    head = await scalar(settings, sa.text("SELECT version_num FROM alembic_version"))
+    database = db.connect(settings)
+    try:
+        async with database.writer.begin() as conn:  # as if this code were newer than the database
+            await conn.execute(sa.text("UPDATE alembic_version SET version_num = '0002'"))
+        refused = cli(database_url, "migrate")
+        assert refused.returncode == 1
+        assert "workers of this service are connected" in refused.stderr
+    finally:
+        async with database.writer.begin() as conn:
+            await conn.execute(sa.text("UPDATE alembic_version SET version_num = :head"), {"head": head})
+        await database.dispose()
+    assert cli(database_url, "migrate").returncode == 0  # at the head: nothing to do, nothing refused

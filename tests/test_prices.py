@@ -561,3 +561,17 @@ async def test_limit_cuts_the_reports(client: httpx.AsyncClient, settings: confi
     await sell(client, [{"product_id": 1, "store_id": s["id"]} for s in many])
     assert len((await client.get("/reports/top-stores")).json()) == 10
     assert len((await client.get("/reports/top-stores", params={"limit": "100"})).json()) == 16
+
+
+async def test_a_retry_of_a_sale_stored_before_its_product_retired_is_a_replay(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    sale = {"product_id": 2, "store_id": 2, "quantity": 1, "idempotency_key": "k-ret"}
+    first = await client.post("/sales", json=sale)
+    assert first.status_code == 201
+    assert cli(database_url, "retire", "--product", "2", "--store", "2").returncode == 0
+    again = await client.post("/sales", json=sale)
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()
+    fresh = await client.post("/sales", json={**sale, "idempotency_key": "k-new"})
+    assert_problem(fresh, 422)

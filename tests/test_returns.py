@@ -342,6 +342,27 @@ async def test_a_retired_store_takes_no_returns(
     assert (await returned(client, {"sale_id": sale["id"], "store_id": 4}))["store_id"] == 4
 
 
+async def test_a_retry_of_a_return_taken_before_its_store_retired_is_a_replay(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    sale = await sell(client, {"product_id": 2, "store_id": 1, "quantity": 2})
+    body = {"sale_id": sale["id"], "store_id": 3, "idempotency_key": "r-before"}
+    first = await give_back(client, body)
+    assert first.status_code == 201
+    assert cli(database_url, "retire", "--store", "3").returncode == 0
+    again = await give_back(client, body)
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()
+
+
+async def test_a_return_ahead_of_its_sale_names_the_sale(client: httpx.AsyncClient, clock: Clock) -> None:
+    ahead = (clock() + timedelta(minutes=4)).isoformat()
+    sale = await sell(client, {"product_id": 1, "store_id": 1, "sold_at": ahead})
+    problem = assert_problem(await give_back(client, {"sale_id": sale["id"]}), 422)
+    assert [e["field"] for e in problem["errors"]] == ["sale_id"]
+    assert "give returned_at" in problem["errors"][0]["message"]
+
+
 # --- accounting ---------------------------------------------------------------------------------
 
 

@@ -63,13 +63,14 @@ async def save_catalog(
     store_rows: Sequence[dict[str, Any]],
     *,
     effective: datetime,
-) -> int:
-    """Insert or update products and stores, bump the catalog version; return how many prices changed.
+) -> list[int]:
+    """Insert or update products and stores, bump the catalog version; return the products whose price changed.
 
     A new product's price is its first (in force from the beginning). A known
     product whose price differs from the one in force at ``effective`` gets a
-    new price from ``effective`` on; earlier prices stay as they were. A row
-    without ``retired`` leaves that flag as it was (false for a new row).
+    new price from ``effective`` on; earlier prices stay as they were, and so
+    do the sales recorded already. Rows without ``retired`` (a file without
+    that column) leave that flag as it was (false for a new row).
     Raises ``CatalogConflict`` if a different price already takes effect at
     exactly ``effective``.
     """
@@ -94,7 +95,7 @@ async def save_catalog(
         await conn.execute(sa.insert(prices), changes)
     await _upsert(conn, stores, store_rows)
     await bump_version(conn, "catalog")
-    return sum(1 for change in changes if change["effective_from"] != BEGINNING)
+    return [change["product_id"] for change in changes if change["effective_from"] != BEGINNING]
 
 
 async def _upsert(conn: AsyncConnection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:

@@ -129,23 +129,27 @@ class Catalog:
         )
 
     def unknown(self, sales: Sequence[Any], is_array: bool) -> list[FieldError]:
-        """Ids of products and stores that do not exist, or are retired (not sold to)."""
+        """Ids of products and stores that do not exist (a sale's or a return's; a return has no product)."""
         errors = []
         for i, sale in enumerate(sales):
             index = i if is_array else None
             product_id = getattr(sale, "product_id", None)
-            if product_id is not None:
-                if product_id not in self.histories:
-                    errors.append(FieldError(field="product_id", index=index, message="no such product"))
-                elif product_id in self.retired_products:
-                    errors.append(FieldError(field="product_id", index=index, message="the product is retired"))
-            store_id = sale.store_id
-            if store_id is None:
-                continue
-            if store_id not in self.zones:
+            if product_id is not None and product_id not in self.histories:
+                errors.append(FieldError(field="product_id", index=index, message="no such product"))
+            if sale.store_id is not None and sale.store_id not in self.zones:
                 errors.append(FieldError(field="store_id", index=index, message="no such store"))
-            elif store_id in self.retired_stores:
-                errors.append(FieldError(field="store_id", index=index, message="the store is retired"))
+        return errors
+
+    def retired(
+        self, index: int | None, *, product_id: int | None = None, store_id: int | None = None
+    ) -> list[FieldError]:
+        """Why a new sale (or return) cannot be taken: its product or store is retired. A replay of
+        one stored before is answered all the same, so this is asked of new ones only."""
+        errors = []
+        if product_id in self.retired_products:
+            errors.append(FieldError(field="product_id", index=index, message="the product is retired"))
+        if store_id in self.retired_stores:
+            errors.append(FieldError(field="store_id", index=index, message="the store is retired"))
         return errors
 
     def undatable(self, sales: Sequence[Any]) -> str | None:

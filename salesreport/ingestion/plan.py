@@ -161,6 +161,12 @@ class BatchPlan:
                         errors.append(conflict(index))
                     plan.append(entry)
                     continue
+            retired = self.catalog.retired(index, product_id=sale.product_id, store_id=sale.store_id)
+            if retired:
+                if key is not None and not self.look_up:
+                    raise Raced  # it may be a retry of a sale stored before its retirement: look the keys up
+                errors += retired
+                continue
             position = len(self._rows) + len(rows)
             rows.append(self._row(sale, request.received_at))
             sales.append(sale)

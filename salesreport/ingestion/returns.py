@@ -115,9 +115,17 @@ class ReturnPlan:
                     plan.append(entry)
                     continue
             item_errors = self.catalog.unknown([_AtStore(store_id)], False)
+            if store_id in self.catalog.retired_stores:
+                message = "the store is retired" if item.store_id is not None else "the sale's store is retired"
+                item_errors.append(FieldError(field="store_id", message=message))
             returned_at = item.returned_at.astimezone(UTC) if item.returned_at is not None else request.received_at
             if returned_at < sale["sold_at"]:
-                item_errors.append(FieldError(field="returned_at", message="before the sale was made"))
+                if item.returned_at is not None:
+                    item_errors.append(FieldError(field="returned_at", message="before the sale was made"))
+                else:
+                    # The sale is dated a few minutes ahead (allowed): this return arrived before that.
+                    message = f"the sale is dated {sale['sold_at'].isoformat()}, after now: give returned_at"
+                    item_errors.append(FieldError(field="sale_id", message=message))
             left = sale["quantity"] - sale["returned"] - taken.get(sale["id"], 0) - mine.get(sale["id"], 0)
             if item.quantity > left:
                 item_errors.append(
