@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -20,6 +21,7 @@ from starlette.routing import Route
 from . import config, db, drain, reports
 from .auth import Key, KeyRing, Unauthenticated, is_loopback
 from .changes import Changes
+from .export import csv_response, wants_csv
 from .front import Front
 from .health import head_revision, health_live, health_ready
 from .ingestion import (
@@ -45,8 +47,12 @@ from .problems import (
     on_problem,
     unavailable,
 )
-from .schemas import MAX_ID, FieldError, parse_month
+from .schemas import MAX_ID, FieldError, MonthRevenue, TopProduct, TopStore, format_month, parse_month
 from .service import Service, service
+from .web import pages
+from .web.assets import static
+from .web.pages import session_key
+from .web.sessions import COOKIE
 from .zones import zone
 
 log = structlog.get_logger("salesreport.api")
@@ -75,8 +81,15 @@ async def authenticate(request: Request) -> Key | None:
             "create keys (python -m salesreport keys create --role owner) and send one",
             headers={"WWW-Authenticate": 'Bearer realm="salesreport"'},
         )
+    authorization = request.headers.get("authorization")
+    if authorization is None and request.method == "GET" and COOKIE in request.cookies:
+        # A report read from the dashboard (its CSV links): the signed-in owner's session.
+        owner = await session_key(request)
+        if owner is not None:
+            request.scope["salesreport.key_id"] = owner.id
+            return owner
     try:
-        key = keys.authenticate(request.headers.get("authorization"))
+        key = keys.authenticate(authorization)
     except Unauthenticated as exc:
         raise ProblemError(
             401, "Unauthorized", str(exc), headers={"WWW-Authenticate": 'Bearer realm="salesreport"'}
@@ -293,8 +306,8 @@ def _limit_param(request: Request) -> int:
     return int(raw)
 
 
-def _month_param(request: Request, *, default_current: bool) -> int | None:
-    raw = request.query_params.get("month")
+def _month_param(request: Request, *, default_current: bool, name: str = "month") -> int | None:
+    raw = request.query_params.get(name)
     if raw is None:
         if not default_current:
             return None
@@ -304,7 +317,7 @@ def _month_param(request: Request, *, default_current: bool) -> int | None:
     try:
         return parse_month(raw)
     except ValueError as exc:
-        raise invalid([FieldError(field="month", message=str(exc))], "invalid query parameter") from None
+        raise invalid([FieldError(field=name, message=str(exc))], "invalid query parameter") from None
 
 
 async def get_top_stores(request: Request) -> Response:
@@ -312,18 +325,60 @@ async def get_top_stores(request: Request) -> Response:
     month = _month_param(request, default_current=True)
     assert month is not None
     limit = _limit_param(request)
+    csv = wants_csv(request)
     async with reading(request) as conn:
         rows = await reports.top_stores(conn, month, limit)
+    if csv:
+        return csv_response(rows, _FIELDS[TopStore], f"top-stores-{format_month(month)}.csv")
     return json_response(rows)
 
 
 async def get_top_products(request: Request) -> Response:
     await owner_only(request)
-    month = _month_param(request, default_current=False)
+    store_id = _store_param(request)
+    month = _month_param(request, default_current=store_id is not None)
     limit = _limit_param(request)
+    csv = wants_csv(request)
     async with reading(request) as conn:
-        rows = await reports.top_products(conn, month, limit)
+        rows = await reports.top_products(conn, month, limit, store_id)
+    if csv:
+        period = "all-time" if month is None else format_month(month)
+        where = "" if store_id is None else f"store-{store_id}-"
+        return csv_response(rows, _FIELDS[TopProduct], f"top-products-{where}{period}.csv")
     return json_response(rows)
+
+
+async def get_revenue_by_month(request: Request) -> Response:
+    await owner_only(request)
+    store_id = _store_param(request)
+    last = _month_param(request, default_current=True, name="until")
+    assert last is not None
+    raw = request.query_params.get("months", "12")
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= 36:
+        raise invalid(
+            [FieldError(field="months", message="must be an integer from 1 to 36")], "invalid query parameter"
+        )
+    csv = wants_csv(request)
+    async with reading(request) as conn:
+        rows = await reports.revenue_by_month(conn, last, int(raw), store_id)
+    if csv:
+        where = "" if store_id is None else f"store-{store_id}-"
+        return csv_response(rows, _FIELDS[MonthRevenue], f"revenue-by-month-{where}to-{format_month(last)}.csv")
+    return json_response(rows)
+
+
+def _store_param(request: Request) -> int | None:
+    raw = request.query_params.get("store_id")
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_ID:
+        raise invalid([FieldError(field="store_id", message="not a store id")], "invalid query parameter")
+    return int(raw)
+
+
+_FIELDS = {
+    struct: [f.encode_name for f in msgspec.structs.fields(struct)] for struct in (TopStore, TopProduct, MonthRevenue)
+}
 
 
 async def openapi(request: Request) -> Response:
@@ -343,6 +398,12 @@ routes = [
     Route("/returns", post_returns, methods=["POST"]),
     Route("/reports/top-stores", get_top_stores, methods=["GET"]),
     Route("/reports/top-products", get_top_products, methods=["GET"]),
+    Route("/reports/revenue-by-month", get_revenue_by_month, methods=["GET"]),
+    Route("/", pages.dashboard, methods=["GET"]),
+    Route("/stores/{id}", pages.store_page, methods=["GET"]),
+    Route("/signin", pages.sign_in, methods=["POST"]),
+    Route("/signout", pages.sign_out, methods=["POST"]),
+    Route("/static/{name}", static, methods=["GET"]),
     Route("/health/live", health_live, methods=["GET"]),
     Route("/health/ready", health_ready, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
@@ -392,6 +453,10 @@ def create_app(settings: config.Settings | None = None, *, clock: Callable[[], d
         svc = Service(settings, database, catalog, batcher, returns, keys, head_revision())
         if clock is not None:
             svc.clock = clock
+        try:
+            svc.sessions = await pages.load_sessions(database, svc.clock)
+        except Exception as exc:  # not migrated yet: /health/ready says so; the pages answer 503 meanwhile
+            log.warning("the session secret could not be read at start-up", error=repr(exc))
         app.state.service = svc
         restore = drain.install(svc)
         # What start-up allocated lives as long as the process: keep it out of

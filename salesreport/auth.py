@@ -140,6 +140,13 @@ class KeyRing:
             self.protected = bool(rows)
             self.version = version
 
+    def active(self, key_id: int) -> Key | None:
+        """The key with this id, unless it was revoked (what a dashboard session names)."""
+        for key in self.by_hash.values():
+            if key.id == key_id:
+                return key
+        return None
+
     def authenticate(self, authorization: str | None) -> Key | None:
         """The caller's key; None while the service is open (no key ever created)."""
         if not self.protected:

@@ -70,6 +70,8 @@ class Settings:
     # Seconds between SIGTERM and the server closing its connections, during
     # which new requests get 503 and every response closes its connection.
     drain_seconds: float
+    # The chain's currency (ISO 4217), for the dashboard's money; the JSON API has plain decimals.
+    currency: str = "RUB"
 
     @property
     def is_sqlite(self) -> bool:
@@ -94,6 +96,7 @@ def load() -> Settings:
         log_format=_log_format(),
         body_timeout=_float("SALESREPORT_BODY_TIMEOUT_S", 10, 0.1, 3600),
         drain_seconds=_float("SALESREPORT_DRAIN_S", 1, 0, 3600),
+        currency=_currency(),
     )
     # A batch waits up to flush_ms for company: a deadline that short would
     # answer 503 to sales that are written a moment later.
@@ -103,6 +106,16 @@ def load() -> Settings:
             f"SALESREPORT_FLUSH_MS ({settings.flush_ms:g} ms)"
         )
     return settings
+
+
+def _currency() -> str:
+    from babel.numbers import get_currency_name
+
+    code = (os.environ.get("SALESREPORT_CURRENCY") or "RUB").strip()
+    # Babel knows the ISO 4217 codes: an unknown one comes back unchanged as its own name.
+    if len(code) != 3 or not code.isascii() or not code.isupper() or get_currency_name(code, locale="en") == code:
+        raise SystemExit(f"SALESREPORT_CURRENCY is not an ISO 4217 currency code: {code!r}")
+    return code
 
 
 def _log_format() -> str:

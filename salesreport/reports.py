@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import db
 from .ingestion import return_out, sale_out
-from .schemas import SaleDetail, TopProduct, TopStore, format_money
+from .schemas import MonthRevenue, SaleDetail, TopProduct, TopStore, format_money, format_month
 
 LIMIT = 10
 MAX_LIMIT = 100
@@ -84,9 +84,39 @@ async def top_stores(conn: AsyncConnection, month: int, limit: int = LIMIT) -> l
     ]
 
 
-async def top_products(conn: AsyncConnection, month: int | None, limit: int = LIMIT) -> list[TopProduct]:
-    """The products with the most units sold less returned, in ``month`` or over all time."""
-    if month is None:
+_spm = db.store_product_month
+_TOP_PRODUCTS_OF_STORE = _top(
+    sa.select(_spm.c.product_id.label("key"), *_product_sums(_spm))
+    .where(_spm.c.store_id == sa.bindparam("store_id"), _spm.c.month == sa.bindparam("month"))
+    .group_by(_spm.c.product_id)
+    .subquery(),
+    db.products,
+    "quantity",
+    [db.products.c.id, db.products.c.name],
+)
+_REVENUE_BY_MONTH = (
+    sa.select(
+        _sm.c.month,
+        _sum(_sm.c.revenue, "revenue"),
+        _sum(_sm.c.refunds, "refunds"),
+        _sum(_sm.c.discounts, "discounts"),
+        _sum(_sm.c.sales, "sales"),
+    )
+    .where(_sm.c.month.between(sa.bindparam("first"), sa.bindparam("last")))
+    .group_by(_sm.c.month)
+)
+_STORE_REVENUE_BY_MONTH = _REVENUE_BY_MONTH.where(_sm.c.store_id == sa.bindparam("store_id"))
+
+
+async def top_products(
+    conn: AsyncConnection, month: int | None, limit: int = LIMIT, store_id: int | None = None
+) -> list[TopProduct]:
+    """The products with the most units sold less returned, in ``month`` or over all time; or at one
+    store in ``month`` (returns counted at the store that took them back)."""
+    if store_id is not None:
+        assert month is not None
+        result = await conn.execute(_TOP_PRODUCTS_OF_STORE, {"month": month, "store_id": store_id, "limit": limit})
+    elif month is None:
         result = await conn.execute(_TOP_PRODUCTS, {"limit": limit})
     else:
         result = await conn.execute(_TOP_PRODUCTS_OF_MONTH, {"month": month, "limit": limit})
@@ -101,6 +131,42 @@ async def top_products(conn: AsyncConnection, month: int | None, limit: int = LI
         )
         for r in result
     ]
+
+
+def months_until(last: int, count: int) -> list[int]:
+    """The ``count`` months (``YYYYMM``) that end with ``last``, oldest first."""
+    year, month = divmod(last, 100)
+    index = year * 12 + month - 1
+    return [(i // 12) * 100 + i % 12 + 1 for i in range(index - count + 1, index + 1)]
+
+
+async def revenue_by_month(
+    conn: AsyncConnection, last: int, count: int = 12, store_id: int | None = None
+) -> list[MonthRevenue]:
+    """The chain's (or one store's) figures for each of the ``count`` months up to ``last``, zero where
+    nothing happened."""
+    months = months_until(last, count)
+    params = {"first": months[0], "last": last}
+    if store_id is None:
+        result = await conn.execute(_REVENUE_BY_MONTH, params)
+    else:
+        result = await conn.execute(_STORE_REVENUE_BY_MONTH, {**params, "store_id": store_id})
+    found = {r.month: r for r in result}
+    rows = []
+    for month in months:
+        r = found.get(month)
+        revenue, refunds, discounts, sales = (r.revenue, r.refunds, r.discounts, r.sales) if r else (0, 0, 0, 0)
+        rows.append(
+            MonthRevenue(
+                month=format_month(month),
+                revenue=format_money(revenue),
+                gross=format_money(revenue + refunds),
+                refunds=format_money(refunds),
+                discounts=format_money(discounts),
+                sales=sales,
+            )
+        )
+    return rows
 
 
 _SALE = sa.select(db.sales).where(db.sales.c.id == sa.bindparam("id"))

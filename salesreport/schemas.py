@@ -141,6 +141,15 @@ class TopProduct(msgspec.Struct, kw_only=True):
     revenue: Money  # net
 
 
+class MonthRevenue(msgspec.Struct, kw_only=True):
+    month: str  # YYYY-MM
+    revenue: Money  # net: gross - refunds
+    gross: Money
+    refunds: Money
+    discounts: Money
+    sales: int  # how many sales
+
+
 class FieldError(msgspec.Struct, kw_only=True, omit_defaults=True):
     field: str
     message: str
@@ -192,6 +201,11 @@ def parse_month(text: str) -> int:
     if not match:
         raise ValueError("month must be YYYY-MM with a month 01..12")
     return int(match.group(1)) * 100 + int(match.group(2))
+
+
+def format_month(month: int) -> str:
+    """``202611`` → ``"2026-11"``."""
+    return f"{month // 100:04d}-{month % 100:02d}"
 
 
 def month_of(instant: datetime, zone: Any) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from starlette.requests import Request
@@ -12,6 +12,8 @@ from starlette.requests import Request
 from . import config, db
 from .auth import KeyRing
 from .ingestion import Batcher, Catalog
+from .web.sessions import Sessions
+from .web.views import Cache
 
 
 @dataclass
@@ -28,6 +30,9 @@ class Service:
     # The wall clock, injectable: tests pin it to any instant (a month's last minute, a DST change).
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     draining: bool = False
+    # The dashboard: its session signer (None until the secret is read) and its rendered pages.
+    sessions: Sessions | None = None
+    pages: Cache = field(default_factory=Cache)
     # The readiness probe under way, if any (see ``health``).
     readiness: asyncio.Task[str | None] | None = None
 

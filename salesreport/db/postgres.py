@@ -113,6 +113,12 @@ WITH input AS (
     FROM inserted GROUP BY product_id ORDER BY product_id
     ON CONFLICT (product_id, slot)
     DO UPDATE SET quantity = r.quantity + excluded.quantity, revenue = r.revenue + excluded.revenue
+), by_store_product AS (
+    INSERT INTO store_product_month AS r (store_id, product_id, month, slot, quantity, returned, revenue)
+    SELECT store_id, product_id, month, $11, sum(quantity), 0, sum(amount)
+    FROM inserted GROUP BY store_id, product_id, month ORDER BY store_id, product_id, month
+    ON CONFLICT (store_id, product_id, month, slot)
+    DO UPDATE SET quantity = r.quantity + excluded.quantity, revenue = r.revenue + excluded.revenue
 )
 SELECT id, store_id, idempotency_key FROM inserted ORDER BY id
 """
@@ -213,6 +219,13 @@ WITH input AS (
     SELECT product_id, $11, -sum(quantity), sum(quantity), -sum(amount)
     FROM inserted GROUP BY product_id ORDER BY product_id
     ON CONFLICT (product_id, slot)
+    DO UPDATE SET quantity = r.quantity + excluded.quantity, returned = r.returned + excluded.returned,
+                  revenue = r.revenue + excluded.revenue
+), by_store_product AS (
+    INSERT INTO store_product_month AS r (store_id, product_id, month, slot, quantity, returned, revenue)
+    SELECT store_id, product_id, month, $11, -sum(quantity), sum(quantity), -sum(amount)
+    FROM inserted GROUP BY store_id, product_id, month ORDER BY store_id, product_id, month
+    ON CONFLICT (store_id, product_id, month, slot)
     DO UPDATE SET quantity = r.quantity + excluded.quantity, returned = r.returned + excluded.returned,
                   revenue = r.revenue + excluded.revenue
 )

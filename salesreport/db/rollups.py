@@ -43,13 +43,16 @@ class Rollups:
         self.add("store_month", (store_id, month), amount, count, 0, discount)
         self.add("product_month", (product_id, month), quantity, 0, amount)
         self.add("product_total", (product_id,), quantity, 0, amount)
+        self.add("store_product_month", (store_id, product_id, month), quantity, 0, amount)
 
     def add_return(self, store_id: int, product_id: int, month: int, quantity: int, refund: int) -> None:
         """A return (or several summed) takes its refund off the net revenue of the store
-        taking it back, in the month it happens, and its units and refund off its product."""
+        taking it back, in the month it happens, and its units and refund off its product
+        (and off that product at that store)."""
         self.add("store_month", (store_id, month), -refund, 0, refund, 0)
         self.add("product_month", (product_id, month), -quantity, quantity, -refund)
         self.add("product_total", (product_id,), -quantity, quantity, -refund)
+        self.add("store_product_month", (store_id, product_id, month), -quantity, quantity, -refund)
 
     def add_sales(self, rows: Iterable[dict[str, Any]]) -> Rollups:
         for r in rows:

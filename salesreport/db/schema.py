@@ -32,11 +32,13 @@ ROLLUP_KEYS = {
     "store_month": ("store_id", "month"),
     "product_month": ("product_id", "month"),
     "product_total": ("product_id",),
+    "store_product_month": ("store_id", "product_id", "month"),
 }
 ROLLUP_COLUMNS = {
     "store_month": ("revenue", "sales", "refunds", "discounts"),
     "product_month": ("quantity", "returned", "revenue"),
     "product_total": ("quantity", "returned", "revenue"),
+    "store_product_month": ("quantity", "returned", "revenue"),
 }
 
 
@@ -180,6 +182,28 @@ product_total = sa.Table(
     sa.Column("returned", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     sa.Column("revenue", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     within_limit("product_total", *ROLLUP_COLUMNS["product_total"]),
+)
+
+# A store's products by month (the store page's top ten): as product_month, per store.
+store_product_month = sa.Table(
+    "store_product_month",
+    metadata,
+    sa.Column("store_id", sa.BigInteger, primary_key=True),
+    sa.Column("product_id", sa.BigInteger, primary_key=True),
+    sa.Column("month", sa.Integer, primary_key=True),
+    sa.Column("slot", sa.SmallInteger, primary_key=True),
+    sa.Column("quantity", sa.BigInteger, nullable=False),
+    sa.Column("returned", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("revenue", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    within_limit("store_product_month", *ROLLUP_COLUMNS["store_product_month"]),
+)
+
+# Secrets the workers share, made by ``migrate``: "session" signs the dashboard's cookies.
+secrets = sa.Table(
+    "secrets",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("value", sa.String(128), nullable=False),
 )
 
 # Change counters, one row per name ("catalog", "keys"): every process holds

@@ -41,6 +41,7 @@ class Catalog:
     retired_products: frozenset[int] = frozenset()
     retired_stores: frozenset[int] = frozenset()
     stores_json: bytes = b"[]"
+    store_rows: dict[int, Store] = field(default_factory=dict)
     all_stores_json: bytes = b"[]"
     # Stores whose zone cannot be loaded, with why.
     unusable: dict[int, str] = field(default_factory=dict)
@@ -89,9 +90,13 @@ class Catalog:
             self.unusable = unusable
             self._products_json = {}
             store_list = [Store(id=s.id, address=s.address, timezone=s.timezone, retired=s.retired) for s in stores]
+            self.store_rows = {s.id: s for s in store_list}
             self.stores_json = encoder.encode([s for s in store_list if not s.retired])
             self.all_stores_json = encoder.encode(store_list)
             self.version = version
+
+    def store(self, store_id: int) -> Store | None:
+        return self.store_rows.get(store_id)
 
     def price_at(self, product_id: int, instant: datetime) -> int:
         return price_at(self.histories[product_id], instant)

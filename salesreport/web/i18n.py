@@ -1,0 +1,143 @@
+"""The dashboard's languages: the words of its pages, and numbers, money and months in each locale's
+format (Babel, from CLDR: ``1 234 567,50 ₽`` in Russian, ``RUB 1,234,567.50`` in English)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+
+from babel import Locale
+from babel.dates import format_date
+from babel.numbers import format_currency, format_decimal, format_percent
+from starlette.requests import Request
+
+LANGUAGES = ("en", "ru")
+COOKIE = "sr_lang"
+
+WORDS: dict[str, dict[str, str]] = {
+    "en": {
+        "title": "Sales",
+        "month": "Month",
+        "show": "Show",
+        "top_stores": "Top stores",
+        "top_products": "Top products",
+        "rank": "Rank",
+        "address": "Address",
+        "name": "Name",
+        "revenue": "Revenue",
+        "units": "Units sold",
+        "previous_rank": "Rank last month",
+        "new": "new",
+        "revenue_12": "Revenue, last 12 months",
+        "store_revenue_12": "This store's revenue, last 12 months",
+        "chain_revenue": "Revenue this month",
+        "vs_previous": "vs. previous month",
+        "no_sales": "No sales or returns this month.",
+        "csv": "CSV",
+        "csv_of": "{what} as CSV",
+        "store": "Store",
+        "timezone": "Time zone",
+        "back": "All stores",
+        "sign_in": "Sign in",
+        "sign_out": "Sign out",
+        "api_key": "API key",
+        "sign_in_hint": "Sign in with an owner API key.",
+        "pos_refused": "A pos key cannot open the dashboard: sign in with an owner key.",
+        "bad_key": "Unknown or revoked key.",
+        "language": "Language",
+        "live": "Live: updated {time}",
+        "chart_of": "Bar chart: {what}",
+        "month_col": "Month",
+        "no_store": "No such store.",
+    },
+    "ru": {
+        "title": "Продажи",
+        "month": "Месяц",
+        "show": "Показать",
+        "top_stores": "Лучшие магазины",
+        "top_products": "Лучшие товары",
+        "rank": "Место",
+        "address": "Адрес",
+        "name": "Название",
+        "revenue": "Выручка",
+        "units": "Продано, шт.",
+        "previous_rank": "Место в прошлом месяце",
+        "new": "новый",
+        "revenue_12": "Выручка за 12 месяцев",
+        "store_revenue_12": "Выручка магазина за 12 месяцев",
+        "chain_revenue": "Выручка за месяц",
+        "vs_previous": "к прошлому месяцу",
+        "no_sales": "В этом месяце не было продаж и возвратов.",
+        "csv": "CSV",
+        "csv_of": "{what} в CSV",
+        "store": "Магазин",
+        "timezone": "Часовой пояс",
+        "back": "Все магазины",
+        "sign_in": "Войти",
+        "sign_out": "Выйти",
+        "api_key": "API-ключ",
+        "sign_in_hint": "Войдите с API-ключом владельца.",
+        "pos_refused": "Ключ кассы не открывает отчёты: войдите с ключом владельца.",
+        "bad_key": "Ключ неизвестен или отозван.",
+        "language": "Язык",
+        "live": "Обновлено {time}",
+        "chart_of": "Диаграмма: {what}",
+        "month_col": "Месяц",
+        "no_store": "Такого магазина нет.",
+    },
+}
+assert WORDS["en"].keys() == WORDS["ru"].keys()
+
+
+def choose(request: Request) -> str:
+    """``?lang=`` (the page's switch, remembered in a cookie), else the cookie, else Accept-Language."""
+    for chosen in (request.query_params.get("lang"), request.cookies.get(COOKIE)):
+        if chosen in LANGUAGES:
+            return chosen
+    header = request.headers.get("accept-language", "")[:200]
+    wanted = [part.split(";")[0].strip() for part in header.split(",")]
+    try:
+        best = Locale.negotiate([w for w in wanted if w], list(LANGUAGES), sep="-")
+    except (ValueError, TypeError):
+        best = None
+    return best.language if best is not None and best.language in LANGUAGES else "en"
+
+
+@dataclass(frozen=True)
+class Texts:
+    """Words and formats of one language, for the templates."""
+
+    lang: str
+    currency: str
+
+    def __call__(self, key: str, **values: str) -> str:
+        return WORDS[self.lang][key].format(**values)
+
+    def money(self, amount: str) -> str:
+        # Exact: the decimal string of the report, never a float.
+        value = Decimal(amount)
+        if self.lang == "en":
+            return format_currency(value, self.currency, format="¤¤\xa0#,##0.00", locale="en", currency_digits=False)
+        return format_currency(value, self.currency, locale=self.lang)
+
+    def number(self, value: int) -> str:
+        return format_decimal(value, locale=self.lang)
+
+    def number_text(self, value: str) -> str:
+        return format_decimal(int(value), locale=self.lang)
+
+    def change(self, now: str, before: str) -> str | None:
+        """The change from ``before`` to ``now`` in percent, signed; None when there was nothing before."""
+        old, new = Decimal(before), Decimal(now)
+        if old == 0:
+            return None
+        return format_percent((new - old) / abs(old), format="+#,##0.0%;-#,##0.0%", locale=self.lang)
+
+    def month(self, month: str) -> str:
+        year, number = (int(part) for part in month.split("-"))
+        return format_date(date(year, number, 1), "LLLL yyyy", locale=self.lang)
+
+    def month_short(self, month: str) -> str:
+        year, number = (int(part) for part in month.split("-"))
+        return format_date(date(year, number, 1), "LLL yy", locale=self.lang)

@@ -1,0 +1,188 @@
+"""The owners' dashboard over HTTP: the pages agree with the JSON API, CSV, sign-in, languages, headers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from typing import Any
+
+import httpx
+import pytest
+
+from salesreport import config
+from tests.conftest import seed
+from tests.test_auth import create, revoke
+
+pytestmark = pytest.mark.anyio
+
+MONTH = "2026-06"
+CYRILLIC = {"id": 7, "address": "ул. Ленина, 1, Омск", "timezone": "Asia/Omsk"}
+
+
+async def sell(client: httpx.AsyncClient, body: Any, key: str | None = None) -> None:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    response = await client.post("/sales", json=body, headers=headers)
+    assert response.status_code == 201, response.text
+
+
+async def some_sales(client: httpx.AsyncClient, settings: config.Settings) -> None:
+    await seed(settings, [], [CYRILLIC])
+    day = f"{MONTH}-10T10:00:00Z"
+    await sell(
+        client,
+        [
+            {"product_id": 2, "store_id": 1, "quantity": 3, "sold_at": day},
+            {"product_id": 3, "store_id": 7, "quantity": 1, "sold_at": day, "unit_price": "1000.00"},
+            {"product_id": 1, "store_id": 4, "quantity": 9, "sold_at": day},
+            {"product_id": 2, "store_id": 2, "quantity": 1, "sold_at": "2026-05-10T10:00:00Z"},
+        ],
+    )
+
+
+def rows(html: str, table: str) -> list[tuple[str, list[str]]]:
+    """(data-id, data-values) of each row of the table with this id."""
+    body = html.split(f'<table id="{table}"', 1)[1].split("</table>", 1)[0]
+    found = []
+    for row in re.findall(r"<tr data-id=\"(\d+)\">(.*?)</tr>", body, re.S):
+        found.append((row[0], re.findall(r'data-value="([^"]+)"', row[1])))
+    return found
+
+
+async def test_the_month_page_shows_what_the_api_says(client: httpx.AsyncClient, settings: config.Settings) -> None:
+    await some_sales(client, settings)
+    page = await client.get("/", params={"month": MONTH})
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    html = page.text
+    stores = (await client.get("/reports/top-stores", params={"month": MONTH})).json()
+    assert rows(html, "top-stores") == [(str(s["id"]), [s["revenue"]]) for s in stores]
+    products = (await client.get("/reports/top-products", params={"month": MONTH})).json()
+    assert rows(html, "top-products") == [(str(p["id"]), [str(p["quantity"]), p["revenue"]]) for p in products]
+    assert "<caption>Top stores</caption>" in html and "<caption>Top products</caption>" in html
+    assert '<label for="month">Month</label>' in html and 'type="month"' in html
+    assert CYRILLIC["address"] in html
+    assert f'href="/stores/{CYRILLIC["id"]}?month={MONTH}"' in html
+    # The rank of last month beside each store: store 2 sold in May only, so this month it is absent.
+    assert 'data-id="2"' not in html.split('<table id="top-stores"', 1)[1].split("</table>", 1)[0]
+
+
+async def test_revenue_by_month_has_twelve_months_and_matches_the_stores(
+    client: httpx.AsyncClient, settings: config.Settings
+) -> None:
+    await some_sales(client, settings)
+    series = (await client.get("/reports/revenue-by-month", params={"until": MONTH})).json()
+    assert [m["month"] for m in series] == [f"2025-{m:02d}" for m in range(7, 13)] + [
+        f"2026-{m:02d}" for m in range(1, 7)
+    ]
+    stores = (await client.get("/reports/top-stores", params={"month": MONTH, "limit": 100})).json()
+    total = sum(int(s["revenue"].replace(".", "")) for s in stores)
+    assert int(series[-1]["revenue"].replace(".", "")) == total
+    assert series[-2]["revenue"] == "45.50"  # May: one loaf
+    for bad in ("0", "37", "x"):
+        assert (await client.get("/reports/revenue-by-month", params={"months": bad})).status_code == 422
+
+
+async def test_csv_has_the_same_fields_and_figures(client: httpx.AsyncClient, settings: config.Settings) -> None:
+    await some_sales(client, settings)
+    as_json = (await client.get("/reports/top-stores", params={"month": MONTH})).json()
+    for response in (
+        await client.get("/reports/top-stores", params={"month": MONTH}, headers={"accept": "text/csv"}),
+        await client.get("/reports/top-stores", params={"month": MONTH, "format": "csv"}),
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/csv; charset=utf-8"
+        assert response.headers["content-disposition"] == f'attachment; filename="top-stores-{MONTH}.csv"'
+        assert response.content.startswith(b"\xef\xbb\xbf")  # Excel reads UTF-8 (Cyrillic) only with a BOM
+        table = list(csv.DictReader(io.StringIO(response.content.decode("utf-8-sig"))))
+        assert table == [{k: str(v) for k, v in row.items()} for row in as_json]
+    assert CYRILLIC["address"] in response.content.decode("utf-8-sig")
+    products = await client.get("/reports/top-products", params={"format": "csv"})
+    assert products.headers["content-disposition"] == 'attachment; filename="top-products-all-time.csv"'
+    assert products.text.lstrip("\ufeff").splitlines()[0] == "id,name,quantity,sold,returned,revenue"
+    assert (await client.get("/reports/top-stores", params={"format": "xml"})).status_code == 422
+
+
+async def test_the_store_page(client: httpx.AsyncClient, settings: config.Settings) -> None:
+    await some_sales(client, settings)
+    page = await client.get(f"/stores/{CYRILLIC['id']}", params={"month": MONTH})
+    assert page.status_code == 200
+    assert "Asia/Omsk" in page.text and CYRILLIC["address"] in page.text
+    products = (await client.get("/reports/top-products", params={"month": MONTH, "store_id": 7})).json()
+    assert rows(page.text, "top-products") == [(str(p["id"]), [str(p["quantity"]), p["revenue"]]) for p in products]
+    assert products == [{"id": 3, "name": "Coffee", "quantity": 1, "sold": 1, "returned": 0, "revenue": "1000.00"}]
+    for missing in ("999", "x", "0", "99999999999999999999"):
+        assert (await client.get(f"/stores/{missing}")).status_code == 404
+
+
+async def test_russian_and_english(client: httpx.AsyncClient, settings: config.Settings) -> None:
+    await some_sales(client, settings)
+    russian = await client.get("/", params={"month": MONTH}, headers={"accept-language": "ru-RU,ru;q=0.9,en;q=0.5"})
+    assert '<html lang="ru">' in russian.text
+    assert "июнь 2026" in russian.text
+    assert "1\xa0000,00\xa0₽" in russian.text  # store 7's coffee
+    english = await client.get("/", params={"month": MONTH, "lang": "en"}, headers={"accept-language": "ru"})
+    assert '<html lang="en">' in english.text and "June 2026" in english.text
+    assert "RUB\xa01,000.00" in english.text
+    assert english.cookies.get("sr_lang") == "en"  # the switch is remembered
+
+
+async def test_security_headers_and_no_inline_script(client: httpx.AsyncClient) -> None:
+    page = await client.get("/")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy and "frame-ancestors 'none'" in policy
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["cache-control"] == "no-store"
+    scripts = re.findall(r"<script([^>]*)>", page.text)
+    assert scripts and all("src=" in attributes for attributes in scripts)
+    assert "style=" not in page.text and "<style" not in page.text
+    for url in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text):
+        asset = await client.get(url)
+        assert asset.status_code == 200
+        assert asset.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert (await client.get("/static/app.js")).status_code == 404  # only under its hashed name
+
+
+async def test_sign_in_and_out(client: httpx.AsyncClient, settings: config.Settings) -> None:
+    owner_id, owner = await create(settings, "owner")
+    _, pos = await create(settings, "pos", 1)
+    shown = await client.get("/", params={"month": MONTH})
+    assert shown.status_code == 401
+    assert 'type="password"' in shown.text and '<label for="key">API key</label>' in shown.text
+    assert (await client.get("/reports/top-stores")).status_code == 401
+
+    refused = await client.post("/signin", data={"key": pos, "next": "/"})
+    assert refused.status_code == 403 and "pos key" in refused.text
+    assert "sr_session" not in refused.cookies
+    wrong = await client.post("/signin", data={"key": "sr_nope"})
+    assert wrong.status_code == 401 and "Unknown or revoked key" in wrong.text
+
+    signed = await client.post("/signin", data={"key": owner, "next": f"/?month={MONTH}"})
+    assert signed.status_code == 303 and signed.headers["location"] == f"/?month={MONTH}"
+    cookie = signed.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Max-Age=43200" in cookie
+    assert owner not in cookie
+    assert (await client.get("/", params={"month": MONTH})).status_code == 200
+    assert (await client.get("/reports/top-stores", params={"format": "csv"})).status_code == 200  # the CSV links
+    # A session reads; it does not write.
+    assert (await client.post("/sales", json={"product_id": 1, "store_id": 1})).status_code == 401
+
+    out = await client.post("/signout")
+    assert out.status_code == 303
+    assert (await client.get("/", params={"month": MONTH})).status_code == 401
+
+    await client.post("/signin", data={"key": owner})
+    assert (await client.get("/")).status_code == 200
+    await revoke(settings, owner_id)
+    assert (await client.get("/")).status_code == 401  # a revoked key ends its sessions at once
+    assert (await client.post("/signin", data={"key": owner})).status_code == 401
+
+
+async def test_a_forged_or_cross_site_sign_in_is_refused(client: httpx.AsyncClient, settings: config.Settings) -> None:
+    _, owner = await create(settings, "owner")
+    cross = await client.post("/signin", data={"key": owner}, headers={"origin": "https://evil.example"})
+    assert cross.status_code == 403
+    client.cookies.set("sr_session", "1.forged.signature")
+    assert (await client.get("/")).status_code == 401
+    redirected = await client.post("/signin", data={"key": owner, "next": "//evil.example/x"})
+    assert redirected.headers["location"] == "/"
