@@ -66,8 +66,6 @@ async def sessions(svc: Service) -> Sessions:
     if svc.sessions is None:
         with database_errors("cannot read the session secret"):
             svc.sessions = await load_sessions(svc.db, svc.clock)
-    if svc.sessions is None:
-        raise ProblemError(503, "Service Unavailable", "no session secret: run migrate", headers={"Retry-After": "5"})
     return svc.sessions
 
 
@@ -256,10 +254,15 @@ async def sign_out(request: Request) -> Response:
     return response
 
 
-async def load_sessions(database: db.Database, clock: Any) -> Sessions | None:
-    """The session signer, with the secret ``migrate`` made; None if there is none yet."""
+async def load_sessions(database: db.Database, clock: Any) -> Sessions:
+    """The session signer, with the secret ``migrate`` made (made here if it is missing: every worker
+    then reads the one that was stored first)."""
+    import secrets as random
+
     import sqlalchemy as sa
 
-    async with database.control.connect() as conn:
+    async with database.control.begin() as conn:
+        insert = db.upsert(conn, db.secrets).values(name="session", value=random.token_hex(32))
+        await conn.execute(insert.on_conflict_do_nothing(index_elements=["name"]))
         secret = await conn.scalar(sa.select(db.secrets.c.value).where(db.secrets.c.name == "session"))
-    return Sessions(secret, clock) if secret else None
+    return Sessions(str(secret), clock)
