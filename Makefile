@@ -21,7 +21,14 @@ run: $(VENV)/.runtime
 	$(BIN)/python -m salesreport demo
 	$(BIN)/python -m salesreport serve --host 127.0.0.1 --port 8000
 
-test: $(VENV)/.dev
+# axe-core for the browser tests' accessibility checks, pinned by tests/browser/package-lock.json. Without
+# npm (or Chromium) the browser tests are skipped, saying so.
+AXE := tests/browser/node_modules/.installed
+$(AXE): tests/browser/package-lock.json
+	@if command -v npm >/dev/null; then npm ci --prefix tests/browser --no-audit --no-fund --silent && touch $@; \
+	else echo "npm not found: the browser tests will be skipped (Debian: apt-get install npm chromium)"; fi
+
+test: $(VENV)/.dev $(AXE)
 	$(BIN)/python -m pytest -q
 
 # The whole suite under faketime (Debian: apt-get install faketime) at a month's and a year's last minutes and at DST changes.
