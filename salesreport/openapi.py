@@ -9,6 +9,7 @@ import msgspec
 
 from . import __version__
 from .schemas import (
+    MonthRevenue,
     Problem,
     Product,
     ProductDetail,
@@ -64,6 +65,35 @@ _INCLUDE_RETIRED = {
     "schema": {"type": "string", "enum": ["true", "false"]},
 }
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+_FORMAT = {
+    "name": "format",
+    "in": "query",
+    "required": False,
+    "description": "csv: the same rows as CSV (UTF-8 with a BOM, a header row), as does `Accept: text/csv`",
+    "schema": {"type": "string", "enum": ["json", "csv"]},
+}
+_STORE = {
+    "name": "store_id",
+    "in": "query",
+    "required": False,
+    "description": "One store's figures only",
+    "schema": {"type": "integer", "minimum": 1},
+}
+
+
+def _rows(description: str, name: str) -> dict[str, Any]:
+    """A report's answer: JSON rows, or the same rows as CSV."""
+    return {
+        "200": {
+            "description": description,
+            "content": {
+                "application/json": {"schema": _array(name)},
+                "text/csv": {"schema": {"type": "string"}},
+            },
+        }
+    }
+
+
 _BODY_ERRORS = {
     "400": _problem("The body is not valid JSON."),
     "408": _problem("The body did not arrive in time."),
@@ -106,6 +136,7 @@ def document() -> dict[str, Any]:
             Store,
             TopProduct,
             TopStore,
+            MonthRevenue,
         ],
         ref_template=_REF,
     )
@@ -193,17 +224,46 @@ def document() -> dict[str, Any]:
                 "much under the catalog price its sales were charged. Any store with a sale or a return in the "
                 "month is ranked.",
                 "operationId": "topStores",
-                "parameters": [{**_MONTH, "description": "YYYY-MM; default the current month"}, _LIMIT],
-                "responses": {**_ok("At most `limit` stores", _array("TopStore")), **_INVALID, **_FORBIDDEN, **_COMMON},
+                "parameters": [{**_MONTH, "description": "YYYY-MM; default the current month"}, _LIMIT, _FORMAT],
+                "responses": {**_rows("At most `limit` stores", "TopStore"), **_INVALID, **_FORBIDDEN, **_COMMON},
             }
         },
         "/reports/top-products": {
             "get": {
                 "summary": "The ten best-selling products by units sold less returned, over all time or in one month",
                 "operationId": "topProducts",
-                "parameters": [{**_MONTH, "description": "YYYY-MM; default all time"}, _LIMIT],
+                "parameters": [
+                    {**_MONTH, "description": "YYYY-MM; default all time (with store_id: the current month)"},
+                    _LIMIT,
+                    _STORE,
+                    _FORMAT,
+                ],
                 "responses": {
-                    **_ok("At most `limit` products", _array("TopProduct")),
+                    **_rows("At most `limit` products", "TopProduct"),
+                    **_INVALID,
+                    **_FORBIDDEN,
+                    **_COMMON,
+                },
+            }
+        },
+        "/reports/revenue-by-month": {
+            "get": {
+                "summary": "The chain's (or one store's) figures for each of the months up to `until`",
+                "operationId": "revenueByMonth",
+                "parameters": [
+                    {**_MONTH, "name": "until", "description": "YYYY-MM, the last month; default the current one"},
+                    {
+                        "name": "months",
+                        "in": "query",
+                        "required": False,
+                        "description": "How many months, 1..36; default 12",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 36, "default": 12},
+                    },
+                    _STORE,
+                    _FORMAT,
+                ],
+                "responses": {
+                    **_rows("One row per month, oldest first, zero where nothing happened", "MonthRevenue"),
                     **_INVALID,
                     **_FORBIDDEN,
                     **_COMMON,
