@@ -11,6 +11,7 @@ import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from services import PG_SETTINGS, PgbenchResult
 from wrkrun import WrkResult
@@ -52,6 +53,7 @@ class Stage:
     sales_at_end: int = 0
     results: dict[str, WrkResult] = field(default_factory=dict)  # 64 connections
     single: dict[str, WrkResult] = field(default_factory=dict)  # 1 connection
+    page: Any = None  # page.PageResult: the dashboard drawn in Chromium, if it is installed
 
 
 @dataclass
@@ -352,6 +354,14 @@ def _stage(run: Run, stage: Stage) -> list[str]:
             f"From one connection (`wrk -t1 -c1 -d{run.duration}s`):",
             "",
             *table(["report", "req/s", "p50", "p99", "max", "errors"], single_rows),
+            "",
+        ]
+    if stage.page is not None:
+        p = stage.page
+        lines += [
+            f"The dashboard (`{p.path}`) in headless Chromium, {len(p.drawn_ms)} loads each in a new context "
+            f"(nothing cached): drawn (load event) in {p.median_ms:.0f} ms median, {p.worst_ms:.0f} ms at worst; "
+            f"{p.bytes_loaded:,} bytes loaded in all (HTML, CSS, script).",
             "",
         ]
     return lines

@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+import page
 import report
 import services
 import wrkrun
@@ -62,6 +63,7 @@ def scenarios() -> list[Scenario]:
         Scenario("post-100", "POST /sales, 100 sales", "/sales", batch=100),
         Scenario("top-stores", f"GET /reports/top-stores?month={month}", f"/reports/top-stores?month={month}"),
         Scenario("top-products", "GET /reports/top-products", "/reports/top-products"),
+        Scenario("dashboard", f"GET /?month={month} (dashboard HTML)", f"/?month={month}"),
         Scenario("products", "GET /products", "/products"),
         Scenario("stores", "GET /stores", "/stores"),
     ]
@@ -296,6 +298,14 @@ class Bench:
             one = self.wrk(url, f"{tag}-{rep.key}-c1", path=rep.path, connections=1, threads=1)
             stage.single[rep.key] = one
             log(f"  {rep.title}, 1 connection: {summary(one)}")
+        dashboard = next((s for s in all_scenarios if s.key == "dashboard"), None)
+        if dashboard is not None:
+            drawn = stage.page = page.measure(url, dashboard.path)
+            if drawn is not None:
+                log(
+                    f"  dashboard in Chromium: drawn in {drawn.median_ms:.0f} ms (median), "
+                    f"{drawn.worst_ms:.0f} ms (worst of {len(drawn.drawn_ms)}), {drawn.bytes_loaded:,} bytes"
+                )
         for scenario in [s for s in all_scenarios if s.is_post]:
             self.measure(stage, scenario)
         time.sleep(1)  # let the last batches commit
@@ -470,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     started = report.now()
     bench = Bench(args, Path(tempfile.mkdtemp(prefix="salesreport-bench-")))
     all_scenarios = scenarios()
-    reports = [s for s in all_scenarios if s.key in ("top-stores", "top-products")]
+    reports = [s for s in all_scenarios if s.key in ("top-stores", "top-products", "dashboard")]
     with terminate_as_interrupt():
         try:
             bench.setup()

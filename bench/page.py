@@ -1,0 +1,64 @@
+"""The dashboard in headless Chromium: how long until the page is drawn, and how much it loads.
+
+Debian's Chromium, driven by Playwright (as the browser tests do). Each of ``runs`` loads is a new
+browser context (nothing cached); "drawn" is the load event (HTML parsed, stylesheet and script run:
+the tables and SVG charts are in the HTML, so they are drawn by then); the size is what crossed the
+network (HTML, CSS, script), from the Resource Timing API.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@dataclass
+class PageResult:
+    path: str
+    drawn_ms: list[float]
+    bytes_loaded: int
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.drawn_ms)
+
+    @property
+    def worst_ms(self) -> float:
+        return max(self.drawn_ms)
+
+
+_TIMING = """() => {
+  const nav = performance.getEntriesByType('navigation')[0];
+  const resources = performance.getEntriesByType('resource');
+  const bytes = nav.transferSize + resources.reduce((sum, r) => sum + r.transferSize, 0);
+  return [nav.loadEventEnd - nav.startTime, bytes];
+}"""
+
+
+def measure(url: str, path: str, runs: int = 10) -> PageResult | None:
+    """None when Chromium or Playwright is not installed (the page stage is then left out)."""
+    if not Path(CHROMIUM).exists():
+        return None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None
+    drawn: list[float] = []
+    loaded = 0
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            for _ in range(runs):
+                context = browser.new_context(viewport={"width": 1200, "height": 900})
+                page = context.new_page()
+                page.goto(url + path, wait_until="load")
+                ms, size = page.evaluate(_TIMING)
+                drawn.append(float(ms))
+                loaded = int(size)
+                context.close()
+        finally:
+            browser.close()
+    return PageResult(path, drawn, loaded)
