@@ -8,7 +8,9 @@ network (HTML, CSS, script), from the Resource Timing API.
 
 from __future__ import annotations
 
+import asyncio
 import statistics
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,3 +64,41 @@ def measure(url: str, path: str, runs: int = 10) -> PageResult | None:
         finally:
             browser.close()
     return PageResult(path, drawn, loaded)
+
+
+class OpenPages:
+    """``pages`` dashboards left open: each fetches its live fragment every ``every`` seconds, as the
+    page's script does, from a thread of its own, until the block ends."""
+
+    def __init__(self, url: str, path: str, pages: int = 50, every: float = 2.0) -> None:
+        self.url, self.path, self.pages, self.every = url, path, pages, every
+        self.requests = 0
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> OpenPages:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    async def _run(self) -> None:
+        import httpx
+
+        async with httpx.AsyncClient(base_url=self.url, timeout=10) as http:
+
+            async def one(offset: float) -> None:
+                await asyncio.sleep(offset)
+                while not self._stop.is_set():
+                    try:
+                        response = await http.get(self.path)
+                        self.requests += 1
+                        self.failures += response.status_code != 200
+                    except httpx.HTTPError:
+                        self.failures += 1
+                    await asyncio.sleep(self.every)
+
+            await asyncio.gather(*(one(self.every * i / self.pages) for i in range(self.pages)))
