@@ -17,54 +17,68 @@ LIMIT = 10
 MAX_LIMIT = 100
 
 
-def _top(totals: sa.Subquery, table: sa.Table, label: str, columns: list[sa.Column[Any]]) -> sa.Select[Any]:
-    return (
-        sa.select(*columns, *totals.c[1:])
-        .join(totals, totals.c.key == table.c.id)
-        .order_by(totals.c[label].desc(), table.c.id)
-        .limit(sa.bindparam("limit"))
-    )
-
-
 def _sum(column: sa.Column[Any], label: str) -> sa.Label[Any]:
     # sum(bigint) is numeric on PostgreSQL; any total here fits a bigint.
     return sa.cast(sa.func.sum(column), sa.BigInteger).label(label)
 
 
-def _product_sums(table: sa.Table) -> list[sa.Label[Any]]:
-    return [_sum(table.c.quantity, "quantity"), _sum(table.c.returned, "returned"), _sum(table.c.revenue, "revenue")]
+def _top(
+    rollup: sa.Table,
+    key: str,
+    rank: str,
+    others: tuple[str, ...],
+    entity: sa.Table,
+    entity_columns: tuple[str, ...],
+    *filters: sa.ColumnElement[bool],
+) -> sa.Select[Any]:
+    """The ``limit`` entities with the largest sum of ``rank``, ties by id, with their sums of ``others``.
+
+    Ranking sums one column over all keys; the other sums are then taken for the chosen keys only,
+    so a wider answer costs the reports nothing on the many keys that are not shown.
+    """
+    key_column = rollup.c[key]
+    value = _sum(rollup.c[rank], rank)
+    ranked = (
+        sa.select(key_column.label("key"), value)
+        .where(*filters)
+        .group_by(key_column)
+        .order_by(value.desc(), key_column)
+        .limit(sa.bindparam("limit"))
+        .cte("ranked")
+    )
+    # One index lookup per chosen key (a join would scan the rollup again).
+    rest = [
+        sa.select(_sum(rollup.c[name], name)).where(key_column == ranked.c.key, *filters).scalar_subquery().label(name)
+        for name in others
+    ]
+    return (
+        sa.select(*(entity.c[name] for name in entity_columns), ranked.c[rank], *rest)
+        .select_from(ranked)
+        .join(entity, entity.c.id == ranked.c.key)
+        .order_by(ranked.c[rank].desc(), entity.c.id)
+    )
 
 
-_sm, _pm, _pt = db.store_month, db.product_month, db.product_total
+_sm, _pm, _pt, _spm = db.store_month, db.product_month, db.product_total, db.store_product_month
+_month: sa.BindParameter[int] = sa.bindparam("month")
+_PRODUCT = ("returned", "revenue")
 # Built once: the reports run often, and building a select costs more than running it.
 _TOP_STORES = _top(
-    sa.select(
-        _sm.c.store_id.label("key"),
-        _sum(_sm.c.revenue, "revenue"),
-        _sum(_sm.c.refunds, "refunds"),
-        _sum(_sm.c.discounts, "discounts"),
-    )
-    .where(_sm.c.month == sa.bindparam("month"))
-    .group_by(_sm.c.store_id)
-    .subquery(),
-    db.stores,
-    "revenue",
-    [db.stores.c.id, db.stores.c.address],
+    _sm, "store_id", "revenue", ("refunds", "discounts"), db.stores, ("id", "address"), _sm.c.month == _month
 )
 _TOP_PRODUCTS_OF_MONTH = _top(
-    sa.select(_pm.c.product_id.label("key"), *_product_sums(_pm))
-    .where(_pm.c.month == sa.bindparam("month"))
-    .group_by(_pm.c.product_id)
-    .subquery(),
-    db.products,
-    "quantity",
-    [db.products.c.id, db.products.c.name],
+    _pm, "product_id", "quantity", _PRODUCT, db.products, ("id", "name"), _pm.c.month == _month
 )
-_TOP_PRODUCTS = _top(
-    sa.select(_pt.c.product_id.label("key"), *_product_sums(_pt)).group_by(_pt.c.product_id).subquery(),
-    db.products,
+_TOP_PRODUCTS = _top(_pt, "product_id", "quantity", _PRODUCT, db.products, ("id", "name"))
+_TOP_PRODUCTS_OF_STORE = _top(
+    _spm,
+    "product_id",
     "quantity",
-    [db.products.c.id, db.products.c.name],
+    _PRODUCT,
+    db.products,
+    ("id", "name"),
+    _spm.c.store_id == sa.bindparam("store_id"),
+    _spm.c.month == _month,
 )
 
 
@@ -84,16 +98,6 @@ async def top_stores(conn: AsyncConnection, month: int, limit: int = LIMIT) -> l
     ]
 
 
-_spm = db.store_product_month
-_TOP_PRODUCTS_OF_STORE = _top(
-    sa.select(_spm.c.product_id.label("key"), *_product_sums(_spm))
-    .where(_spm.c.store_id == sa.bindparam("store_id"), _spm.c.month == sa.bindparam("month"))
-    .group_by(_spm.c.product_id)
-    .subquery(),
-    db.products,
-    "quantity",
-    [db.products.c.id, db.products.c.name],
-)
 _REVENUE_BY_MONTH = (
     sa.select(
         _sm.c.month,
