@@ -186,3 +186,17 @@ async def test_a_forged_or_cross_site_sign_in_is_refused(client: httpx.AsyncClie
     assert (await client.get("/")).status_code == 401
     redirected = await client.post("/signin", data={"key": owner, "next": "//evil.example/x"})
     assert redirected.headers["location"] == "/"
+
+
+async def test_the_live_poll_is_revalidated_by_etag(client: httpx.AsyncClient, settings: config.Settings) -> None:
+    await some_sales(client, settings)
+    first = await client.get("/", params={"month": MONTH, "fragment": "1"})
+    assert first.status_code == 200 and "<html" not in first.text and 'id="top-stores"' in first.text
+    assert first.headers["cache-control"] == "private, no-cache"
+    tag = first.headers["etag"]
+    same = await client.get("/", params={"month": MONTH, "fragment": "1"}, headers={"if-none-match": tag})
+    assert same.status_code == 304 and same.content == b""
+    await sell(client, {"product_id": 3, "store_id": 3, "sold_at": f"{MONTH}-11T10:00:00Z"})
+    client.app.state.service.pages = type(client.app.state.service.pages)()  # type: ignore[attr-defined]  # the 1 s cache
+    changed = await client.get("/", params={"month": MONTH, "fragment": "1"}, headers={"if-none-match": tag})
+    assert changed.status_code == 200 and changed.headers["etag"] != tag

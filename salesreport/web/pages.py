@@ -9,6 +9,7 @@ until the first key exists); then an owner signed in with a session cookie.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -193,6 +194,14 @@ async def store_page(request: Request) -> Response:
 
 
 def _page(request: Request, html: str) -> Response:
+    if request.query_params.get("fragment") == "1":
+        # The live poll: revalidated by ETag, so an unchanged page costs a 304 and no body. The
+        # browser keeps it for this user only (private), and must ask again every time (no-cache).
+        tag = '"' + hashlib.blake2b(html.encode(), digest_size=12).hexdigest() + '"'
+        headers = {**SECURITY_HEADERS, "Cache-Control": "private, no-cache", "ETag": tag, "Vary": "Cookie"}
+        if request.headers.get("if-none-match") == tag:
+            return Response(status_code=304, headers=headers)
+        return Response(html, media_type="text/html; charset=utf-8", headers=headers)
     response = Response(html, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
     if request.query_params.get("lang") in i18n.LANGUAGES:
         lang = request.query_params["lang"]
