@@ -453,10 +453,6 @@ def create_app(settings: config.Settings | None = None, *, clock: Callable[[], d
         svc = Service(settings, database, catalog, batcher, returns, keys, head_revision())
         if clock is not None:
             svc.clock = clock
-        try:
-            svc.sessions = await pages.load_sessions(database, svc.clock)
-        except Exception as exc:  # not migrated yet: /health/ready says so; the pages answer 503 meanwhile
-            log.warning("the session secret could not be read at start-up", error=repr(exc))
         app.state.service = svc
         restore = drain.install(svc)
         # What start-up allocated lives as long as the process: keep it out of

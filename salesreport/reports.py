@@ -137,11 +137,25 @@ async def top_products(
     ]
 
 
+_STORE_REVENUES = (
+    sa.select(_sm.c.store_id, _sum(_sm.c.revenue, "revenue")).where(_sm.c.month == _month).group_by(_sm.c.store_id)
+)
+
+
+async def store_ranks(conn: AsyncConnection, month: int) -> dict[int, int]:
+    """Every store's rank by net revenue in ``month`` (as top-stores ranks them: ties by id), of those
+    with a sale or a return in it."""
+    rows = (await conn.execute(_STORE_REVENUES, {"month": month})).all()
+    ordered = sorted(rows, key=lambda r: (-r.revenue, r.store_id))
+    return {r.store_id: rank for rank, r in enumerate(ordered, start=1)}
+
+
 def months_until(last: int, count: int) -> list[int]:
     """The ``count`` months (``YYYYMM``) that end with ``last``, oldest first."""
     year, month = divmod(last, 100)
     index = year * 12 + month - 1
-    return [(i // 12) * 100 + i % 12 + 1 for i in range(index - count + 1, index + 1)]
+    first = max(index - count + 1, 12)  # not before January of the year 1
+    return [(i // 12) * 100 + i % 12 + 1 for i in range(first, index + 1)]
 
 
 async def revenue_by_month(

@@ -12,7 +12,6 @@ from starlette.requests import Request
 from . import config, db
 from .auth import KeyRing
 from .ingestion import Batcher, Catalog
-from .web.sessions import Sessions
 from .web.views import Cache
 
 
@@ -30,8 +29,7 @@ class Service:
     # The wall clock, injectable: tests pin it to any instant (a month's last minute, a DST change).
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     draining: bool = False
-    # The dashboard: its session signer (None until the secret is read) and its rendered pages.
-    sessions: Sessions | None = None
+    # The dashboard's rendered pages, for a second.
     pages: Cache = field(default_factory=Cache)
     # The readiness probe under way, if any (see ``health``).
     readiness: asyncio.Task[str | None] | None = None

@@ -221,9 +221,11 @@ def test_a_phone_sees_the_whole_page(server: Server, browser: Any) -> None:
     context.close()
 
 
+@pytest.mark.parametrize("width", [1200, 360])
 @pytest.mark.parametrize("path", [f"/?month={MONTH}", f"/stores/2?month={MONTH}", f"/?month={MONTH}&lang=ru"])
-def test_no_serious_accessibility_violations(server: Server, browser: Any, path: str) -> None:
-    context = browser.new_context(bypass_csp=True)  # to inject axe; the page's own policy is tested elsewhere
+def test_no_serious_accessibility_violations(server: Server, browser: Any, path: str, width: int) -> None:
+    # bypass_csp: to inject axe; the page's own policy is tested elsewhere.
+    context = browser.new_context(bypass_csp=True, viewport={"width": width, "height": 800})
     page = context.new_page()
     page.goto(server.url + path)
     page.add_script_tag(path=str(AXE))

@@ -59,7 +59,8 @@ async def test_the_month_page_shows_what_the_api_says(client: httpx.AsyncClient,
     assert rows(html, "top-stores") == [(str(s["id"]), [s["revenue"]]) for s in stores]
     products = (await client.get("/reports/top-products", params={"month": MONTH})).json()
     assert rows(html, "top-products") == [(str(p["id"]), [str(p["quantity"]), p["revenue"]]) for p in products]
-    assert "<caption>Top stores</caption>" in html and "<caption>Top products</caption>" in html
+    assert '<caption id="top-stores-caption">Top stores</caption>' in html
+    assert '<caption id="top-products-caption">Top products</caption>' in html
     assert '<label for="month">Month</label>' in html and 'type="month"' in html
     assert CYRILLIC["address"] in html
     assert f'href="/stores/{CYRILLIC["id"]}?month={MONTH}"' in html
@@ -167,9 +168,13 @@ async def test_sign_in_and_out(client: httpx.AsyncClient, settings: config.Setti
     # A session reads; it does not write.
     assert (await client.post("/sales", json={"product_id": 1, "store_id": 1})).status_code == 401
 
+    copied = client.cookies["sr_session"]
     out = await client.post("/signout")
     assert out.status_code == 303
     assert (await client.get("/", params={"month": MONTH})).status_code == 401
+    client.cookies.set("sr_session", copied)  # a copy of the cookie dies with the session
+    assert (await client.get("/", params={"month": MONTH})).status_code == 401
+    client.cookies.clear()
 
     await client.post("/signin", data={"key": owner})
     assert (await client.get("/")).status_code == 200
@@ -182,7 +187,7 @@ async def test_a_forged_or_cross_site_sign_in_is_refused(client: httpx.AsyncClie
     _, owner = await create(settings, "owner")
     cross = await client.post("/signin", data={"key": owner}, headers={"origin": "https://evil.example"})
     assert cross.status_code == 403
-    client.cookies.set("sr_session", "1.forged.signature")
+    client.cookies.set("sr_session", "x" * 43)
     assert (await client.get("/")).status_code == 401
     redirected = await client.post("/signin", data={"key": owner, "next": "//evil.example/x"})
     assert redirected.headers["location"] == "/"
@@ -192,7 +197,7 @@ async def test_the_live_poll_is_revalidated_by_etag(client: httpx.AsyncClient, s
     await some_sales(client, settings)
     first = await client.get("/", params={"month": MONTH, "fragment": "1"})
     assert first.status_code == 200 and "<html" not in first.text and 'id="top-stores"' in first.text
-    assert first.headers["cache-control"] == "private, no-cache"
+    assert first.headers["cache-control"] == "no-store"  # the script revalidates; nothing is kept on disk
     tag = first.headers["etag"]
     same = await client.get("/", params={"month": MONTH, "fragment": "1"}, headers={"if-none-match": tag})
     assert same.status_code == 304 and same.content == b""
@@ -200,3 +205,23 @@ async def test_the_live_poll_is_revalidated_by_etag(client: httpx.AsyncClient, s
     client.app.state.service.pages = type(client.app.state.service.pages)()  # type: ignore[attr-defined]  # the 1 s cache
     changed = await client.get("/", params={"month": MONTH, "fragment": "1"}, headers={"if-none-match": tag})
     assert changed.status_code == 200 and changed.headers["etag"] != tag
+
+
+async def test_a_slow_or_odd_sign_in_form_is_refused(client: httpx.AsyncClient, settings: config.Settings) -> None:
+    await create(settings, "owner")
+    as_json = await client.post("/signin", json={"key": "x"})
+    assert as_json.status_code == 415
+    huge = await client.post(
+        "/signin", content=b"key=" + b"x" * 5000, headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    assert huge.status_code == 413
+
+
+@pytest.mark.parametrize("month", ["0000-01", "0001-11", "1999-12"])
+async def test_a_month_before_any_sale_shows_the_current_one(client: httpx.AsyncClient, month: str) -> None:
+    page = await client.get("/", params={"month": month})
+    assert page.status_code == 200
+    assert "November 2026" in page.text  # the clock's month
+    assert (await client.get("/stores/1", params={"month": month})).status_code == 200
+    series = await client.get("/reports/revenue-by-month", params={"until": "0001-02", "months": 12})
+    assert [m["month"] for m in series.json()] == ["0001-01", "0001-02"]

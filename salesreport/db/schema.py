@@ -195,15 +195,20 @@ store_product_month = sa.Table(
     sa.Column("quantity", sa.BigInteger, nullable=False),
     sa.Column("returned", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     sa.Column("revenue", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Index("store_product_month_store_month_idx", "store_id", "month"),
     within_limit("store_product_month", *ROLLUP_COLUMNS["store_product_month"]),
 )
 
-# Secrets the workers share, made by ``migrate``: "session" signs the dashboard's cookies.
-secrets = sa.Table(
-    "secrets",
+# The dashboard's signed-in owners: a random token in the cookie, only its hash here. Signing out
+# deletes the row, so a copied cookie dies with it; every worker and host sees the same sessions.
+sessions = sa.Table(
+    "sessions",
     metadata,
-    sa.Column("name", sa.String(32), primary_key=True),
-    sa.Column("value", sa.String(128), nullable=False),
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("key_id", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Index("sessions_expires_at_idx", "expires_at"),
 )
 
 # Change counters, one row per name ("catalog", "keys"): every process holds

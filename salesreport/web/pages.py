@@ -9,23 +9,25 @@ until the first key exists); then an owner signed in with a session cookie.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 import jinja2
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from .. import db
 from ..auth import Key, Unauthenticated
 from ..problems import ProblemError, database_errors
 from ..schemas import MAX_ID, parse_month
-from ..service import Service, service
+from ..service import service
 from ..zones import zone
 from . import i18n, views
 from .assets import URLS
-from .sessions import COOKIE, LIFETIME, Sessions
+from .sessions import COOKIE, LIFETIME, close_session, open_session, session_key_id
 
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("salesreport.web", "templates"),
@@ -62,21 +64,15 @@ def _texts(request: Request) -> i18n.Texts:
     return i18n.Texts(i18n.choose(request), service(request).settings.currency)
 
 
-async def sessions(svc: Service) -> Sessions:
-    """The session signer, read on first use if start-up could not (the schema was migrated since)."""
-    if svc.sessions is None:
-        with database_errors("cannot read the session secret"):
-            svc.sessions = await load_sessions(svc.db, svc.clock)
-    return svc.sessions
-
-
 async def session_key(request: Request) -> Key | None:
-    """The owner key a valid session cookie names, if any."""
+    """The owner key a live session cookie names, if any."""
     svc = service(request)
-    cookie = request.cookies.get(COOKIE)
-    if cookie is None or svc.sessions is None:
+    token = request.cookies.get(COOKIE)
+    if token is None:
         return None
-    key_id = svc.sessions.key_id(cookie)
+    with database_errors("cannot read sessions"):
+        async with svc.db.reader.connect() as conn:
+            key_id = await session_key_id(conn, token, svc.clock())
     key = svc.keys.active(key_id) if key_id is not None else None
     return key if key is not None and key.role == "owner" else None
 
@@ -107,9 +103,11 @@ def _month(request: Request) -> int:
     raw = request.query_params.get("month")
     if raw:
         try:
-            return parse_month(raw)
+            month = parse_month(raw)
         except ValueError:
-            pass  # a bad month in a shared link: show the current one
+            month = 0
+        if month >= 200001:  # no sale is dated before 2000; a bad month in a shared link shows the current one
+            return month
     now = svc.clock().astimezone(zone(svc.settings.default_timezone))
     return now.year * 100 + now.month
 
@@ -120,36 +118,33 @@ async def dashboard(request: Request) -> Response:
         return refused
     month = _month(request)
     texts = _texts(request)
-    fragment = request.query_params.get("fragment") == "1"
     svc = service(request)
-    key = ("month", month, texts.lang, fragment)
-    html = svc.pages.get(key)
-    if html is None:
+
+    async def build() -> tuple[str, dict[str, Any]]:
         with database_errors("read failed"):
             async with svc.db.reader.connect() as conn:
                 view = await views.month_view(conn, month)
-        html = _render_month(request, view, fragment)
-        svc.pages.put(key, html)
-    return _page(request, html)
+        context = {
+            "t": texts,
+            "lang": texts.lang,
+            "view": view,
+            "month": view.month,
+            "signed_in": bool(svc.keys.protected),
+            "store_bars": views.bars(
+                [str(i) for i in range(1, len(view.stores) + 1)], [s.revenue for s in view.stores]
+            ),
+            "product_bars": views.bars(
+                [str(i) for i in range(1, len(view.products) + 1)], [str(p.quantity) for p in view.products]
+            ),
+            "month_bars": views.bars(
+                [texts.month_short(m.month) for m in view.series], [m.revenue for m in view.series]
+            ),
+            "fragment_url": f"/?{urlencode({'month': view.month, 'fragment': '1'})}",
+            "title": f"{texts('title')} · {texts.month(view.month)}",
+        }
+        return _templates.get_template("_month.html").render(**context), context
 
-
-def _render_month(request: Request, view: views.MonthView, fragment: bool) -> str:
-    texts = _texts(request)
-    context = {
-        "t": texts,
-        "lang": texts.lang,
-        "view": view,
-        "month": view.month,
-        "signed_in": bool(service(request).keys.protected),
-        "store_bars": views.bars([str(i) for i in range(1, len(view.stores) + 1)], [s.revenue for s in view.stores]),
-        "product_bars": views.bars(
-            [str(i) for i in range(1, len(view.products) + 1)], [str(p.quantity) for p in view.products]
-        ),
-        "month_bars": views.bars([texts.month_short(m.month) for m in view.series], [m.revenue for m in view.series]),
-        "fragment_url": f"/?{urlencode({'month': view.month, 'fragment': '1'})}",
-    }
-    template = "_month.html" if fragment else "month.html"
-    return _templates.get_template(template).render(**context)
+    return await _serve(request, ("month", month, texts.lang), build, "month.html")
 
 
 async def store_page(request: Request) -> Response:
@@ -166,10 +161,8 @@ async def store_page(request: Request) -> Response:
         return _html(request, "missing.html", 404)
     month = _month(request)
     texts = _texts(request)
-    fragment = request.query_params.get("fragment") == "1"
-    key = ("store", store.id, month, texts.lang, fragment)
-    html = svc.pages.get(key)
-    if html is None:
+
+    async def build() -> tuple[str, dict[str, Any]]:
         with database_errors("read failed"):
             async with svc.db.reader.connect() as conn:
                 view = await views.store_view(conn, store.id, month)
@@ -187,21 +180,33 @@ async def store_page(request: Request) -> Response:
                 [texts.month_short(m.month) for m in view.series], [m.revenue for m in view.series]
             ),
             "fragment_url": f"/stores/{store.id}?{urlencode({'month': view.month, 'fragment': '1'})}",
+            "title": f"{store.address} · {texts.month(view.month)}",
         }
-        html = _templates.get_template("_store.html" if fragment else "store.html").render(**context)
-        svc.pages.put(key, html)
-    return _page(request, html)
+        return _templates.get_template("_store.html").render(**context), context
+
+    return await _serve(request, ("store", store.id, month, texts.lang), build, "store.html")
 
 
-def _page(request: Request, html: str) -> Response:
+async def _serve(
+    request: Request, key: Any, build: Callable[[], Awaitable[tuple[str, dict[str, Any]]]], frame: str
+) -> Response:
+    """A page from the cache (or built): the whole page, or for the live poll (``?fragment=1``) its
+    main part alone, revalidated by ETag so that an unchanged page costs a 304 without a body."""
+    svc = service(request)
+    cached = svc.pages.get(key)
+    if cached is None:
+        fragment, context = await build()
+        tag = '"' + hashlib.blake2b(fragment.encode(), digest_size=12).hexdigest() + '"'
+        cached = (fragment, context, tag)
+        svc.pages.put(key, cached)
+    fragment, context, tag = cached
     if request.query_params.get("fragment") == "1":
-        # The live poll: revalidated by ETag, so an unchanged page costs a 304 and no body. The
-        # browser keeps it for this user only (private), and must ask again every time (no-cache).
-        tag = '"' + hashlib.blake2b(html.encode(), digest_size=12).hexdigest() + '"'
-        headers = {**SECURITY_HEADERS, "Cache-Control": "private, no-cache", "ETag": tag, "Vary": "Cookie"}
+        # no-store: a poll is never written to the browser's cache (the script sends If-None-Match itself).
+        headers = {**SECURITY_HEADERS, "ETag": tag}
         if request.headers.get("if-none-match") == tag:
             return Response(status_code=304, headers=headers)
-        return Response(html, media_type="text/html; charset=utf-8", headers=headers)
+        return Response(fragment, media_type="text/html; charset=utf-8", headers=headers)
+    html = _templates.get_template(frame).render(**context, fragment=Markup(fragment), etag=tag)
     response = Response(html, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
     if request.query_params.get("lang") in i18n.LANGUAGES:
         lang = request.query_params["lang"]
@@ -221,12 +226,7 @@ def _same_origin(request: Request) -> bool:
 async def sign_in(request: Request) -> Response:
     if not _same_origin(request):
         raise ProblemError(403, "Forbidden", "sign in from this site's own form")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM:
-            raise ProblemError(413, "Content Too Large", "the form is too large")
-    form = parse_qs(body.decode("utf-8", "replace"))
+    form = parse_qs((await _form_body(request)).decode("utf-8", "replace"))
     token = (form.get("key") or [""])[0].strip()
     target = (form.get("next") or ["/"])[0]
     if not target.startswith("/") or target.startswith("//") or "\\" in target:
@@ -242,10 +242,13 @@ async def sign_in(request: Request) -> Response:
         return RedirectResponse(target, status_code=303)
     if key.role != "owner":
         return _html(request, "signin.html", 403, error="pos_refused", open_mode=False, next=target)
+    with database_errors("cannot open a session"):
+        async with svc.db.control.begin() as conn:
+            token = await open_session(conn, key.id, svc.clock())
     response = RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
     response.set_cookie(
         COOKIE,
-        (await sessions(svc)).cookie(key.id),
+        token,
         max_age=int(LIFETIME.total_seconds()),
         httponly=True,
         samesite="strict",
@@ -255,23 +258,36 @@ async def sign_in(request: Request) -> Response:
     return response
 
 
+async def _form_body(request: Request) -> bytes:
+    """The sign-in form's body: small, urlencoded, and sent within the body timeout (no key is needed to
+    send it, so it must cost a stranger nothing to be refused)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        raise ProblemError(415, "Unsupported Media Type", "send the sign-in form as a form")
+    too_large = ProblemError(413, "Content Too Large", "the form is too large")
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_FORM):
+        raise too_large
+    body = b""
+    timeout = service(request).settings.body_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_FORM:
+                    raise too_large
+    except TimeoutError:
+        raise ProblemError(408, "Request Timeout", f"the form did not arrive within {timeout:g} s") from None
+    return body
+
+
 async def sign_out(request: Request) -> Response:
     if not _same_origin(request):
         raise ProblemError(403, "Forbidden", "sign out from this site's own form")
+    svc = service(request)
+    with database_errors("cannot close the session"):
+        async with svc.db.control.begin() as conn:
+            await close_session(conn, request.cookies.get(COOKIE))
     response = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https")
     return response
-
-
-async def load_sessions(database: db.Database, clock: Any) -> Sessions:
-    """The session signer, with the secret ``migrate`` made (made here if it is missing: every worker
-    then reads the one that was stored first)."""
-    import secrets as random
-
-    import sqlalchemy as sa
-
-    async with database.control.begin() as conn:
-        insert = db.upsert(conn, db.secrets).values(name="session", value=random.token_hex(32))
-        await conn.execute(insert.on_conflict_do_nothing(index_elements=["name"]))
-        secret = await conn.scalar(sa.select(db.secrets.c.value).where(db.secrets.c.name == "session"))
-    return Sessions(str(secret), clock)

@@ -1,38 +1,50 @@
-"""A signed-in owner's session: a cookie naming the key, signed with the database's session secret.
+"""A signed-in owner's session: a random token in an HttpOnly cookie, its SHA-256 in ``sessions``.
 
-The cookie holds the key's id and when it was signed, nothing else; it is
-valid for ``LIFETIME`` and only while that key is active, so revoking the
-key ends its sessions at once on every worker (the key ring reloads on change).
+It lasts ``LIFETIME``. Signing out deletes it (a copied cookie dies too); revoking the key ends it at
+once on every worker (the key ring reloads on change, and a session only names its key).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import secrets
 from datetime import datetime, timedelta
 
-import itsdangerous
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .. import db
 
 COOKIE = "sr_session"
 LIFETIME = timedelta(hours=12)
+_TOKEN_CHARS = 43  # token_urlsafe(32)
 
 
-class Sessions:
-    def __init__(self, secret: str, clock: Callable[[], datetime]) -> None:
-        class Signer(itsdangerous.TimestampSigner):
-            def get_timestamp(self) -> int:
-                return int(clock().timestamp())
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
-        self._signer = Signer(secret, salt="salesreport-session")
 
-    def cookie(self, key_id: int) -> str:
-        return self._signer.sign(str(key_id)).decode()
+async def open_session(conn: AsyncConnection, key_id: int, now: datetime) -> str:
+    """A new session for the key; the token to put in the cookie. Expired sessions are cleared."""
+    token = secrets.token_urlsafe(32)
+    s = db.sessions
+    await conn.execute(sa.delete(s).where(s.c.expires_at <= now))
+    await conn.execute(
+        sa.insert(s).values(token_hash=_digest(token), key_id=key_id, created_at=now, expires_at=now + LIFETIME)
+    )
+    return token
 
-    def key_id(self, cookie: str | None) -> int | None:
-        """The key a cookie names, if its signature holds and it is younger than ``LIFETIME``."""
-        if not cookie or len(cookie) > 200:
-            return None
-        try:
-            value = self._signer.unsign(cookie, max_age=int(LIFETIME.total_seconds()))
-        except itsdangerous.BadSignature:
-            return None
-        return int(value) if value.isdigit() else None
+
+async def session_key_id(conn: AsyncConnection, token: str | None, now: datetime) -> int | None:
+    """The key a live session names, or None."""
+    if not token or len(token) != _TOKEN_CHARS:
+        return None
+    s = db.sessions
+    query = sa.select(s.c.key_id).where(s.c.token_hash == _digest(token), s.c.expires_at > now)
+    key_id = await conn.scalar(query)
+    return int(key_id) if key_id is not None else None
+
+
+async def close_session(conn: AsyncConnection, token: str | None) -> None:
+    if token:
+        await conn.execute(sa.delete(db.sessions).where(db.sessions.c.token_hash == _digest(token)))

@@ -62,10 +62,9 @@ def previous_month(month: int) -> int:
 
 async def month_view(conn: AsyncConnection, month: int) -> MonthView:
     stores = await reports.top_stores(conn, month)
-    earlier = await reports.top_stores(conn, previous_month(month), reports.MAX_LIMIT)
+    ranks = await reports.store_ranks(conn, previous_month(month))
     products = await reports.top_products(conn, month)
     series = await reports.revenue_by_month(conn, month, 12)
-    ranks = {row.id: rank for rank, row in enumerate(earlier, start=1)}
     return MonthView(format_month(month), stores, ranks, products, series)
 
 
@@ -79,15 +78,15 @@ class Cache:
     """Rendered pages by what they show, each kept ``CACHE_SECONDS``."""
 
     def __init__(self) -> None:
-        self._pages: dict[Any, tuple[float, str]] = {}
+        self._pages: dict[Any, tuple[float, Any]] = {}
 
-    def get(self, key: Any) -> str | None:
+    def get(self, key: Any) -> Any:
         found = self._pages.get(key)
         if found is None or time.monotonic() - found[0] > CACHE_SECONDS:
             return None
         return found[1]
 
-    def put(self, key: Any, html: str) -> None:
+    def put(self, key: Any, page: Any) -> None:
         if len(self._pages) > 1000:
             self._pages.clear()
-        self._pages[key] = (time.monotonic(), html)
+        self._pages[key] = (time.monotonic(), page)

@@ -1,7 +1,6 @@
-"""The dashboard: a rollup of each store's products by month, and the secret that signs sessions.
+"""The dashboard: a rollup of each store's products by month, and the signed-in owners' sessions.
 
-``store_product_month`` is filled from the sales and returns already stored
-(slot 0). ``secrets`` gets a random "session" value.
+``store_product_month`` is filled from the sales and returns already stored (slot 0).
 
 Revision ID: 0004
 Revises: 0003
@@ -10,12 +9,10 @@ Create Date: 2026-11-28
 
 from __future__ import annotations
 
-import secrets as random
-
 import sqlalchemy as sa
 from alembic import op
 
-from salesreport.db.schema import ROLLUP_COLUMNS, ROLLUP_LIMIT
+from salesreport.db.schema import ROLLUP_COLUMNS, ROLLUP_LIMIT, UTCDateTime
 
 revision = "0004"
 down_revision = "0003"
@@ -38,6 +35,7 @@ def upgrade() -> None:
         sa.Column("revenue", sa.BigInteger, nullable=False, server_default=sa.text("0")),
         sa.CheckConstraint(bound, name="store_product_month_within_limit"),
     )
+    op.create_index("store_product_month_store_month_idx", "store_product_month", ["store_id", "month"])
     op.execute(
         "INSERT INTO store_product_month (store_id, product_id, month, slot, quantity, returned, revenue) "
         "SELECT store_id, product_id, month, 0, sum(quantity), sum(returned), sum(revenue) FROM ("
@@ -46,15 +44,16 @@ def upgrade() -> None:
         "  SELECT store_id, product_id, month, -quantity, quantity, -amount FROM returns"
         ") AS t GROUP BY store_id, product_id, month"
     )
-    secrets = op.create_table(
-        "secrets",
-        sa.Column("name", sa.String(32), primary_key=True),
-        sa.Column("value", sa.String(128), nullable=False),
+    op.create_table(
+        "sessions",
+        sa.Column("token_hash", sa.String(64), primary_key=True),
+        sa.Column("key_id", sa.Integer, nullable=False),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+        sa.Column("expires_at", UTCDateTime, nullable=False),
     )
-    assert secrets is not None
-    op.bulk_insert(secrets, [{"name": "session", "value": random.token_hex(32)}])
+    op.create_index("sessions_expires_at_idx", "sessions", ["expires_at"])
 
 
 def downgrade() -> None:
-    op.drop_table("secrets")
+    op.drop_table("sessions")
     op.drop_table("store_product_month")

@@ -4,31 +4,44 @@
   const main = document.getElementById("main");
   if (!main || !main.dataset.fragment) return;
   const form = document.getElementById("month-form");
+  const input = form && form.querySelector("input[type=month]");
   const every = 3000;  // with the server's 1 s cache: a sale shows within about 4 s
-  let shown = null;
-  let busy = false;
+  let tag = main.dataset.etag || "";
+  let inflight = null;
 
-  async function load(url) {
-    if (busy) return;
-    busy = true;
+  // What had the focus inside the page, to find it again after a swap (links by their address).
+  function focusKey() {
+    const active = document.activeElement;
+    if (!active || !main.contains(active)) return null;
+    if (active.id) return "#" + CSS.escape(active.id);
+    const href = active.getAttribute("href");
+    return href ? 'a[href="' + CSS.escape(href) + '"]' : null;
+  }
+
+  async function load(url, force) {
+    if (inflight) {
+      if (!force) return;  // a poll waits for the one under way; a month switch replaces it
+      inflight.abort();
+    }
+    const controller = new AbortController();
+    inflight = controller;
     try {
-      // "no-cache": the browser revalidates with the page's ETag; unchanged figures cost a 304.
-      const response = await fetch(url, { credentials: "same-origin", cache: "no-cache" });
+      const headers = tag && !force ? { "If-None-Match": tag } : {};
+      const response = await fetch(url, { credentials: "same-origin", cache: "no-store", headers, signal: controller.signal });
       if (response.status === 401) { window.location.reload(); return; }
-      if (!response.ok) return;
+      if (response.status === 304 || !response.ok) return;
       const html = await response.text();
-      if (html !== shown) {
-        const focused = document.activeElement && document.activeElement.id;
-        main.innerHTML = html;
-        shown = html;
-        if (focused) { const again = document.getElementById(focused); if (again) again.focus(); }
-      }
-      const status = document.getElementById("live-status");
-      if (status) status.dataset.updated = new Date().toISOString();
+      if (controller.signal.aborted) return;
+      const focused = focusKey();
+      main.innerHTML = html;
+      tag = response.headers.get("ETag") || "";
+      const title = document.getElementById("page-title");
+      if (title) document.title = title.textContent;
+      if (focused) { const again = main.querySelector(focused); if (again) again.focus(); }
     } catch (error) {
-      // Offline for a moment: the next poll tries again.
+      // Aborted, or offline for a moment: the next poll tries again.
     } finally {
-      busy = false;
+      if (inflight === controller) inflight = null;
     }
   }
 
@@ -38,20 +51,34 @@
     return url.pathname + url.search;
   }
 
-  if (form) {
-    const input = form.querySelector("input[type=month]");
-    input.addEventListener("change", function () {
-      if (!input.value) return;
-      const page = new URL(window.location.href);
-      page.searchParams.set("month", input.value);
-      window.history.pushState({ month: input.value }, "", page.pathname + page.search);
-      main.dataset.fragment = fragmentFor(input.value);
-      load(main.dataset.fragment);
+  function show(month) {
+    main.dataset.fragment = fragmentFor(month);
+    // The language links keep the month shown.
+    document.querySelectorAll("header nav a").forEach(function (link) {
+      const url = new URL(link.href);
+      url.searchParams.set("month", month);
+      link.href = url.pathname + url.search;
     });
-    window.addEventListener("popstate", function () {
-      const month = new URL(window.location.href).searchParams.get("month");
-      if (month) { input.value = month; main.dataset.fragment = fragmentFor(month); load(main.dataset.fragment); }
-    });
+    load(main.dataset.fragment, true);
   }
-  window.setInterval(function () { if (!document.hidden) load(main.dataset.fragment); }, every);
+
+  if (input) {
+    let timer = null;
+    // Typing a year fires "change" at every digit: act on a whole, plausible month, once typing pauses.
+    input.addEventListener("change", function () {
+      window.clearTimeout(timer);
+      timer = window.setTimeout(function () {
+        const value = input.value;
+        if (!/^[0-9]{4}-[0-9]{2}$/.test(value) || value < "2000-01") return;
+        const page = new URL(window.location.href);
+        if (page.searchParams.get("month") === value) return;
+        page.searchParams.set("month", value);
+        window.history.pushState({ month: value }, "", page.pathname + page.search);
+        show(value);
+      }, 600);
+    });
+    // Back and forward: the page the address names, as it would load.
+    window.addEventListener("popstate", function () { window.location.reload(); });
+  }
+  window.setInterval(function () { if (!document.hidden) load(main.dataset.fragment, false); }, every);
 })();
