@@ -9,6 +9,7 @@ import msgspec
 
 from . import __version__
 from .schemas import (
+    MAX_ID,
     MonthRevenue,
     Problem,
     Product,
@@ -77,7 +78,7 @@ _STORE = {
     "in": "query",
     "required": False,
     "description": "One store's figures only",
-    "schema": {"type": "integer", "minimum": 1},
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
 }
 
 

@@ -164,6 +164,8 @@ async def revenue_by_month(
     """The chain's (or one store's) figures for each of the ``count`` months up to ``last``, zero where
     nothing happened."""
     months = months_until(last, count)
+    if not months:  # before the year 1
+        return []
     params = {"first": months[0], "last": last}
     if store_id is None:
         result = await conn.execute(_REVENUE_BY_MONTH, params)

@@ -225,3 +225,4 @@ async def test_a_month_before_any_sale_shows_the_current_one(client: httpx.Async
     assert (await client.get("/stores/1", params={"month": month})).status_code == 200
     series = await client.get("/reports/revenue-by-month", params={"until": "0001-02", "months": 12})
     assert [m["month"] for m in series.json()] == ["0001-01", "0001-02"]
+    assert (await client.get("/reports/revenue-by-month", params={"until": "0000-01"})).json() == []
