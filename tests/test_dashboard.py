@@ -126,6 +126,15 @@ async def test_russian_and_english(client: httpx.AsyncClient, settings: config.S
     assert '<html lang="en">' in english.text and "June 2026" in english.text
     assert "RUB\xa01,000.00" in english.text
     assert english.cookies.get("sr_lang") == "en"  # the switch is remembered
+    client.cookies.clear()
+    for header, lang in (
+        ("en-US;q=0.5, ru;q=0.9", "ru"),
+        ("ru;q=0, en", "en"),
+        ("de, ru;q=0.1", "ru"),
+        ("x" * 300, "en"),
+    ):
+        page = await client.get("/", params={"month": MONTH}, headers={"accept-language": header})
+        assert f'<html lang="{lang}">' in page.text, header
 
 
 async def test_security_headers_and_no_inline_script(client: httpx.AsyncClient) -> None:
