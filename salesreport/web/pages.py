@@ -88,7 +88,9 @@ async def _viewer(request: Request) -> Response | None:
         if _local(request):
             return None
         return _html(request, "signin.html", 401, error=None, open_mode=True, next=_next(request))
-    if await session_key(request) is not None:
+    owner = await session_key(request)
+    if owner is not None:
+        request.scope["salesreport.key_id"] = owner.id  # the access log names who looked
         return None
     return _html(request, "signin.html", 401, error=None, open_mode=False, next=_next(request))
 
