@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -47,7 +47,7 @@ from .problems import (
     on_problem,
     unavailable,
 )
-from .schemas import MAX_ID, FieldError, MonthRevenue, TopProduct, TopStore, format_month, parse_month
+from .schemas import FieldError, MonthRevenue, TopProduct, TopStore, format_month, parse_id, parse_month
 from .service import Service, service
 from .web import pages
 from .web.assets import static
@@ -140,9 +140,10 @@ def _flag(request: Request, name: str) -> bool:
 
 def _id_param(request: Request) -> int:
     raw = request.path_params["id"]
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_ID:
+    value = parse_id(raw)
+    if value is None:
         raise ProblemError(404, "Not Found", f"no such id: {raw[:40]!r}")
-    return int(raw)
+    return value
 
 
 async def get_products(request: Request) -> Response:
@@ -195,93 +196,84 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-async def post_sales(request: Request) -> Response:
-    key = await authenticate(request)
+async def _parsed(
+    request: Request, parse: Callable[[bytes], Awaitable[tuple[list[Any], bool]]]
+) -> tuple[list[Any], bool]:
+    """The POST's items and whether they came as an array; 400 or 422 if the body is not such."""
     body = await read_body(request)
-    now = service(request).clock()
     try:
-        sales, is_array = await parse_sales(body)
+        return await parse(body)
     except Malformed as exc:
         raise ProblemError(400, "Bad Request", f"the body is not valid JSON: {exc}") from None
     except Rejected as exc:
         raise invalid(exc.errors, total=exc.total) from None
-    if key is not None and key.role == "pos":
-        others = [
-            FieldError(
-                field="store_id",
-                index=i if is_array else None,
-                message=f"this key may post for store {key.store_id} only",
-            )
-            for i, sale in enumerate(sales)
-            if sale.store_id != key.store_id
-        ]
-        if others:
-            raise forbidden("the key may not post sales for another store", others)
-    errors = check_sales(sales, now, is_array)
-    svc = service(request)
-    unknown = svc.catalog.unknown(sales, is_array)
+
+
+def _only_at(key: Key | None, items: list[Any], is_array: bool, message: str, detail: str) -> None:
+    """A pos key acts for its own store only: 403 naming every item given for another
+    (``message`` names the key's store as ``{store}``)."""
+    if key is None or key.role != "pos":
+        return
+    others = [
+        FieldError(field="store_id", index=i if is_array else None, message=message.format(store=key.store_id))
+        for i, item in enumerate(items)
+        if item.store_id is not None and item.store_id != key.store_id
+    ]
+    if others:
+        raise forbidden(detail, others)
+
+
+async def _unknown(request: Request, items: list[Any], is_array: bool) -> list[FieldError]:
+    unknown = service(request).catalog.unknown(items, is_array)
     if unknown:
         # The catalog may have changed since this process loaded it.
-        unknown = (await fresh_catalog(request, ask=True)).unknown(sales, is_array)
-    errors += unknown
-    if errors:
-        raise invalid(errors)
+        unknown = (await fresh_catalog(request, ask=True)).unknown(items, is_array)
+    return unknown
+
+
+async def _store(request: Request, batcher: Batcher, items: list[Any], is_array: bool, now: datetime) -> Response:
+    """Hand the items to a batcher; 201 if any is new, 200 if every one is a replay."""
     try:
-        stored = await svc.batcher.submit(sales, is_array, now, request.scope.get("salesreport.request_id"))
+        stored = await batcher.submit(items, is_array, now, request.scope.get("salesreport.request_id"))
     except Rejected as exc:
         raise invalid(exc.errors, total=exc.total) from None
     except Unavailable as exc:
         raise unavailable(exc) from None
     return json_response(stored.items if is_array else stored.items[0], 201 if stored.created else 200)
+
+
+async def post_sales(request: Request) -> Response:
+    key = await authenticate(request)
+    sales, is_array = await _parsed(request, parse_sales)
+    now = service(request).clock()
+    _only_at(
+        key, sales, is_array, "this key may post for store {store} only", "the key may not post sales for another store"
+    )
+    errors = check_sales(sales, now, is_array) + await _unknown(request, sales, is_array)
+    if errors:
+        raise invalid(errors)
+    return await _store(request, service(request).batcher, sales, is_array, now)
 
 
 async def post_returns(request: Request) -> Response:
     key = await authenticate(request)
-    body = await read_body(request)
-    svc = service(request)
-    now = svc.clock()
-    try:
-        items, is_array = await parse_returns(body)
-    except Malformed as exc:
-        raise ProblemError(400, "Bad Request", f"the body is not valid JSON: {exc}") from None
-    except Rejected as exc:
-        raise invalid(exc.errors, total=exc.total) from None
+    items, is_array = await _parsed(request, parse_returns)
+    now = service(request).clock()
+    # A till takes goods back at its own store (any sale of the chain may come back there).
+    _only_at(
+        key,
+        items,
+        is_array,
+        "this key may take returns at store {store} only",
+        "the key may not take returns at another store",
+    )
     if key is not None and key.role == "pos":
-        # A till takes goods back at its own store (any sale of the chain may come back there).
-        others = [
-            FieldError(
-                field="store_id",
-                index=i if is_array else None,
-                message=f"this key may take returns at store {key.store_id} only",
-            )
-            for i, item in enumerate(items)
-            if item.store_id is not None and item.store_id != key.store_id
-        ]
-        if others:
-            raise forbidden("the key may not take returns at another store", others)
         for item in items:
             item.store_id = key.store_id
-    errors = check_returns(items, now, is_array)
-    given = [item for item in items if item.store_id is not None]
-    unknown = svc.catalog.unknown(given, False)
-    if unknown:
-        unknown = (await fresh_catalog(request, ask=True)).unknown(given, False)
-    if unknown:
-        errors += [
-            FieldError(field=e.field, index=i if is_array else None, message=e.message)
-            for i, item in enumerate(items)
-            if item.store_id is not None
-            for e in svc.catalog.unknown([item], False)
-        ]
+    errors = check_returns(items, now, is_array) + await _unknown(request, items, is_array)
     if errors:
         raise invalid(errors)
-    try:
-        stored = await svc.returns.submit(items, is_array, now, request.scope.get("salesreport.request_id"))
-    except Rejected as exc:
-        raise invalid(exc.errors, total=exc.total) from None
-    except Unavailable as exc:
-        raise unavailable(exc) from None
-    return json_response(stored.items if is_array else stored.items[0], 201 if stored.created else 200)
+    return await _store(request, service(request).returns, items, is_array, now)
 
 
 async def get_sale(request: Request) -> Response:
@@ -371,9 +363,10 @@ def _store_param(request: Request) -> int | None:
     raw = request.query_params.get("store_id")
     if raw is None:
         return None
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_ID:
+    value = parse_id(raw)
+    if value is None:
         raise invalid([FieldError(field="store_id", message="not a store id")], "invalid query parameter")
-    return int(raw)
+    return value
 
 
 _FIELDS = {

@@ -190,6 +190,17 @@ def parse_money(text: str) -> int:
         raise ValueError(f"not an amount: {text!r}") from None
 
 
+# --- ids ---------------------------------------------------------------------------
+
+
+def parse_id(text: str) -> int | None:
+    """An id as a path or query gives it (ASCII digits, 1..MAX_ID), or None."""
+    if not text.isascii() or not text.isdigit():
+        return None
+    value = int(text)
+    return value if 1 <= value <= MAX_ID else None
+
+
 # --- months --------------------------------------------------------------------
 
 _MONTH = re.compile(r"^([0-9]{4})-(0[1-9]|1[0-2])$")

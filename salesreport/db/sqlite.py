@@ -129,38 +129,34 @@ class SQLiteWriter:
 
     @staticmethod
     def _insert(conn: sqlite3.Connection, rows: Sequence[Row], slot: int) -> list[int | None]:
-        order = sorted(range(len(rows)), key=lambda i: key_order(rows[i]))
-        new_ids: list[int | None] = []
-        inserted = []
-        for i in order:
-            row = rows[i]
-            values = [row[c] for c in INSERT_COLUMNS]
-            values[5] = _to_text(row["sold_at"])
-            values[6] = _to_text(row["received_at"])
-            result = conn.execute(_INSERT, values).fetchone()
-            new_ids.append(result[0] if result else None)
-            if result:
-                inserted.append(row)
+        ids, inserted = _insert_rows(conn, rows, _INSERT, INSERT_COLUMNS)
         _add(conn, Rollups().add_sales(inserted), slot)
-        return unsort(order, new_ids)
+        return ids
 
     @staticmethod
     def _insert_returns(conn: sqlite3.Connection, rows: Sequence[Row], slot: int) -> list[int | None]:
-        order = sorted(range(len(rows)), key=lambda i: key_order(rows[i]))
-        new_ids: list[int | None] = []
-        inserted = []
-        for i in order:
-            row = rows[i]
-            values = [row[c] for c in RETURN_INSERT_COLUMNS]
-            values[6] = _to_text(row["returned_at"])
-            values[7] = _to_text(row["received_at"])
-            result = conn.execute(_INSERT_RETURN, values).fetchone()
-            new_ids.append(result[0] if result else None)
-            if result:
-                inserted.append(row)
-                conn.execute(_ADD_RETURNED, (row["quantity"], row["sale_id"]))
+        ids, inserted = _insert_rows(conn, rows, _INSERT_RETURN, RETURN_INSERT_COLUMNS)
+        conn.executemany(_ADD_RETURNED, [(row["quantity"], row["sale_id"]) for row in inserted])
         _add(conn, Rollups().add_returns(inserted), slot)
-        return unsort(order, new_ids)
+        return ids
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, rows: Sequence[Row], insert: str, columns: Sequence[str]
+) -> tuple[list[int | None], list[Row]]:
+    """Insert rows in key order; their ids in the order given (None where the key was taken), and
+    the rows inserted."""
+    order = sorted(range(len(rows)), key=lambda i: key_order(rows[i]))
+    new_ids: list[int | None] = []
+    inserted = []
+    for i in order:
+        row = rows[i]
+        values = [_to_text(row[c]) if isinstance(row[c], datetime) else row[c] for c in columns]
+        result = conn.execute(insert, values).fetchone()
+        new_ids.append(result[0] if result else None)
+        if result:
+            inserted.append(row)
+    return unsort(order, new_ids), inserted
 
 
 def _add(conn: sqlite3.Connection, rollups: Rollups, slot: int) -> None:

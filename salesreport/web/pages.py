@@ -22,7 +22,7 @@ from starlette.responses import RedirectResponse, Response
 
 from ..auth import Key, Unauthenticated
 from ..problems import ProblemError, database_errors
-from ..schemas import MAX_ID, parse_month
+from ..schemas import MonthRevenue, TopProduct, parse_id, parse_month
 from ..service import service
 from ..zones import zone
 from . import i18n, views
@@ -55,9 +55,7 @@ def _html(request: Request, template: str, status: int = 200, **context: Any) ->
     texts = _texts(request)
     body = _templates.get_template(template).render(t=texts, lang=texts.lang, **context)
     response = Response(body, status_code=status, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
-    if request.query_params.get("lang") in i18n.LANGUAGES:
-        response.set_cookie(i18n.COOKIE, texts.lang, max_age=365 * 86400, samesite="strict", httponly=True)
-    return response
+    return _remember_language(request, response)
 
 
 def _texts(request: Request) -> i18n.Texts:
@@ -135,18 +133,14 @@ async def dashboard(request: Request) -> Response:
             "store_bars": views.bars(
                 [str(i) for i in range(1, len(view.stores) + 1)], [s.revenue for s in view.stores]
             ),
-            "product_bars": views.bars(
-                [str(i) for i in range(1, len(view.products) + 1)], [str(p.quantity) for p in view.products]
-            ),
-            "month_bars": views.bars(
-                [texts.month_short(m.month) for m in view.series], [m.revenue for m in view.series]
-            ),
+            **_charts(texts, view.products, view.series),
+            "form_action": "/",
             "fragment_url": f"/?{urlencode({'month': view.month, 'fragment': '1'})}",
             "title": f"{texts('title')} · {texts.month(view.month)}",
         }
         return _templates.get_template("_month.html").render(**context), context
 
-    return await _serve(request, ("month", month, texts.lang), build, "month.html")
+    return await _serve(request, ("month", month, texts.lang), build)
 
 
 async def store_page(request: Request) -> Response:
@@ -157,7 +151,7 @@ async def store_page(request: Request) -> Response:
     svc = service(request)
     with database_errors("cannot load the catalog"):
         await svc.catalog.refresh()
-    store_id = int(raw) if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_ID else None
+    store_id = parse_id(raw)
     store = svc.catalog.store(store_id) if store_id is not None else None
     if store is None:
         return _html(request, "missing.html", 404)
@@ -175,23 +169,17 @@ async def store_page(request: Request) -> Response:
             "store": store,
             "month": view.month,
             "signed_in": bool(svc.keys.protected),
-            "product_bars": views.bars(
-                [str(i) for i in range(1, len(view.products) + 1)], [str(p.quantity) for p in view.products]
-            ),
-            "month_bars": views.bars(
-                [texts.month_short(m.month) for m in view.series], [m.revenue for m in view.series]
-            ),
+            **_charts(texts, view.products, view.series),
+            "form_action": f"/stores/{store.id}",
             "fragment_url": f"/stores/{store.id}?{urlencode({'month': view.month, 'fragment': '1'})}",
             "title": f"{store.address} · {texts.month(view.month)}",
         }
         return _templates.get_template("_store.html").render(**context), context
 
-    return await _serve(request, ("store", store.id, month, texts.lang), build, "store.html")
+    return await _serve(request, ("store", store.id, month, texts.lang), build)
 
 
-async def _serve(
-    request: Request, key: Any, build: Callable[[], Awaitable[tuple[str, dict[str, Any]]]], frame: str
-) -> Response:
+async def _serve(request: Request, key: Any, build: Callable[[], Awaitable[tuple[str, dict[str, Any]]]]) -> Response:
     """A page from the cache (or built): the whole page, or for the live poll (``?fragment=1``) its
     main part alone, revalidated by ETag so that an unchanged page costs a 304 without a body."""
     svc = service(request)
@@ -208,8 +196,20 @@ async def _serve(
         if request.headers.get("if-none-match") == tag:
             return Response(status_code=304, headers=headers)
         return Response(fragment, media_type="text/html; charset=utf-8", headers=headers)
-    html = _templates.get_template(frame).render(**context, fragment=Markup(fragment), etag=tag)
-    response = Response(html, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
+    html = _templates.get_template("page.html").render(**context, fragment=Markup(fragment), etag=tag)
+    return _remember_language(request, Response(html, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS))
+
+
+def _charts(texts: i18n.Texts, products: list[TopProduct], series: list[MonthRevenue]) -> dict[str, Any]:
+    """The bars of the products' chart and of the months' chart, for the templates."""
+    return {
+        "product_bars": views.bars([str(i) for i in range(1, len(products) + 1)], [str(p.quantity) for p in products]),
+        "month_bars": views.bars([texts.month_short(m.month) for m in series], [m.revenue for m in series]),
+    }
+
+
+def _remember_language(request: Request, response: Response) -> Response:
+    """The page's language switch (``?lang=``) is remembered in a cookie."""
     if request.query_params.get("lang") in i18n.LANGUAGES:
         lang = request.query_params["lang"]
         response.set_cookie(i18n.COOKIE, lang, max_age=365 * 86400, samesite="strict", httponly=True)
