@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import re
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
 
 from salesreport import config
-from tests.conftest import seed
+from tests.conftest import Clock, app_client, seed
 from tests.test_auth import create, revoke
 
 pytestmark = pytest.mark.anyio
@@ -235,3 +238,19 @@ async def test_a_month_before_any_sale_shows_the_current_one(client: httpx.Async
     series = await client.get("/reports/revenue-by-month", params={"until": "0001-02", "months": 12})
     assert [m["month"] for m in series.json()] == ["0001-01", "0001-02"]
     assert (await client.get("/reports/revenue-by-month", params={"until": "0000-01"})).json() == []
+
+
+async def test_a_sign_in_form_that_never_arrives_is_408(settings: config.Settings, clock: Clock) -> None:
+    """No key is needed to send the form, so a body that stops coming must not hold the server."""
+    never = asyncio.Event()
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield b"key="
+        await never.wait()  # the client goes silent; the app's body timeout ends the request
+
+    async with app_client(replace(settings, body_timeout=0.2), clock) as http:
+        await create(settings, "owner")
+        form = {"content-type": "application/x-www-form-urlencoded"}
+        slow = await http.post("/signin", content=trickle(), headers=form)
+        assert slow.status_code == 408
+        assert slow.json()["title"] == "Request Timeout"
