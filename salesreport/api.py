@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import config, db, drain, reports
-from .auth import Key, KeyRing, Unauthenticated, is_loopback
+from .auth import Key, KeyRing, Unauthenticated, is_loopback, names_loopback
 from .changes import Changes
 from .export import csv_response, wants_csv
 from .front import Front
@@ -106,11 +106,13 @@ _PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip
 
 
 def _local(request: Request) -> bool:
-    """Whether the request comes straight from this machine (not through a proxy)."""
+    """Whether the request comes straight from this machine (not through a proxy), sent to a loopback
+    name: a page that a browser here loaded from elsewhere and whose name was then pointed at 127.0.0.1
+    (DNS rebinding) still sends its own name as Host."""
     headers = request.headers
     if any(name in headers for name in _PROXY_HEADERS):
         return False
-    return request.client is not None and is_loopback(request.client.host)
+    return request.client is not None and is_loopback(request.client.host) and names_loopback(headers.get("host", ""))
 
 
 async def owner_only(request: Request) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 import structlog
@@ -48,6 +49,15 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def names_loopback(host_header: str) -> bool:
+    """Whether a ``Host`` header (a name or address, and maybe a port) names this machine's loopback."""
+    try:
+        host = urlsplit("//" + host_header).hostname
+    except ValueError:
+        return False
+    return host is not None and is_loopback(host)
 
 
 def new_key() -> str:

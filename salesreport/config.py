@@ -72,6 +72,9 @@ class Settings:
     drain_seconds: float
     # The chain's currency (ISO 4217), for the dashboard's money; the JSON API has plain decimals.
     currency: str = "RUB"
+    # The origin that browsers use to reach the dashboard (``https://reports.example.com``), when it is
+    # not what the service itself sees: behind a proxy that terminates TLS or rewrites Host.
+    public_origin: str | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -97,6 +100,7 @@ def load() -> Settings:
         body_timeout=_float("SALESREPORT_BODY_TIMEOUT_S", 10, 0.1, 3600),
         drain_seconds=_float("SALESREPORT_DRAIN_S", 1, 0, 3600),
         currency=_currency(),
+        public_origin=_public_origin(),
     )
     # A batch waits up to flush_ms for company: a deadline that short would
     # answer 503 to sales that are written a moment later.
@@ -116,6 +120,27 @@ def _currency() -> str:
     if len(code) != 3 or not code.isascii() or not code.isupper() or get_currency_name(code, locale="en") == code:
         raise SystemExit(f"SALESREPORT_CURRENCY is not an ISO 4217 currency code: {code!r}")
     return code
+
+
+def _public_origin() -> str | None:
+    """``SALESREPORT_PUBLIC_URL`` as a browser writes it in ``Origin``: scheme, host, and a port other
+    than the scheme's own."""
+    from urllib.parse import urlsplit
+
+    raw = (os.environ.get("SALESREPORT_PUBLIC_URL") or "").strip()
+    if not raw:
+        return None
+    try:
+        url = urlsplit(raw)
+        port = url.port
+    except ValueError:
+        port, url = None, None
+    extra = url is None or url.path not in ("", "/") or url.query or url.fragment or url.username or url.password
+    if url is None or extra or url.scheme not in ("http", "https") or not url.hostname:
+        raise SystemExit(f"SALESREPORT_PUBLIC_URL must be an origin such as https://reports.example.com, got {raw!r}")
+    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+    default = 443 if url.scheme == "https" else 80
+    return f"{url.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
 
 
 def _log_format() -> str:

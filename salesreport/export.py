@@ -16,6 +16,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .accept import preferences
 from .problems import invalid
 from .schemas import FieldError
 
@@ -27,8 +28,8 @@ def wants_csv(request: Request) -> bool:
         if chosen not in ("csv", "json"):
             raise invalid([FieldError(field="format", message="must be csv or json")], "invalid query parameter")
         return chosen == "csv"
-    accept = request.headers.get("accept", "")
-    return any(part.split(";")[0].strip().lower() == "text/csv" for part in accept.split(","))
+    wanted = [kind.lower() for kind in preferences(request.headers.get("accept", ""))]
+    return next((kind for kind in wanted if kind in ("text/csv", "application/json")), None) == "text/csv"
 
 
 def csv_response(rows: Sequence[msgspec.Struct], columns: Sequence[str], filename: str) -> Response:

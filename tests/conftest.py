@@ -155,7 +155,7 @@ async def app_client(settings: config.Settings, clock: Clock) -> AsyncIterator[h
     app = create_app(settings, clock=clock)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
             http.app = app  # type: ignore[attr-defined]
             yield http
 

@@ -84,7 +84,7 @@ async def test_slow_body_gets_408(settings, database_url) -> None:  # type: igno
 
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
             response = await http.post("/sales", content=slow(), headers={"content-type": "application/json"})
     assert_problem(response, 408)
 

@@ -44,7 +44,7 @@ async def test_import_and_price_change_keeps_history(
     assert done.returncode == 0, done.stderr
     app = create_app(settings, clock=clock)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as http:
             assert (await http.get("/products")).json() == [
                 {"id": 1, "name": "Tea", "price": "2.50"},
                 {"id": 2, "name": "Milk, 1 l", "price": "0.99"},

@@ -92,3 +92,29 @@ def test_settings_that_contradict_each_other_stop_with_a_message(monkeypatch: py
     monkeypatch.setenv("SALESREPORT_LOG_FORMAT", "JSON")
     with pytest.raises(SystemExit, match="json or console"):
         config.load()
+
+
+@pytest.mark.parametrize(
+    ("raw", "origin"),
+    [
+        ("https://Reports.Example.com", "https://reports.example.com"),
+        ("https://reports.example.com:443/", "https://reports.example.com"),
+        ("http://10.0.0.5:8080", "http://10.0.0.5:8080"),
+        ("https://[2001:db8::1]:8443", "https://[2001:db8::1]:8443"),
+        ("", None),
+    ],
+)
+def test_the_public_url_is_kept_as_browsers_write_origin(
+    monkeypatch: pytest.MonkeyPatch, raw: str, origin: str | None
+) -> None:
+    monkeypatch.setenv("SALESREPORT_PUBLIC_URL", raw)
+    assert config.load().public_origin == origin
+
+
+@pytest.mark.parametrize(
+    "raw", ["reports.example.com", "ftp://x.example", "https://x.example/app", "https://x.example:port", "https://"]
+)
+def test_a_public_url_that_is_not_an_origin_stops_with_a_message(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("SALESREPORT_PUBLIC_URL", raw)
+    with pytest.raises(SystemExit, match="SALESREPORT_PUBLIC_URL"):
+        config.load()

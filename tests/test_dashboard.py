@@ -254,3 +254,40 @@ async def test_a_sign_in_form_that_never_arrives_is_408(settings: config.Setting
         slow = await http.post("/signin", content=trickle(), headers=form)
         assert slow.status_code == 408
         assert slow.json()["title"] == "Request Timeout"
+
+
+async def test_behind_a_tls_proxy_the_public_origin_signs_in(settings: config.Settings, clock: Clock) -> None:
+    """A proxy terminates TLS and passes the request on by its own name: the browser's Origin is the public
+    URL's, which the service cannot see, so SALESREPORT_PUBLIC_URL says it."""
+    public = replace(settings, public_origin="https://reports.example.com")
+    async with app_client(public, clock) as http:
+        _, owner = await create(settings, "owner")
+        inside = {"host": "10.0.0.5:8000"}
+        signed = await http.post(
+            "/signin", data={"key": owner}, headers={**inside, "origin": "https://reports.example.com"}
+        )
+        assert signed.status_code == 303
+        assert "Secure" in signed.headers["set-cookie"]  # the browser's leg is TLS, though ours is not
+        for other in ("http://reports.example.com", "https://evil.example", "http://10.0.0.5:8000"):
+            refused = await http.post("/signin", data={"key": owner}, headers={**inside, "origin": other})
+            assert refused.status_code == 403, other
+    async with app_client(settings, clock) as http:  # without it: the Host the request came to
+        signed = await http.post("/signin", data={"key": owner}, headers={"origin": "http://127.0.0.1"})
+        assert signed.status_code == 303 and "Secure" not in signed.headers["set-cookie"]
+
+
+@pytest.mark.parametrize(
+    ("accept", "csv_wanted"),
+    [
+        ("text/csv", True),
+        ("application/json, text/csv;q=0.5", False),
+        ("text/csv;q=0.9, application/json;q=0.1", True),
+        ("text/csv;q=0", False),
+        ("text/csv;q=nonsense", False),
+        ("*/*", False),
+    ],
+)
+async def test_csv_by_accept_follows_its_weights(client: httpx.AsyncClient, accept: str, csv_wanted: bool) -> None:
+    response = await client.get("/reports/top-stores", params={"month": MONTH}, headers={"accept": accept})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/csv") is csv_wanted

@@ -308,7 +308,7 @@ async def _open(name: str, url: str) -> Side:
     try:
         await stack.enter_async_context(app.router.lifespan_context(app))
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        http = await stack.enter_async_context(httpx.AsyncClient(transport=transport, base_url="http://test"))
+        http = await stack.enter_async_context(httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1"))
     except BaseException:
         await stack.aclose()
         raise

@@ -65,7 +65,7 @@ FUZZ = settings(
 async def http(client: httpx.AsyncClient) -> AsyncIterator[httpx.AsyncClient]:
     """The ``client`` app, reached like a server: an exception in the app is the 500 it answers."""
     transport = httpx.ASGITransport(app=client.app, raise_app_exceptions=False)  # type: ignore[attr-defined]
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
         yield http
 
 

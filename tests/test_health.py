@@ -39,7 +39,7 @@ async def test_an_unmigrated_database_is_not_ready_and_its_errors_are_500(bare: 
     app = create_app(bare, clock=Clock())
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://t"
+            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://127.0.0.1"
         ) as client:
             ready = await client.get("/health/ready")
             assert ready.status_code == 503
@@ -180,7 +180,7 @@ async def test_a_read_only_postgresql_is_not_ready_and_sales_get_503(settings: c
         app = create_app(settings, clock=clock)
         async with (
             app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client,
         ):
             ready = await client.get("/health/ready")
             assert ready.status_code == 503
@@ -205,7 +205,7 @@ async def test_a_broken_sqlite_writer_connection_is_replaced(
     await client.post("/sales", content=json.dumps({"product_id": 1, "store_id": 1}), headers=JSON)
     writer._conn.close()  # as an I/O fault would leave it
     transport = httpx.ASGITransport(app=client.app, raise_app_exceptions=False)  # type: ignore[attr-defined]
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as loose:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as loose:
         first = await loose.post("/sales", content=json.dumps({"product_id": 1, "store_id": 1}), headers=JSON)
     assert first.status_code in (500, 503)
     second = await client.post("/sales", content=json.dumps({"product_id": 1, "store_id": 1}), headers=JSON)

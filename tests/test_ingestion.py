@@ -99,7 +99,7 @@ async def test_503_with_retry_after_over_http(settings: config.Settings, clock: 
     await seed(settings, PRODUCTS, STORES)
     app = create_app(replace(settings, queue_max_sales=5, flush_ms=300), clock=clock)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as http:
             body = json.dumps([{"product_id": 1, "store_id": 1}] * 3)
             responses = await asyncio.gather(
                 *(http.post("/sales", content=body, headers={"content-type": "application/json"}) for _ in range(4))

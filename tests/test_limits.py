@@ -78,6 +78,10 @@ async def test_a_sale_that_would_overflow_a_rollup_fails_alone_and_reports_stay_
         ({"via": "1.1 nginx"}, "127.0.0.1"),
         ({}, "192.0.2.10"),
         ({}, "::ffff:192.0.2.10"),
+        # DNS rebinding: a page from elsewhere, its name now pointing here, still sends its own Host.
+        ({"host": "rebound.example:8000"}, "127.0.0.1"),
+        ({"host": "127.0.0.1.rebound.example"}, "127.0.0.1"),
+        ({"host": "[::1"}, "127.0.0.1"),
     ],
 )
 async def test_open_mode_answers_loopback_clients_only(
@@ -85,9 +89,11 @@ async def test_open_mode_answers_loopback_clients_only(
 ) -> None:
     async with app_client(settings, clock) as local:
         assert (await local.get("/products")).status_code == 200  # no key exists: open, here
+        for host in ("localhost:8000", "[::1]:8000", "127.0.0.2"):
+            assert (await local.get("/products", headers={"host": host})).status_code == 200, host
         app = local.app  # type: ignore[attr-defined]
         transport = httpx.ASGITransport(app=app, client=(client_host, 5555))
-        async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=headers) as remote:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", headers=headers) as remote:
             problem = assert_problem(await remote.get("/products"), 401)
             assert "loopback" in problem["detail"] and "keys create" in problem["detail"]
             refused = await remote.post("/sales", content=json.dumps({"product_id": 1, "store_id": 1}), headers=JSON)

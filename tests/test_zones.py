@@ -58,7 +58,7 @@ async def test_a_store_with_an_unusable_zone_does_not_stop_start_up(settings: co
     app = create_app(settings, clock=clock)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client,
     ):
         assert (await client.get("/health/ready")).status_code == 200
         ok = await client.post("/sales", content=json.dumps({"product_id": 1, "store_id": 1}), headers=JSON)

@@ -12,6 +12,8 @@ from babel.dates import format_date
 from babel.numbers import format_currency, format_decimal, format_percent
 from starlette.requests import Request
 
+from ..accept import preferences
+
 LANGUAGES = ("en", "ru")
 COOKIE = "sr_lang"
 
@@ -95,30 +97,12 @@ def choose(request: Request) -> str:
     for chosen in (request.query_params.get("lang"), request.cookies.get(COOKIE)):
         if chosen in LANGUAGES:
             return chosen
-    wanted = _by_preference(request.headers.get("accept-language", "")[:200])
+    wanted = preferences(request.headers.get("accept-language", "")[:200])
     try:
         best = Locale.negotiate([w for w in wanted if w], list(LANGUAGES), sep="-")
     except (ValueError, TypeError):
         best = None
     return best.language if best is not None and best.language in LANGUAGES else "en"
-
-
-def _by_preference(header: str) -> list[str]:
-    """The languages of an Accept-Language header, most wanted first (``q=0``: not wanted)."""
-    weighted = []
-    for position, part in enumerate(header.split(",")):
-        tag, _, params = part.partition(";")
-        quality = 1.0
-        for param in params.split(";"):
-            name, _, value = param.strip().partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        if tag.strip() and quality > 0:
-            weighted.append((-quality, position, tag.strip()))
-    return [tag for _, _, tag in sorted(weighted)]
 
 
 @dataclass(frozen=True)

@@ -217,12 +217,21 @@ def _remember_language(request: Request, response: Response) -> Response:
 
 
 def _same_origin(request: Request) -> bool:
-    """A form posted from this site (a browser sends Origin with every POST)."""
+    """A form posted from this site (a browser sends Origin with every POST): the public origin if one
+    is set (``SALESREPORT_PUBLIC_URL``), else the host the request was sent to."""
     origin = request.headers.get("origin")
     if origin is None:
         return True  # not a browser: a cross-site form always carries Origin
-    host = request.headers.get("host", "")
-    return origin.split("://", 1)[-1] == host
+    public = service(request).settings.public_origin
+    if public is not None:
+        return origin.lower() == public
+    return origin.split("://", 1)[-1] == request.headers.get("host", "")
+
+
+def _secure(request: Request) -> bool:
+    """Whether the browser reached us over TLS (directly, or through the public origin's proxy)."""
+    public = service(request).settings.public_origin
+    return request.url.scheme == "https" or (public is not None and public.startswith("https:"))
 
 
 async def sign_in(request: Request) -> Response:
@@ -254,7 +263,7 @@ async def sign_in(request: Request) -> Response:
         max_age=int(LIFETIME.total_seconds()),
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=_secure(request),
         path="/",
     )
     return response
@@ -291,5 +300,5 @@ async def sign_out(request: Request) -> Response:
         async with svc.db.control.begin() as conn:
             await close_session(conn, request.cookies.get(COOKIE))
     response = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
-    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=_secure(request))
     return response
