@@ -21,7 +21,7 @@ from starlette.routing import Route
 from . import config, db, drain, reports
 from .auth import Key, KeyRing, Unauthenticated, is_loopback, names_loopback
 from .changes import Changes
-from .export import csv_response, wants_csv
+from .export import report_response, wants_csv
 from .front import Front
 from .health import head_revision, health_live, health_ready
 from .ingestion import (
@@ -322,9 +322,7 @@ async def get_top_stores(request: Request) -> Response:
     csv = wants_csv(request)
     async with reading(request) as conn:
         rows = await reports.top_stores(conn, month, limit)
-    if csv:
-        return csv_response(rows, _FIELDS[TopStore], f"top-stores-{format_month(month)}.csv")
-    return json_response(rows)
+    return report_response(rows, _FIELDS[TopStore], f"top-stores-{format_month(month)}.csv", csv=csv)
 
 
 async def get_top_products(request: Request) -> Response:
@@ -335,11 +333,9 @@ async def get_top_products(request: Request) -> Response:
     csv = wants_csv(request)
     async with reading(request) as conn:
         rows = await reports.top_products(conn, month, limit, store_id)
-    if csv:
-        period = "all-time" if month is None else format_month(month)
-        where = "" if store_id is None else f"store-{store_id}-"
-        return csv_response(rows, _FIELDS[TopProduct], f"top-products-{where}{period}.csv")
-    return json_response(rows)
+    period = "all-time" if month is None else format_month(month)
+    where = "" if store_id is None else f"store-{store_id}-"
+    return report_response(rows, _FIELDS[TopProduct], f"top-products-{where}{period}.csv", csv=csv)
 
 
 async def get_revenue_by_month(request: Request) -> Response:
@@ -355,10 +351,9 @@ async def get_revenue_by_month(request: Request) -> Response:
     csv = wants_csv(request)
     async with reading(request) as conn:
         rows = await reports.revenue_by_month(conn, last, int(raw), store_id)
-    if csv:
-        where = "" if store_id is None else f"store-{store_id}-"
-        return csv_response(rows, _FIELDS[MonthRevenue], f"revenue-by-month-{where}to-{format_month(last)}.csv")
-    return json_response(rows)
+    where = "" if store_id is None else f"store-{store_id}-"
+    filename = f"revenue-by-month-{where}to-{format_month(last)}.csv"
+    return report_response(rows, _FIELDS[MonthRevenue], filename, csv=csv)
 
 
 def _store_param(request: Request) -> int | None:
@@ -397,6 +392,7 @@ routes = [
     Route("/", pages.dashboard, methods=["GET"]),
     Route("/stores/{id}", pages.store_page, methods=["GET"]),
     Route("/signin", pages.sign_in, methods=["POST"]),
+    Route("/signin", pages.sign_in_again, methods=["GET"]),
     Route("/signout", pages.sign_out, methods=["POST"]),
     Route("/static/{name}", static, methods=["GET"]),
     Route("/health/live", health_live, methods=["GET"]),

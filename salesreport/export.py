@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .accept import preferences
-from .problems import invalid
+from .problems import invalid, json_response
 from .schemas import FieldError
 
 
@@ -28,8 +29,25 @@ def wants_csv(request: Request) -> bool:
         if chosen not in ("csv", "json"):
             raise invalid([FieldError(field="format", message="must be csv or json")], "invalid query parameter")
         return chosen == "csv"
-    wanted = [kind.lower() for kind in preferences(request.headers.get("accept", ""))]
-    return next((kind for kind in wanted if kind in ("text/csv", "application/json")), None) == "text/csv"
+    for kind in preferences(request.headers.get("accept", "")[:1000]):
+        kind = kind.lower()
+        if kind in ("text/csv", "text/*"):
+            return True
+        if kind in ("application/json", "application/*", "*/*"):
+            return False
+    return False
+
+
+# Reports are live figures, read with a key or a session cookie: no shared cache may keep them, and the
+# same URL answers JSON or CSV by Accept.
+_REPORT_HEADERS = {"Cache-Control": "private, no-store", "Vary": "Accept, Cookie", "X-Content-Type-Options": "nosniff"}
+
+
+def report_response(rows: Sequence[msgspec.Struct], columns: Sequence[str], filename: str, *, csv: bool) -> Response:
+    """A report's rows as JSON, or as CSV named ``filename``."""
+    response = csv_response(rows, columns, filename) if csv else json_response(rows)
+    response.headers.update(_REPORT_HEADERS)
+    return response
 
 
 def csv_response(rows: Sequence[msgspec.Struct], columns: Sequence[str], filename: str) -> Response:
@@ -42,8 +60,11 @@ def csv_response(rows: Sequence[msgspec.Struct], columns: Sequence[str], filenam
     return Response(
         out.getvalue().encode("utf-8"),
         media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"', "Vary": "Accept"},
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
+
+
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 
 
 def _cell(value: Any) -> str:
@@ -53,8 +74,5 @@ def _cell(value: Any) -> str:
 
 
 def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    """A plain decimal such as ``-12.50`` (not ``-inf`` or ``+1_000``, which a spreadsheet reads otherwise)."""
+    return _NUMBER.fullmatch(text) is not None

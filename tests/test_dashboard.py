@@ -229,15 +229,26 @@ async def test_a_slow_or_odd_sign_in_form_is_refused(client: httpx.AsyncClient, 
     assert huge.status_code == 413
 
 
-@pytest.mark.parametrize("month", ["0000-01", "0001-11", "1999-12"])
-async def test_a_month_before_any_sale_shows_the_current_one(client: httpx.AsyncClient, month: str) -> None:
+@pytest.mark.parametrize("month", ["0001-11", "1999-12"])
+async def test_a_month_before_any_sale_is_shown_empty_as_the_api_says(client: httpx.AsyncClient, month: str) -> None:
+    assert (await client.get("/reports/top-stores", params={"month": month})).json() == []
     page = await client.get("/", params={"month": month})
     assert page.status_code == 200
-    assert "November 2026" in page.text  # the clock's month
+    assert rows(page.text, "top-stores") == [] and rows(page.text, "top-products") == []
+    assert "November" in page.text and f'value="{month}"' in page.text
     assert (await client.get("/stores/1", params={"month": month})).status_code == 200
     series = await client.get("/reports/revenue-by-month", params={"until": "0001-02", "months": 12})
     assert [m["month"] for m in series.json()] == ["0001-01", "0001-02"]
     assert (await client.get("/reports/revenue-by-month", params={"until": "0000-01"})).json() == []
+
+
+@pytest.mark.parametrize("month", ["2026-13", "0000-01", "２０２６-06", "2026-6", "\x00", "x" * 5000])
+async def test_a_malformed_month_is_a_400_page_in_the_page_language(client: httpx.AsyncClient, month: str) -> None:
+    for path in ("/", "/stores/1"):
+        page = await client.get(path, params={"month": month, "lang": "ru"})
+        assert page.status_code == 400, path
+        assert page.headers["content-type"].startswith("text/html")
+        assert "ГГГГ-ММ" in page.text and 'lang="ru"' in page.text
 
 
 async def test_a_sign_in_form_that_never_arrives_is_408(settings: config.Settings, clock: Clock) -> None:
@@ -291,3 +302,73 @@ async def test_csv_by_accept_follows_its_weights(client: httpx.AsyncClient, acce
     response = await client.get("/reports/top-stores", params={"month": MONTH}, headers={"accept": accept})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/csv") is csv_wanted
+    # Live figures read with a key or a cookie, JSON or CSV by Accept: no shared cache may keep one for another.
+    assert response.headers["cache-control"] == "private, no-store"
+    assert response.headers["vary"] == "Accept, Cookie" and response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_fifty_polls_at_once_cost_one_render(client: httpx.AsyncClient, settings: config.Settings) -> None:
+    from salesreport.web import views
+
+    await some_sales(client, settings)
+    built = 0
+    month_view = views.month_view
+
+    async def counted(*args: Any) -> Any:
+        nonlocal built
+        built += 1
+        return await month_view(*args)
+
+    views.month_view = counted  # type: ignore[assignment]
+    try:
+        polls = await asyncio.gather(*(client.get("/", params={"month": MONTH, "fragment": "1"}) for _ in range(50)))
+    finally:
+        views.month_view = month_view  # type: ignore[assignment]
+    assert {p.status_code for p in polls} == {200} and len({p.headers["etag"] for p in polls}) == 1
+    assert built == 1
+
+
+async def test_a_poll_keeps_its_page_language_whatever_another_tab_chose(client: httpx.AsyncClient) -> None:
+    russian = await client.get("/", params={"month": MONTH, "lang": "ru"})
+    poll = re.search(r'data-fragment="([^"]+)"', russian.text)
+    assert poll is not None
+    await client.get("/", params={"month": MONTH, "lang": "en"})  # another tab switches; the cookie says en
+    fragment = await client.get(poll.group(1).replace("&amp;", "&"))
+    assert "Июнь 2026" in fragment.text or "июнь 2026" in fragment.text.lower()
+
+
+async def test_the_sign_in_address_itself_leads_back_to_the_form(client: httpx.AsyncClient) -> None:
+    back = await client.get("/signin", params={"lang": "ru"})
+    assert back.status_code == 303 and back.headers["location"] == "/?lang=ru"
+    assert (await client.get("/signin", params={"lang": "../x"})).headers["location"] == "/"
+
+
+@pytest.mark.parametrize(("lang", "expected"), [("en", "JPY\xa01,234.50"), ("ru", "1\xa0234,50\xa0¥")])
+def test_money_keeps_two_decimals_whatever_the_currency(lang: str, expected: str) -> None:
+    from salesreport.web.i18n import Texts
+
+    assert Texts(lang, "JPY").money("1234.50") == expected
+
+
+async def test_csv_cells_that_a_spreadsheet_would_run_are_quoted(
+    client: httpx.AsyncClient, settings: config.Settings
+) -> None:
+    odd = {8: '=HYPERLINK("http://x")', 9: "-inf", 10: "+1_000", 11: "@SUM(A1)", 12: "-12.50"}
+    await seed(settings, [], [{"id": i, "address": a, "timezone": "UTC"} for i, a in odd.items()])
+    await sell(client, [{"product_id": 1, "store_id": i, "sold_at": f"{MONTH}-10T10:00:00Z"} for i in odd])
+    response = await client.get("/reports/top-stores", params={"month": MONTH, "format": "csv"})
+    cells = {int(r["id"]): r["address"] for r in csv.DictReader(io.StringIO(response.text.lstrip("\ufeff")))}
+    assert {i: cells[i] for i in odd} == {i: (a if i == 12 else "'" + a) for i, a in odd.items()}
+
+
+async def test_odd_sign_in_origins_and_lengths_are_refused(
+    client: httpx.AsyncClient, settings: config.Settings
+) -> None:
+    _, owner = await create(settings, "owner")
+    for origin in ("x://127.0.0.1", "null", "", "http://127.0.0.1.evil.example"):
+        refused = await client.post("/signin", data={"key": owner}, headers={"origin": origin})
+        assert refused.status_code == 403, origin
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    for length in ("abc", "1e3", "-1"):
+        odd = await client.post("/signin", content=b"key=x", headers={**form, "content-length": length})
+        assert odd.status_code == 400, length

@@ -52,6 +52,7 @@ WORDS: dict[str, dict[str, str]] = {
         "chart_of": "Bar chart: {what}",
         "month_col": "Month",
         "no_store": "No such store.",
+        "bad_month": "A month is written YYYY-MM, for example 2026-11.",
     },
     "ru": {
         "title": "Продажи",
@@ -87,6 +88,7 @@ WORDS: dict[str, dict[str, str]] = {
         "chart_of": "Диаграмма: {what}",
         "month_col": "Месяц",
         "no_store": "Такого магазина нет.",
+        "bad_month": "Месяц пишется как ГГГГ-ММ, например 2026-11.",
     },
 }
 assert WORDS["en"].keys() == WORDS["ru"].keys()
@@ -116,11 +118,11 @@ class Texts:
         return WORDS[self.lang][key].format(**values)
 
     def money(self, amount: str) -> str:
-        # Exact: the decimal string of the report, never a float.
+        # Exact: the decimal string of the report, never a float, and its two decimals whatever the
+        # currency's own number of digits (the API's figures are in hundredths).
         value = Decimal(amount)
-        if self.lang == "en":
-            return format_currency(value, self.currency, format="¤¤\xa0#,##0.00", locale="en", currency_digits=False)
-        return format_currency(value, self.currency, locale=self.lang)
+        pattern = "¤¤\xa0#,##0.00" if self.lang == "en" else None  # the locale's own, with two decimals
+        return format_currency(value, self.currency, format=pattern, locale=self.lang, currency_digits=False)
 
     def number(self, value: int) -> str:
         return format_decimal(value, locale=self.lang)

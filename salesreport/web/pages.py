@@ -98,18 +98,22 @@ def _next(request: Request) -> str:
     return request.url.path + (f"?{urlencode(query)}" if query else "")
 
 
-def _month(request: Request) -> int:
+def _month(request: Request) -> int | None:
+    """The page's month: ``?month=``, or the current month in the chain's zone; None if it is malformed."""
     svc = service(request)
     raw = request.query_params.get("month")
     if raw:
         try:
             month = parse_month(raw)
         except ValueError:
-            month = 0
-        if month >= 200001:  # no sale is dated before 2000; a bad month in a shared link shows the current one
-            return month
+            return None
+        return month if month > 100 else None  # there is no year 0 to name
     now = svc.clock().astimezone(zone(svc.settings.default_timezone))
     return now.year * 100 + now.month
+
+
+def _bad_month(request: Request) -> Response:
+    return _html(request, "problem.html", 400, code=400, message=_texts(request)("bad_month"))
 
 
 async def dashboard(request: Request) -> Response:
@@ -117,6 +121,8 @@ async def dashboard(request: Request) -> Response:
     if refused is not None:
         return refused
     month = _month(request)
+    if month is None:
+        return _bad_month(request)
     texts = _texts(request)
     svc = service(request)
 
@@ -135,7 +141,7 @@ async def dashboard(request: Request) -> Response:
             ),
             **_charts(texts, view.products, view.series),
             "form_action": "/",
-            "fragment_url": f"/?{urlencode({'month': view.month, 'fragment': '1'})}",
+            "fragment_url": f"/?{urlencode({'month': view.month, 'fragment': '1', 'lang': texts.lang})}",
             "title": f"{texts('title')} · {texts.month(view.month)}",
         }
         return _templates.get_template("_month.html").render(**context), context
@@ -154,9 +160,12 @@ async def store_page(request: Request) -> Response:
     store_id = parse_id(raw)
     store = svc.catalog.store(store_id) if store_id is not None else None
     if store is None:
-        return _html(request, "missing.html", 404)
+        return _html(request, "problem.html", 404, code=404, message=_texts(request)("no_store"))
     month = _month(request)
+    if month is None:
+        return _bad_month(request)
     texts = _texts(request)
+    lang = texts.lang
 
     async def build() -> tuple[str, dict[str, Any]]:
         with database_errors("read failed"):
@@ -171,7 +180,7 @@ async def store_page(request: Request) -> Response:
             "signed_in": bool(svc.keys.protected),
             **_charts(texts, view.products, view.series),
             "form_action": f"/stores/{store.id}",
-            "fragment_url": f"/stores/{store.id}?{urlencode({'month': view.month, 'fragment': '1'})}",
+            "fragment_url": f"/stores/{store.id}?{urlencode({'month': view.month, 'fragment': '1', 'lang': lang})}",
             "title": f"{store.address} · {texts.month(view.month)}",
         }
         return _templates.get_template("_store.html").render(**context), context
@@ -182,14 +191,12 @@ async def store_page(request: Request) -> Response:
 async def _serve(request: Request, key: Any, build: Callable[[], Awaitable[tuple[str, dict[str, Any]]]]) -> Response:
     """A page from the cache (or built): the whole page, or for the live poll (``?fragment=1``) its
     main part alone, revalidated by ETag so that an unchanged page costs a 304 without a body."""
-    svc = service(request)
-    cached = svc.pages.get(key)
-    if cached is None:
+
+    async def page() -> tuple[str, dict[str, Any], str]:
         fragment, context = await build()
-        tag = '"' + hashlib.blake2b(fragment.encode(), digest_size=12).hexdigest() + '"'
-        cached = (fragment, context, tag)
-        svc.pages.put(key, cached)
-    fragment, context, tag = cached
+        return fragment, context, '"' + hashlib.blake2b(fragment.encode(), digest_size=12).hexdigest() + '"'
+
+    fragment, context, tag = await service(request).pages.get(key, page)
     if request.query_params.get("fragment") == "1":
         # no-store: a poll is never written to the browser's cache (the script sends If-None-Match itself).
         headers = {**SECURITY_HEADERS, "ETag": tag}
@@ -225,13 +232,21 @@ def _same_origin(request: Request) -> bool:
     public = service(request).settings.public_origin
     if public is not None:
         return origin.lower() == public
-    return origin.split("://", 1)[-1] == request.headers.get("host", "")
+    scheme, _, host = origin.partition("://")
+    return scheme in ("http", "https") and host == request.headers.get("host", "")
 
 
 def _secure(request: Request) -> bool:
     """Whether the browser reached us over TLS (directly, or through the public origin's proxy)."""
     public = service(request).settings.public_origin
     return request.url.scheme == "https" or (public is not None and public.startswith("https:"))
+
+
+async def sign_in_again(request: Request) -> Response:
+    """``GET /signin``: where a failed sign-in left the browser (its language links, a reload): the form
+    is on the page itself."""
+    lang = request.query_params.get("lang")
+    return RedirectResponse("/" + (f"?lang={lang}" if lang in i18n.LANGUAGES else ""), 303, headers=SECURITY_HEADERS)
 
 
 async def sign_in(request: Request) -> Response:
@@ -277,7 +292,9 @@ async def _form_body(request: Request) -> bytes:
         raise ProblemError(415, "Unsupported Media Type", "send the sign-in form as a form")
     too_large = ProblemError(413, "Content Too Large", "the form is too large")
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_FORM):
+    if length is not None and not (length.isascii() and length.isdigit()):
+        raise ProblemError(400, "Bad Request", "Content-Length must be a number of bytes")
+    if length is not None and int(length) > MAX_FORM:
         raise too_large
     body = b""
     timeout = service(request).settings.body_timeout

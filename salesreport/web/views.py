@@ -6,7 +6,9 @@ about one read per second per worker, and keeps a sale within the page's 5 s.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -75,18 +77,31 @@ async def store_view(conn: AsyncConnection, store_id: int, month: int) -> StoreV
 
 
 class Cache:
-    """Rendered pages by what they show, each kept ``CACHE_SECONDS``."""
+    """Rendered pages by what they show, each kept ``CACHE_SECONDS``; while one is being built, every
+    request for it waits for that one build (fifty pages polling at the moment it expires cost one)."""
 
     def __init__(self) -> None:
         self._pages: dict[Any, tuple[float, Any]] = {}
+        self._building: dict[Any, asyncio.Task[Any]] = {}
 
-    def get(self, key: Any) -> Any:
+    async def get(self, key: Any, build: Callable[[], Awaitable[Any]]) -> Any:
         found = self._pages.get(key)
-        if found is None or time.monotonic() - found[0] > CACHE_SECONDS:
-            return None
-        return found[1]
+        if found is not None and time.monotonic() - found[0] <= CACHE_SECONDS:
+            return found[1]
+        task = self._building.get(key)
+        if task is None:
+            # A task of its own: a caller that goes away does not cancel the build the others wait for.
+            task = asyncio.ensure_future(self._build(key, build))
+            self._building[key] = task
+            task.add_done_callback(lambda done: None if done.cancelled() else done.exception())
+        return await asyncio.shield(task)
 
-    def put(self, key: Any, page: Any) -> None:
+    async def _build(self, key: Any, build: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            page = await build()
+        finally:
+            del self._building[key]
         if len(self._pages) > 1000:
             self._pages.clear()
         self._pages[key] = (time.monotonic(), page)
+        return page
