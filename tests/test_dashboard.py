@@ -296,6 +296,9 @@ async def test_behind_a_tls_proxy_the_public_origin_signs_in(settings: config.Se
         ("text/csv;q=0", False),
         ("text/csv;q=nonsense", False),
         ("*/*", False),
+        ("*/*, text/csv;q=0.5", False),
+        ("application/*, text/csv;q=0.5", False),
+        ("text/csv, */*;q=0.1", True),
     ],
 )
 async def test_csv_by_accept_follows_its_weights(client: httpx.AsyncClient, accept: str, csv_wanted: bool) -> None:
