@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import db
 from .changes import Changes
+from .db.replica import Reads
 
 log = structlog.get_logger("salesreport.auth")
 
@@ -114,6 +115,8 @@ class KeyRing:
     used: dict[int, datetime] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _task: asyncio.Task[None] | None = None
+    # Which database answers; None: the primary, always.
+    reads: Reads | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._record_use(), name="salesreport-keys-last-used")
@@ -128,6 +131,8 @@ class KeyRing:
     async def refresh(self) -> None:
         """Reload the keys if they may have changed; raises if the database is down."""
         if not self.changes.stale("keys", self.version):
+            return
+        if self.reads is not None and self.reads.keeps(self.version >= 0):
             return
         async with self._lock:
             if not self.changes.stale("keys", self.version):

@@ -4,11 +4,11 @@ format (Babel, from CLDR: ``1 234 567,50 ₽`` in Russian, ``RUB 1,234,567.50`` 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
 
 from babel import Locale
-from babel.dates import format_date
+from babel.dates import format_date, format_time, format_timedelta
 from babel.numbers import format_currency, format_decimal, format_percent
 from starlette.requests import Request
 
@@ -50,6 +50,8 @@ WORDS: dict[str, dict[str, str]] = {
         "chart_of": "Bar chart: {what}",
         "month_col": "Month",
         "no_store": "No such store.",
+        "as_of": "Figures as of {time}, {lag} behind",
+        "as_of_unknown": "Figures from the replica: how recent is not known",
     },
     "ru": {
         "title": "Продажи",
@@ -85,6 +87,8 @@ WORDS: dict[str, dict[str, str]] = {
         "chart_of": "Диаграмма: {what}",
         "month_col": "Месяц",
         "no_store": "Такого магазина нет.",
+        "as_of": "Данные на {time}, отставание {lag}",
+        "as_of_unknown": "Данные с реплики: насколько они свежие, неизвестно",
     },
 }
 assert WORDS["en"].keys() == WORDS["ru"].keys()
@@ -158,3 +162,9 @@ class Texts:
     def month_short(self, month: str) -> str:
         year, number = (int(part) for part in month.split("-"))
         return format_date(date(year, number, 1), "LLL yy", locale=self.lang)
+
+    def time(self, instant: datetime, zone: tzinfo) -> str:
+        return format_time(instant.astimezone(zone), "medium", locale=self.lang)
+
+    def duration(self, seconds: float) -> str:
+        return format_timedelta(timedelta(seconds=seconds), threshold=2, locale=self.lang)
