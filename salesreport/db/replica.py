@@ -91,11 +91,19 @@ class Reads:
         and what this worker holds in memory (catalog, keys) is the best there is."""
         return self.configured and not self.primary_up and self.replica_up
 
-    def keeps(self, loaded: bool) -> bool:
-        """Whether a worker's copy of the catalog or the keys is served as it is, without trying
-        to reload it: while the primary cannot be reached (every change is a write to it, so the
+    @property
+    def reports_on_replica(self) -> bool:
+        """Whether reports are read from the replica now."""
+        return self.on_replica or self.primary_unreachable
+
+    def keeps(self, loaded: bool, error: BaseException | None = None) -> bool:
+        """Whether a worker's copy of the catalog or the keys is served as it is, rather than
+        reloaded (before trying) or refused (``error``: why a reload failed): while the primary
+        cannot be reached and the replica answers. Every change is a write to the primary, so the
         copy is the newest this worker can know; a request would otherwise wait on the dead
-        primary, or fail)."""
+        primary, or fail."""
+        if error is not None and self.replica_up and is_unavailable(error):
+            self._lost(replica=False, error=error)
         return loaded and self.primary_unreachable
 
     def start(self) -> None:
@@ -116,7 +124,7 @@ class Reads:
         """Run ``work`` on a read connection: the replica's for reports, while it is close enough
         behind; the primary's when ``own_writes`` (unless it cannot be reached). If the database
         chosen cannot be reached, ``work`` runs on the other one; if neither can, the error is raised."""
-        replica = self.primary_unreachable or (self.on_replica and not own_writes)
+        replica = self.primary_unreachable if own_writes else self.reports_on_replica
         try:
             return await self._on(work, replica=replica)
         except Exception as exc:

@@ -67,14 +67,19 @@ class Catalog:
         if self.reads is not None and self.reads.keeps(self.loaded):
             return
         async with self._lock:
-            with self.changes.reloading("catalog"):
-                async with self.database.control.connect() as conn:
-                    version = await db.get_version(conn, "catalog")
-                    if version == self.version:
-                        return
-                    products = await db.list_products(conn)
-                    histories = await db.list_prices(conn)
-                    stores = await db.list_stores(conn)
+            try:
+                with self.changes.reloading("catalog"):
+                    async with self.database.control.connect() as conn:
+                        version = await db.get_version(conn, "catalog")
+                        if version == self.version:
+                            return
+                        products = await db.list_products(conn)
+                        histories = await db.list_prices(conn)
+                        stores = await db.list_stores(conn)
+            except Exception as exc:
+                if self.reads is not None and self.reads.keeps(self.loaded, exc):
+                    return
+                raise
             zones: dict[int, ZoneInfo | None] = {}
             unusable: dict[int, str] = {}
             for s in stores:
