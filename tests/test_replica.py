@@ -130,7 +130,7 @@ def stores_in(response: httpx.Response) -> list[tuple[int, str]]:
 
 
 async def test_reports_read_the_replica_say_how_stale_and_leave_it_when_it_lags_too_far(
-    client: httpx.AsyncClient, clock: Clock, paused: None
+    client: httpx.AsyncClient, clock: Clock, paused: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert (await sell(client)).status_code == 201
     clock.advance(seconds=3)
@@ -153,6 +153,8 @@ async def test_reports_read_the_replica_say_how_stale_and_leave_it_when_it_lags_
     clock.advance(seconds=3)
     await eventually(lambda: not reads(client).on_replica, what="reads moved to the primary")
     assert reads(client).fallbacks == 1
+    assert "reads moved to the primary" in (logged := capsys.readouterr().out)
+    assert "the replica is 6.0 s behind (more than 5 s)" in logged
     response = await top_stores(client)
     assert stores_in(response) == [(1, "45.50")]
     assert response.headers["X-Data-Source"] == "primary"
@@ -164,6 +166,7 @@ async def test_reports_read_the_replica_say_how_stale_and_leave_it_when_it_lags_
 
     # Replay resumes: the replica catches up, and reports go back to it.
     await on_replica_resume(client)
+    assert "reads moved to the replica" in capsys.readouterr().out
     response = await top_stores(client)
     assert stores_in(response) == [(1, "45.50")]
     assert response.headers["X-Data-Source"] == "replica"
