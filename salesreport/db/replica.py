@@ -161,7 +161,7 @@ class Reads:
             self._switch(False, f"the replica cannot be read: {type(getattr(error, 'orig', error)).__name__}")
         elif not replica and self.primary_up:
             self.primary_up = False
-            log.warning("the primary database cannot be reached; reads go to the replica", error=str(error))
+            log.warning("the primary database cannot be reached", error=str(error))
 
     # --- measures ---------------------------------------------------------------------
 
@@ -193,10 +193,9 @@ class Reads:
             self.replica_up = True
             self._replayed(int(replayed[1]))
         self.lag_seconds = None if self.as_of is None or not self.replica_up else self.lag(Source(True, self.as_of))
-        if reason is None:
-            if not self.primary_up:
-                reason = None  # the replica is all there is
-            elif self.lag_seconds is None:
+        # Without the primary, the replica is all there is, however far behind.
+        if reason is None and self.primary_up:
+            if self.lag_seconds is None:
                 reason = "the replica has not caught up with the primary yet"
             elif self.lag_seconds > self.max_lag:
                 reason = f"the replica is {self.lag_seconds:.1f} s behind (more than {self.max_lag:g} s)"
@@ -208,7 +207,7 @@ class Reads:
             if up:
                 log.info("the primary database answers again")
             else:
-                log.warning("the primary database cannot be reached; reads go to the replica")
+                log.warning("the primary database cannot be reached")
 
     def _switch(self, on_replica: bool, reason: str | None) -> None:
         if on_replica == self.on_replica:
