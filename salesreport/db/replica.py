@@ -78,6 +78,8 @@ class Reads:
         self.as_of: datetime | None = None
         self.lag_seconds: float | None = None
         self.fallbacks = 0
+        # Failures found by reads: a measure begun before one of them is out of date.
+        self._losses = 0
         self._samples: deque[tuple[int, datetime]] = deque()
         self._task: asyncio.Task[None] | None = None
 
@@ -156,6 +158,7 @@ class Reads:
 
     def _lost(self, *, replica: bool, error: BaseException) -> None:
         """A read found this database unreachable: the others go elsewhere until the next measure."""
+        self._losses += 1
         if replica and self.replica_up:
             self.replica_up = False
             self._switch(False, f"the replica cannot be read: {type(getattr(error, 'orig', error)).__name__}")
@@ -176,12 +179,15 @@ class Reads:
     async def check(self) -> None:
         """Measure both databases once, and move reads if need be."""
         now = self.clock()  # before the primary's position is read: as_of errs on the old side
+        losses = self._losses
         flushed = await _ask(self.database.reader, _PRIMARY)
+        assert self.database.replica is not None
+        replayed = await _ask(self.database.replica, _REPLICA)
+        if self._losses != losses:
+            return  # a read found a database gone while this measure ran: the next one decides
         self._primary(not isinstance(flushed, BaseException))
         if not isinstance(flushed, BaseException):
             self._sample(int(flushed[0]), now)
-        assert self.database.replica is not None
-        replayed = await _ask(self.database.replica, _REPLICA)
         reason = None
         if isinstance(replayed, BaseException):
             self.replica_up = False
