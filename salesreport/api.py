@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -21,6 +22,7 @@ from starlette.routing import Route
 from . import config, db, drain, reports
 from .auth import Key, KeyRing, Unauthenticated, is_loopback, names_loopback
 from .changes import Changes
+from .db.replica import Reads
 from .export import report_response, wants_csv
 from .front import Front
 from .health import head_revision, health_live, health_ready
@@ -48,7 +50,7 @@ from .problems import (
     unavailable,
 )
 from .schemas import FieldError, MonthRevenue, TopProduct, TopStore, format_month, parse_id, parse_month
-from .service import Service, service
+from .service import Service, freshness_headers, read, service
 from .web import pages
 from .web.assets import static
 from .web.pages import session_key
@@ -60,12 +62,15 @@ log = structlog.get_logger("salesreport.api")
 MAX_BODY = 1024 * 1024
 
 
-@contextlib.asynccontextmanager
-async def reading(request: Request) -> AsyncIterator[Any]:
-    """A read connection; a database that cannot be reached answers 503."""
-    with database_errors("read failed"):
-        async with service(request).db.reader.connect() as conn:
-            yield conn
+async def report(
+    request: Request, work: Callable[[AsyncConnection], Awaitable[list[Any]]], csv: tuple[list[str], str] | None
+) -> Response:
+    """A report's rows, read where reports are read (the replica, when it is close enough behind),
+    as JSON or as CSV (``csv``: its columns and the file's name), saying how fresh they are."""
+    rows, source = await read(request, work)
+    response = report_response(rows, csv)
+    response.headers.update(freshness_headers(service(request), source))
+    return response
 
 
 async def authenticate(request: Request) -> Key | None:
@@ -281,13 +286,23 @@ async def post_returns(request: Request) -> Response:
 async def get_sale(request: Request) -> Response:
     key = await authenticate(request)
     sale_id = _id_param(request)
-    async with reading(request) as conn:
-        sale = await reports.sale(conn, sale_id)
+    # The till that posted a sale reads it back at once: from the primary, which has it.
+    sale, source = await read(request, lambda conn: reports.sale(conn, sale_id), own_writes=True)
+    if sale is None and source.replica:
+        # The primary cannot be reached, and the replica may not have replayed the sale yet.
+        raise ProblemError(
+            503,
+            "Service Unavailable",
+            f"sale {sale_id} cannot be looked up now: the primary database cannot be reached",
+            headers={"Retry-After": "2"},
+        )
     if sale is None:
         raise ProblemError(404, "Not Found", f"no sale {sale_id}")
     if key is not None and key.role == "pos" and key.store_id != sale.store_id:
         raise forbidden(f"this key may read the sales of store {key.store_id} only")
-    return json_response(sale)
+    response = json_response(sale)
+    response.headers.update(freshness_headers(service(request), source))
+    return response
 
 
 def _limit_param(request: Request) -> int:
@@ -319,10 +334,8 @@ async def get_top_stores(request: Request) -> Response:
     month = _month_param(request, default_current=True)
     assert month is not None
     limit = _limit_param(request)
-    csv = wants_csv(request)
-    async with reading(request) as conn:
-        rows = await reports.top_stores(conn, month, limit)
-    return report_response(rows, _FIELDS[TopStore], f"top-stores-{format_month(month)}.csv", csv=csv)
+    csv = (_FIELDS[TopStore], f"top-stores-{format_month(month)}.csv") if wants_csv(request) else None
+    return await report(request, lambda conn: reports.top_stores(conn, month, limit), csv)
 
 
 async def get_top_products(request: Request) -> Response:
@@ -330,12 +343,10 @@ async def get_top_products(request: Request) -> Response:
     store_id = _store_param(request)
     month = _month_param(request, default_current=store_id is not None)
     limit = _limit_param(request)
-    csv = wants_csv(request)
-    async with reading(request) as conn:
-        rows = await reports.top_products(conn, month, limit, store_id)
     period = "all-time" if month is None else format_month(month)
     where = "" if store_id is None else f"store-{store_id}-"
-    return report_response(rows, _FIELDS[TopProduct], f"top-products-{where}{period}.csv", csv=csv)
+    csv = (_FIELDS[TopProduct], f"top-products-{where}{period}.csv") if wants_csv(request) else None
+    return await report(request, lambda conn: reports.top_products(conn, month, limit, store_id), csv)
 
 
 async def get_revenue_by_month(request: Request) -> Response:
@@ -348,12 +359,11 @@ async def get_revenue_by_month(request: Request) -> Response:
         raise invalid(
             [FieldError(field="months", message="must be an integer from 1 to 36")], "invalid query parameter"
         )
-    csv = wants_csv(request)
-    async with reading(request) as conn:
-        rows = await reports.revenue_by_month(conn, last, int(raw), store_id)
     where = "" if store_id is None else f"store-{store_id}-"
-    filename = f"revenue-by-month-{where}to-{format_month(last)}.csv"
-    return report_response(rows, _FIELDS[MonthRevenue], filename, csv=csv)
+    csv = (
+        (_FIELDS[MonthRevenue], f"revenue-by-month-{where}to-{format_month(last)}.csv") if wants_csv(request) else None
+    )
+    return await report(request, lambda conn: reports.revenue_by_month(conn, last, int(raw), store_id), csv)
 
 
 def _store_param(request: Request) -> int | None:
@@ -409,9 +419,12 @@ def create_app(settings: config.Settings | None = None, *, clock: Callable[[], d
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         database = db.connect(settings)
+        now = clock or (lambda: datetime.now(UTC))
+        reads = Reads(database, now, max_lag=settings.max_lag, every=settings.lag_check)
+        reads.start()
         changes = Changes(database)
         changes.start()
-        catalog = Catalog(database, changes)
+        catalog = Catalog(database, changes, reads=reads)
         try:
             await catalog.refresh()
         except Exception as exc:  # /health/ready says so, and the next request tries again
@@ -437,13 +450,11 @@ def create_app(settings: config.Settings | None = None, *, clock: Callable[[], d
             write=db.write_returns,
             what="returns",
         )
-        keys = KeyRing(database, changes)
+        keys = KeyRing(database, changes, reads=reads)
         batcher.start()
         returns.start()
         keys.start()
-        svc = Service(settings, database, catalog, batcher, returns, keys, head_revision())
-        if clock is not None:
-            svc.clock = clock
+        svc = Service(settings, database, catalog, batcher, returns, keys, head_revision(), reads, clock=now)
         app.state.service = svc
         restore = drain.install(svc)
         # What start-up allocated lives as long as the process: keep it out of
@@ -460,6 +471,7 @@ def create_app(settings: config.Settings | None = None, *, clock: Callable[[], d
             await returns.close()
             await keys.close()
             await changes.close()
+            await reads.close()
             await database.dispose()
 
     return Starlette(

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import db
 from .changes import Changes
+from .db.replica import Reads
 
 log = structlog.get_logger("salesreport.auth")
 
@@ -124,6 +125,8 @@ class KeyRing:
     used: dict[int, datetime] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _task: asyncio.Task[None] | None = None
+    # Which database answers; None: the primary, always.
+    reads: Reads | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._record_use(), name="salesreport-keys-last-used")
@@ -139,13 +142,20 @@ class KeyRing:
         """Reload the keys if they may have changed; raises if the database is down."""
         if not self.changes.stale("keys", self.version):
             return
+        if self.reads is not None and self.reads.keeps(self.version >= 0):
+            return
         async with self._lock:
             if not self.changes.stale("keys", self.version):
                 return
-            with self.changes.reloading("keys"):
-                async with self.database.control.connect() as conn:
-                    version = await db.get_version(conn, "keys")
-                    rows = (await conn.execute(sa.select(db.api_keys))).all()
+            try:
+                with self.changes.reloading("keys"):
+                    async with self.database.control.connect() as conn:
+                        version = await db.get_version(conn, "keys")
+                        rows = (await conn.execute(sa.select(db.api_keys))).all()
+            except Exception as exc:
+                if self.reads is not None and self.reads.keeps(self.version >= 0, exc):
+                    return
+                raise
             self.by_hash = {r.hash: Key(r.id, r.role, r.store_id, r.hash) for r in rows if r.revoked_at is None}
             self.protected = bool(rows)
             self.version = version

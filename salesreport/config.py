@@ -75,6 +75,12 @@ class Settings:
     # The origin that browsers use to reach the dashboard (``https://reports.example.com``), when it is
     # not what the service itself sees: behind a proxy that terminates TLS or rewrites Host.
     public_origin: str | None = None
+    # A streaming replica for reports and the dashboard (PostgreSQL only; see ``db.replica``).
+    database_read_url: str | None = None
+    # Reads leave a replica further behind than this, for the primary.
+    max_lag: float = 5.0
+    # Seconds between two measures of the replica's lag.
+    lag_check: float = 1.0
 
     @property
     def is_sqlite(self) -> bool:
@@ -101,7 +107,12 @@ def load() -> Settings:
         drain_seconds=_float("SALESREPORT_DRAIN_S", 1, 0, 3600),
         currency=_currency(),
         public_origin=_public_origin(),
+        database_read_url=_read_url(),
+        max_lag=_float("SALESREPORT_MAX_LAG_S", 5, 0, 86400),
+        lag_check=_float("SALESREPORT_LAG_CHECK_S", 1, 0.01, 60),
     )
+    if settings.database_read_url is not None and settings.is_sqlite:
+        raise SystemExit("DATABASE_READ_URL (a streaming replica) needs a PostgreSQL DATABASE_URL")
     # A batch waits up to flush_ms for company: a deadline that short would
     # answer 503 to sales that are written a moment later.
     if settings.flush_ms / 1000 * 10 > settings.write_timeout:
@@ -110,6 +121,16 @@ def load() -> Settings:
             f"SALESREPORT_FLUSH_MS ({settings.flush_ms:g} ms)"
         )
     return settings
+
+
+def _read_url() -> str | None:
+    raw = os.environ.get("DATABASE_READ_URL")
+    if not raw:
+        return None
+    url = async_url(raw)
+    if not url.startswith("postgresql"):
+        raise SystemExit(f"DATABASE_READ_URL must start with postgresql://, got {raw!r}")
+    return url
 
 
 def _currency() -> str:

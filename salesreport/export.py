@@ -43,9 +43,9 @@ def wants_csv(request: Request) -> bool:
 _REPORT_HEADERS = {"Cache-Control": "private, no-store", "Vary": "Accept, Cookie", "X-Content-Type-Options": "nosniff"}
 
 
-def report_response(rows: Sequence[msgspec.Struct], columns: Sequence[str], filename: str, *, csv: bool) -> Response:
-    """A report's rows as JSON, or as CSV named ``filename``."""
-    response = csv_response(rows, columns, filename) if csv else json_response(rows)
+def report_response(rows: Sequence[msgspec.Struct], csv: tuple[Sequence[str], str] | None) -> Response:
+    """A report's rows as JSON, or as CSV (``csv``: its columns and the file's name)."""
+    response = json_response(rows) if csv is None else csv_response(rows, *csv)
     response.headers.update(_REPORT_HEADERS)
     return response
 

@@ -33,15 +33,33 @@ async def health_ready(request: Request) -> Response:
     if svc.readiness is None or svc.readiness.done():
         svc.readiness = asyncio.create_task(_probe(svc))
     reason = await asyncio.shield(svc.readiness)
-    if reason is not None:
+    reads = svc.reads
+    if reason is not None and not reads.primary_unreachable:
         down = {"status": "unavailable", "reason": reason}
         return Response(encoder.encode(down), 503, {"Retry-After": "5"}, "application/json")
     body: dict[str, Any] = {"status": "ok"}
-    if svc.catalog.unusable:
-        body["warnings"] = [
-            f"store {store_id}: {why}; its sales get 503" for store_id, why in sorted(svc.catalog.unusable.items())
-        ]
+    warnings = [f"store {store_id}: {why}; its sales get 503" for store_id, why in sorted(svc.catalog.unusable.items())]
+    if reason is not None:
+        # Every worker shares the primary: taking them all out of a load balancer would stop the
+        # reports too, which the replica still answers.
+        body = {"status": "degraded", "reason": f"{reason}; sales and returns get 503, reports come from the replica"}
+    if reads.configured:
+        body["reads"] = _reads(svc)
+        if not reads.reports_on_replica:
+            warnings.append("reports are read from the primary: the replica is unreachable or too far behind")
+    if warnings:
+        body["warnings"] = warnings
     return json_response(body)
+
+
+def _reads(svc: Service) -> dict[str, Any]:
+    """Where reports are read and how fresh they are."""
+    reads = svc.reads
+    return {
+        "source": "replica" if reads.reports_on_replica else "primary",
+        "replica_lag_s": None if reads.lag_seconds is None else round(reads.lag_seconds, 1),
+        "fallbacks": reads.fallbacks,
+    }
 
 
 async def _probe(svc: Service) -> str | None:

@@ -82,11 +82,23 @@ _STORE = {
 }
 
 
+# How fresh a read's data is (it may come from a replica a few seconds behind).
+_FRESHNESS = {
+    "X-Data-As-Of": {
+        "schema": {"type": "string", "format": "date-time"},
+        "description": "Everything committed by this instant is in the answer",
+    },
+    "X-Data-Lag-Seconds": {"schema": {"type": "integer"}, "description": "How far behind now the data is"},
+    "X-Data-Source": {"schema": {"type": "string", "enum": ["primary", "replica"]}},
+}
+
+
 def _rows(description: str, name: str) -> dict[str, Any]:
     """A report's answer: JSON rows, or the same rows as CSV."""
     return {
         "200": {
             "description": description,
+            "headers": _FRESHNESS,
             "content": {
                 "application/json": {"schema": _array(name)},
                 "text/csv": {"schema": {"type": "string"}},
@@ -114,9 +126,18 @@ _INVALID = {"422": _problem("Invalid fields: the first 100 named in `errors`, al
 _READY = {
     "type": "object",
     "properties": {
-        "status": {"type": "string", "enum": ["ok", "unavailable"]},
+        "status": {"type": "string", "enum": ["ok", "degraded", "unavailable"]},
         "reason": {"type": "string"},
         "warnings": {"type": "array", "items": {"type": "string"}},
+        "reads": {
+            "type": "object",
+            "description": "With a read replica: where reports are read, its lag, how often reads left it",
+            "properties": {
+                "source": {"type": "string", "enum": ["primary", "replica"]},
+                "replica_lag_s": {"type": ["number", "null"]},
+                "fallbacks": {"type": "integer"},
+            },
+        },
     },
     "required": ["status"],
 }
@@ -191,7 +212,7 @@ def document() -> dict[str, Any]:
                 "operationId": "getSale",
                 "parameters": [_ID],
                 "responses": {
-                    **_ok("The sale", {"$ref": _REF.format(name="SaleDetail")}),
+                    "200": {**_ok("The sale", {"$ref": _REF.format(name="SaleDetail")})["200"], "headers": _FRESHNESS},
                     **_FORBIDDEN,
                     **_COMMON,
                 },
@@ -283,7 +304,11 @@ def document() -> dict[str, Any]:
                 "summary": "This worker can take sales and answer reports",
                 "operationId": "ready",
                 "responses": {
-                    **_ok("Ready; `warnings` lists stores whose sales cannot be taken", _READY),
+                    **_ok(
+                        "Ready (`degraded`: the primary database cannot be reached, reports come from the replica); "
+                        "`warnings` lists stores whose sales cannot be taken",
+                        _READY,
+                    ),
                     "503": {
                         "description": "Not ready; `reason` says why",
                         "headers": {"Retry-After": {"schema": {"type": "integer"}}},

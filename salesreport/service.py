@@ -1,18 +1,25 @@
-"""What every request of a worker shares: settings, database, catalog, writer, keys, clock."""
+"""What every request of a worker shares: settings, database, catalog, writer, keys, clock, and its reads."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 
 from . import config, db
 from .auth import KeyRing
+from .db.replica import Reads, Source
 from .ingestion import Batcher, Catalog
+from .problems import database_errors
 from .web.views import Cache
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -26,6 +33,8 @@ class Service:
     keys: KeyRing
     # The Alembic revision this code expects the database at.
     head_revision: str
+    # Which database reads go to: the replica or the primary.
+    reads: Reads
     # The wall clock, injectable: tests pin it to any instant (a month's last minute, a DST change).
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     draining: bool = False
@@ -38,3 +47,24 @@ class Service:
 def service(request: Request) -> Service:
     svc: Service = request.app.state.service
     return svc
+
+
+async def read(
+    request: Request, work: Callable[[AsyncConnection], Awaitable[T]], *, own_writes: bool = False
+) -> tuple[T, Source]:
+    """Run ``work`` on a read connection (see ``db.replica.Reads.read``); a database that cannot be
+    reached answers 503."""
+    with database_errors("read failed"):
+        return await service(request).reads.read(work, own_writes=own_writes)
+
+
+def freshness_headers(svc: Service, source: Source) -> dict[str, str]:
+    """How fresh a read's data is: ``X-Data-As-Of`` (everything committed by then is in it, RFC 3339),
+    ``X-Data-Lag-Seconds`` (how far behind now, whole seconds) and ``X-Data-Source``
+    (``primary`` or ``replica``)."""
+    headers = {"X-Data-Source": "replica" if source.replica else "primary"}
+    lag = svc.reads.lag(source)
+    if source.as_of is not None and lag is not None:
+        headers["X-Data-As-Of"] = source.as_of.astimezone(UTC).isoformat(timespec="seconds")
+        headers["X-Data-Lag-Seconds"] = str(math.floor(lag))
+    return headers

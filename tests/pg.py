@@ -91,6 +91,25 @@ def create(bindir: Path) -> Cluster:
     return cluster
 
 
+def replica_of(primary: Cluster) -> Cluster:
+    """A streaming replica of ``primary`` (``pg_basebackup -R``: it follows the primary's WAL), started.
+
+    initdb's defaults allow it: ``wal_level=replica``, ten WAL senders, and ``trust`` for
+    replication connections from 127.0.0.1 (see ``create``).
+    """
+    root = Path(tempfile.mkdtemp(prefix="salesreport-pg-replica-"))
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    replica = Cluster(primary.bindir, root, free_port())
+    replica.run(
+        str(primary.bindir / "pg_basebackup"),
+        "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+        "-D", str(replica.datadir), "-R", "-X", "stream", "-c", "fast",
+    )  # fmt: skip
+    replica.start()
+    return replica
+
+
 def destroy(cluster: Cluster) -> None:
     try:
         cluster.stop("immediate")

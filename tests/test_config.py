@@ -60,6 +60,8 @@ def test_bad_settings_stop_with_a_message(monkeypatch: pytest.MonkeyPatch) -> No
         ("SALESREPORT_WRITE_TIMEOUT_S", "-1", "between"),
         ("SALESREPORT_KEY_LIFETIME_DAYS", "0", "between 1"),
         ("SALESREPORT_DRAIN_S", "soon", "a number"),
+        ("SALESREPORT_MAX_LAG_S", "-1", "between 0"),
+        ("SALESREPORT_LAG_CHECK_S", "0", "between 0.01"),
     ],
 )
 def test_settings_out_of_range_stop_with_a_message(
@@ -117,4 +119,20 @@ def test_the_public_url_is_kept_as_browsers_write_origin(
 def test_a_public_url_that_is_not_an_origin_stops_with_a_message(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
     monkeypatch.setenv("SALESREPORT_PUBLIC_URL", raw)
     with pytest.raises(SystemExit, match="SALESREPORT_PUBLIC_URL"):
+        config.load()
+
+
+def test_a_read_replica_is_a_postgresql_url_beside_a_postgresql_primary(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@primary/d")
+    monkeypatch.setenv("DATABASE_READ_URL", "postgresql://u@replica/d")
+    monkeypatch.setenv("SALESREPORT_MAX_LAG_S", "2.5")
+    settings = config.load()
+    assert settings.database_read_url == "postgresql+asyncpg://u@replica/d"
+    assert (settings.max_lag, settings.lag_check) == (2.5, 1.0)
+    monkeypatch.setenv("DATABASE_READ_URL", "sqlite:///replica.db")
+    with pytest.raises(SystemExit, match="DATABASE_READ_URL must start with postgresql://"):
+        config.load()
+    monkeypatch.setenv("DATABASE_READ_URL", "postgresql://u@replica/d")
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///sales.db")
+    with pytest.raises(SystemExit, match="needs a PostgreSQL DATABASE_URL"):
         config.load()

@@ -43,6 +43,8 @@ class Database:
     writer: AsyncEngine
     control: AsyncEngine
     sqlite_writer: SQLiteWriter | None = None
+    # Readers of the streaming replica, if one is configured (``replica`` says when to use it).
+    replica: AsyncEngine | None = None
 
     @property
     def dialect(self) -> str:
@@ -52,6 +54,8 @@ class Database:
         await self.reader.dispose()
         await self.writer.dispose()
         await self.control.dispose()
+        if self.replica is not None:
+            await self.replica.dispose()
         if self.sqlite_writer is not None:
             self.sqlite_writer.close()
 
@@ -90,7 +94,7 @@ def connect(settings: Settings) -> Database:
             sqlite_writer=SQLiteWriter(sa.engine.make_url(url).database or ""),
         )
 
-    def engine(pool_size: int) -> AsyncEngine:
+    def engine(pool_size: int, url: str = url) -> AsyncEngine:
         return create_async_engine(
             url,
             pool_size=pool_size,
@@ -105,6 +109,9 @@ def connect(settings: Settings) -> Database:
         reader=engine(settings.pool_size).execution_options(isolation_level="AUTOCOMMIT"),
         writer=writer,
         control=writer.execution_options(isolation_level="AUTOCOMMIT"),  # the same pool
+        replica=None
+        if settings.database_read_url is None
+        else engine(settings.pool_size, settings.database_read_url).execution_options(isolation_level="AUTOCOMMIT"),
     )
 
 

@@ -13,6 +13,7 @@ import structlog
 
 from .. import db
 from ..changes import Changes
+from ..db.replica import Reads
 from ..prices import History, next_change, price_at
 from ..schemas import FieldError, PriceOut, Product, ProductDetail, Store, encoder, format_money
 from ..zones import zone
@@ -48,6 +49,8 @@ class Catalog:
     # The product lists show prices in force now: rendered again when a scheduled price takes effect.
     _products_json: dict[bool, tuple[bytes, datetime | None, datetime | None]] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Which database answers; None: the primary, always.
+    reads: Reads | None = None
 
     @property
     def loaded(self) -> bool:
@@ -61,15 +64,22 @@ class Catalog:
         """
         if not ask and not self.changes.stale("catalog", self.version):
             return
+        if self.reads is not None and self.reads.keeps(self.loaded):
+            return
         async with self._lock:
-            with self.changes.reloading("catalog"):
-                async with self.database.control.connect() as conn:
-                    version = await db.get_version(conn, "catalog")
-                    if version == self.version:
-                        return
-                    products = await db.list_products(conn)
-                    histories = await db.list_prices(conn)
-                    stores = await db.list_stores(conn)
+            try:
+                with self.changes.reloading("catalog"):
+                    async with self.database.control.connect() as conn:
+                        version = await db.get_version(conn, "catalog")
+                        if version == self.version:
+                            return
+                        products = await db.list_products(conn)
+                        histories = await db.list_prices(conn)
+                        stores = await db.list_stores(conn)
+            except Exception as exc:
+                if self.reads is not None and self.reads.keeps(self.loaded, exc):
+                    return
+                raise
             zones: dict[int, ZoneInfo | None] = {}
             unusable: dict[int, str] = {}
             for s in stores:

@@ -4,11 +4,11 @@ format (Babel, from CLDR: ``1 234 567,50 ₽`` in Russian, ``RUB 1,234,567.50`` 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
 
 from babel import Locale
-from babel.dates import format_date
+from babel.dates import format_date, format_time, format_timedelta
 from babel.numbers import format_currency, format_decimal, format_percent
 from starlette.requests import Request
 
@@ -53,6 +53,8 @@ WORDS: dict[str, dict[str, str]] = {
         "month_col": "Month",
         "no_store": "No such store.",
         "bad_month": "A month is written YYYY-MM, for example 2026-11.",
+        "as_of": "Figures as of {time}, {lag} behind",
+        "as_of_unknown": "Figures from the replica: how recent is not known",
     },
     "ru": {
         "title": "Продажи",
@@ -89,6 +91,8 @@ WORDS: dict[str, dict[str, str]] = {
         "month_col": "Месяц",
         "no_store": "Такого магазина нет.",
         "bad_month": "Месяц пишется как ГГГГ-ММ, например 2026-11.",
+        "as_of": "Данные на {time}, отставание {lag}",
+        "as_of_unknown": "Данные с реплики: насколько они свежие, неизвестно",
     },
 }
 assert WORDS["en"].keys() == WORDS["ru"].keys()
@@ -144,3 +148,9 @@ class Texts:
     def month_short(self, month: str) -> str:
         year, number = (int(part) for part in month.split("-"))
         return format_date(date(year, number, 1), "LLL yy", locale=self.lang)
+
+    def time(self, instant: datetime, zone: tzinfo) -> str:
+        return format_time(instant.astimezone(zone), "medium", locale=self.lang)
+
+    def duration(self, seconds: float) -> str:
+        return format_timedelta(timedelta(seconds=seconds), threshold=2, locale=self.lang)

@@ -21,9 +21,10 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from ..auth import Key, Unauthenticated
+from ..db.replica import Source
 from ..problems import ProblemError, database_errors
 from ..schemas import MonthRevenue, TopProduct, parse_id, parse_month
-from ..service import service
+from ..service import freshness_headers, read, service
 from ..zones import zone
 from . import i18n, views
 from .assets import URLS
@@ -68,9 +69,8 @@ async def session_key(request: Request) -> Key | None:
     token = request.cookies.get(COOKIE)
     if token is None:
         return None
-    with database_errors("cannot read sessions"):
-        async with svc.db.reader.connect() as conn:
-            key_id = await session_key_id(conn, token, svc.clock())
+    # A session opened a moment ago is read at once (the redirect after sign-in): from the primary.
+    key_id, _ = await read(request, lambda conn: session_key_id(conn, token, svc.clock()), own_writes=True)
     key = svc.keys.active(key_id) if key_id is not None else None
     return key if key is not None and key.role == "owner" else None
 
@@ -127,10 +127,9 @@ async def dashboard(request: Request) -> Response:
     svc = service(request)
 
     async def build() -> tuple[str, dict[str, Any]]:
-        with database_errors("read failed"):
-            async with svc.db.reader.connect() as conn:
-                view = await views.month_view(conn, month)
+        view, source = await read(request, lambda conn: views.month_view(conn, month))
         context = {
+            **_freshness(request, texts, source),
             "t": texts,
             "lang": texts.lang,
             "view": view,
@@ -168,10 +167,9 @@ async def store_page(request: Request) -> Response:
     lang = texts.lang
 
     async def build() -> tuple[str, dict[str, Any]]:
-        with database_errors("read failed"):
-            async with svc.db.reader.connect() as conn:
-                view = await views.store_view(conn, store.id, month)
+        view, source = await read(request, lambda conn: views.store_view(conn, store.id, month))
         context = {
+            **_freshness(request, texts, source),
             "t": texts,
             "lang": texts.lang,
             "view": view,
@@ -197,14 +195,34 @@ async def _serve(request: Request, key: Any, build: Callable[[], Awaitable[tuple
         return fragment, context, '"' + hashlib.blake2b(fragment.encode(), digest_size=12).hexdigest() + '"'
 
     fragment, context, tag = await service(request).pages.get(key, page)
+    headers = {**SECURITY_HEADERS, **context["data_headers"]}
     if request.query_params.get("fragment") == "1":
         # no-store: a poll is never written to the browser's cache (the script sends If-None-Match itself).
-        headers = {**SECURITY_HEADERS, "ETag": tag}
+        headers["ETag"] = tag
         if request.headers.get("if-none-match") == tag:
             return Response(status_code=304, headers=headers)
         return Response(fragment, media_type="text/html; charset=utf-8", headers=headers)
     html = _templates.get_template("page.html").render(**context, fragment=Markup(fragment), etag=tag)
-    return _remember_language(request, Response(html, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS))
+    return _remember_language(request, Response(html, media_type="text/html; charset=utf-8", headers=headers))
+
+
+# Figures this far behind or more say so on the page (a page that said so always would change every
+# second, and its live poll would never be answered 304).
+SHOW_LAG_S = 1.0
+
+
+def _freshness(request: Request, texts: i18n.Texts, source: Source) -> dict[str, Any]:
+    """The page's line on how fresh its figures are (None while they are current), and its headers."""
+    svc = service(request)
+    lag = svc.reads.lag(source)
+    if source.replica and source.as_of is None:
+        line: str | None = texts("as_of_unknown")
+    elif source.as_of is not None and lag is not None and lag >= SHOW_LAG_S:
+        when = texts.time(source.as_of, zone(svc.settings.default_timezone))
+        line = texts("as_of", time=when, lag=texts.duration(lag))
+    else:
+        line = None
+    return {"freshness": line, "data_headers": freshness_headers(svc, source)}
 
 
 def _charts(texts: i18n.Texts, products: list[TopProduct], series: list[MonthRevenue]) -> dict[str, Any]:
