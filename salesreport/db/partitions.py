@@ -55,8 +55,8 @@ async def partitioned(conn: AsyncConnection) -> bool:
     """Whether ``sales`` is partitioned here (PostgreSQL from schema 0005 on)."""
     if conn.dialect.name != "postgresql":
         return False
-    kind = await conn.scalar(sa.text("SELECT relkind FROM pg_class WHERE oid = 'sales'::regclass"))
-    return bool(kind == "p")
+    query = "SELECT relkind = 'p' FROM pg_class WHERE oid = 'sales'::regclass"
+    return bool(await conn.scalar(sa.text(query)))
 
 
 async def months_with_partitions(conn: AsyncConnection) -> set[int]:

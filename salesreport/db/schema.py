@@ -239,7 +239,10 @@ def _archived(rollup: str) -> sa.Table:
     return sa.Table(
         f"archived_{rollup}",
         metadata,
-        *(sa.Column(k, sa.BigInteger if k.endswith("_id") else sa.Integer, primary_key=True) for k in ROLLUP_KEYS[rollup]),
+        *(
+            sa.Column(k, sa.BigInteger if k.endswith("_id") else sa.Integer, primary_key=True)
+            for k in ROLLUP_KEYS[rollup]
+        ),
         *(sa.Column(c, sa.BigInteger, nullable=False) for c in ROLLUP_COLUMNS[rollup]),
     )
 
