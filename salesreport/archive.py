@@ -39,6 +39,8 @@ from . import db, reports
 from .db import partitions
 from .schemas import format_month
 
+_PAGE = 10_000
+
 
 def archived(month: sa.ColumnElement[int] | int, before: int) -> Any:
     """Whether a sale of ``month`` is archived by ``archive --before`` ``before`` (both ``YYYYMM``)."""
@@ -79,11 +81,9 @@ async def archive_month(conn: AsyncConnection, month: int, directory: Path, now:
         return None
     parts = int(await conn.scalar(sa.select(sa.func.count()).where(db.archived_months.c.month == month)) or 0)
     stem = format_month(month) + (f"-{parts + 1}" if parts else "")
-    sales_file, sales_count, sales_sha = await _export(
-        conn, sa.select(s).where(of_month).order_by(s.c.id), directory / f"sales-{stem}.csv.gz"
-    )
+    sales_file, sales_count, sales_sha = await _export(conn, s, of_month, directory / f"sales-{stem}.csv.gz")
     returns_file, returns_count, returns_sha = await _export(
-        conn, sa.select(r).where(returns_of_month).order_by(r.c.id), directory / f"returns-{stem}.csv.gz"
+        conn, r, returns_of_month, directory / f"returns-{stem}.csv.gz"
     )
     sums = directory / f"{stem}.sha256"
     _write(sums, lambda f: f.write(f"{sales_sha}  {sales_file.name}\n{returns_sha}  {returns_file.name}\n"))
@@ -141,17 +141,23 @@ async def _keep_sums(conn: AsyncConnection, sums: db.Rollups) -> None:
             await conn.execute(stmt, records)
 
 
-async def _export(conn: AsyncConnection, query: sa.Select[Any], path: Path) -> tuple[Path, int, str]:
-    """Write ``query``'s rows to ``path`` as gzip CSV with a header row; the file, its rows, its SHA-256."""
-    count = 0
-    result = await conn.stream(query)
+async def _export(conn: AsyncConnection, table: sa.Table, where: Any, path: Path) -> tuple[Path, int, str]:
+    """Write ``table``'s rows chosen by ``where`` to ``path`` as gzip CSV with a header row, in id
+    order; the file, its rows, its SHA-256. Read a page at a time by id (a server-side cursor would
+    hold the partition open, and the partition is dropped in the same transaction)."""
+    count, last = 0, 0
     partial = path.with_name(path.name + ".partial")
     with gzip.open(partial, "wt", encoding="utf-8", newline="") as text:
         writer = csv.writer(text)
-        writer.writerow(result.keys())
-        async for rows in result.partitions(10_000):
+        writer.writerow([c.name for c in table.columns])
+        while True:
+            page = sa.select(table).where(where, table.c.id > last).order_by(table.c.id).limit(_PAGE)
+            rows = (await conn.execute(page)).all()
             writer.writerows([_cell(v) for v in row] for row in rows)
             count += len(rows)
+            if len(rows) < _PAGE:
+                break
+            last = rows[-1].id
     _sync(partial)
     os.replace(partial, path)
     return path, count, _sha256(path)
