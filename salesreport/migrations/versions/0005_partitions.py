@@ -11,8 +11,8 @@
 Locks and time (PostgreSQL): ``sales`` is held ACCESS EXCLUSIVE from the start to the commit
 (nothing reads or writes it meanwhile: stop the service, as for every upgrade), while every sale is
 copied into its partition, the primary key is built on each partition and the keys are copied;
-``returns`` and the rollups are not touched. Measured on the 2-core development machine: about 9 s
-per million sales (see README, "Partitions").
+``returns`` and the rollups are not touched. Measured on the 2-core development machine: about 14 s
+per million sales (see README, "Partitions, archive and backups").
 
 Revision ID: 0005
 Revises: 0004
