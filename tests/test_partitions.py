@@ -7,6 +7,7 @@ import asyncio
 import os
 import time
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -19,7 +20,7 @@ from salesreport import config, db
 from salesreport.api import create_app
 from salesreport.db import partitions
 from tests import pg
-from tests.conftest import Clock, app_client, eventually
+from tests.conftest import Clock, app_client, eventually, scalar
 from tests.test_cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +101,29 @@ async def test_a_key_names_one_sale_across_months(settings: config.Settings, clo
         assert (await post(client, old)).status_code == 201
         assert (await post(client, old)).status_code == 200
         assert (await post(client, {**old, "quantity": 2})).status_code == 422
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_worker_prunes_the_keys_that_outlived_their_lifetime(settings: config.Settings, clock: Clock) -> None:
+    sale = {"product_id": 1, "store_id": 2, "idempotency_key": "old-key"}
+    async with app_client(settings, clock) as client:
+        first = await post(client, sale)
+        assert first.status_code == 201
+    keys = sa.select(sa.func.count()).select_from(db.sale_keys)
+    assert await scalar(settings, keys) == 1
+    clock.advance(settings.key_lifetime + timedelta(seconds=1))
+    async with app_client(settings, clock) as client:
+
+        async def pruned() -> bool:
+            return await scalar(settings, keys) == 0
+
+        await eventually(pruned, within=20, what="the expired key is pruned")
+        # The old sale keeps its key as history; the key may name a new sale.
+        assert (await client.get(f"/sales/{first.json()['id']}")).json()["idempotency_key"] == "old-key"
+        again = await post(client, {**sale, "product_id": 2})
+        assert again.status_code == 201 and again.json()["id"] != first.json()["id"]
+        assert (await post(client, {**sale, "product_id": 2})).status_code == 200
 
 
 # --- migration 0005 on a database with data ----------------------------------------

@@ -105,6 +105,8 @@ stores = sa.Table(
 # force at ``sold_at``; ``amount`` is quantity × price charged. ``returned``
 # counts the units returned so far: a return updates it under the row's lock,
 # so that concurrent returns of one sale can never return more than was sold.
+# On PostgreSQL the table is partitioned by ``month`` (``db.partitions``): its
+# primary key is (id, month), and the unique key is ``sale_keys``'.
 sales = sa.Table(
     "sales",
     metadata,
