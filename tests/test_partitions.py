@@ -54,6 +54,12 @@ async def partitioned_months(settings: config.Settings) -> set[int]:
 async def test_a_sale_of_a_month_without_partition_goes_to_the_default_one(
     settings: config.Settings, client: httpx.AsyncClient
 ) -> None:
+    database = db.connect(settings)
+    try:
+        async with database.writer.begin() as conn:
+            await partitions.ensure(conn, [202611])  # whatever the day the tests run on
+    finally:
+        await database.dispose()
     backlog = await post(client, {"product_id": 1, "store_id": 1, "sold_at": "2001-03-15T10:00:00Z"})
     assert backlog.status_code == 201, backlog.text
     assert 200103 not in await partitioned_months(settings)
