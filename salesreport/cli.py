@@ -48,7 +48,16 @@ def _migrate(args: argparse.Namespace, settings: config.Settings) -> int:
     cfg.set_main_option("sqlalchemy.url", settings.database_url.replace("%", "%%"))
     command.upgrade(cfg, "head")
     print("schema is up to date")
-    return 0
+
+    async def months_ahead(database: db.Database) -> int:
+        async with database.writer.begin() as conn:
+            if await partitions.partitioned(conn):
+                made = await partitions.ensure_around(conn, datetime.now(UTC))
+                if made:
+                    print(f"partitions made: {', '.join(partitions.name(m) for m in made)}")
+        return 0
+
+    return _run(months_ahead, settings)
 
 
 def _workers_serving(settings: config.Settings) -> int:
