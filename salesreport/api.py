@@ -51,6 +51,7 @@ from .problems import (
 )
 from .schemas import FieldError, MonthRevenue, TopProduct, TopStore, format_month, parse_id, parse_month
 from .service import Service, freshness_headers, read, service
+from .upkeep import Upkeep
 from .web import pages
 from .web.assets import static
 from .web.pages import session_key
@@ -455,6 +456,8 @@ def create_app(settings: config.Settings | None = None, *, clock: Callable[[], d
         returns.start()
         keys.start()
         svc = Service(settings, database, catalog, batcher, returns, keys, head_revision(), reads, clock=now)
+        upkeep = Upkeep(database, svc.clock, settings.key_lifetime)
+        upkeep.start()
         app.state.service = svc
         restore = drain.install(svc)
         # What start-up allocated lives as long as the process: keep it out of
@@ -467,6 +470,7 @@ def create_app(settings: config.Settings | None = None, *, clock: Callable[[], d
         finally:
             restore()
             # Requests in flight have finished: commit every queued batch, then close.
+            await upkeep.close()
             await batcher.close()
             await returns.close()
             await keys.close()

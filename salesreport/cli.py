@@ -1,11 +1,14 @@
-"""``python -m salesreport``: migrate, import, demo, check, keys, serve."""
+"""``python -m salesreport``: migrate, import, demo, check, archive, backup, keys, serve."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
+import os
 import socket
+import sqlite3
 import ssl
 import sys
 import time
@@ -16,11 +19,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import auth, catalog, config, db, demo, reports
+from . import archive, auth, catalog, config, db, demo, reports
 from .changes import SLOT_LOCKS
+from .db import partitions
 from .health import head_revision
 from .ingestion import store_history
-from .schemas import MAX_ID
+from .schemas import MAX_ID, format_month, parse_month
 
 Command = Callable[[argparse.Namespace, config.Settings], int]
 
@@ -44,7 +48,16 @@ def _migrate(args: argparse.Namespace, settings: config.Settings) -> int:
     cfg.set_main_option("sqlalchemy.url", settings.database_url.replace("%", "%%"))
     command.upgrade(cfg, "head")
     print("schema is up to date")
-    return 0
+
+    async def months_ahead(database: db.Database) -> int:
+        async with database.writer.begin() as conn:
+            if await partitions.partitioned(conn):
+                made = await partitions.ensure_around(conn, datetime.now(UTC))
+                if made:
+                    print(f"partitions made: {', '.join(partitions.name(m) for m in made)}")
+        return 0
+
+    return _run(months_ahead, settings)
 
 
 def _workers_serving(settings: config.Settings) -> int:
@@ -228,12 +241,66 @@ def _check(args: argparse.Namespace, settings: config.Settings) -> int:
             await conn.execution_options(isolation_level=level)
             async with conn.begin():
                 found = await reports.differences(conn)
+                gone = await archive.archived_months(conn)
+        if gone:
+            print(
+                f"{len(gone)} months archived ({', '.join(map(format_month, gone))}): their sales are checked "
+                "by the sums kept when they were archived"
+            )
         for difference in found:
             print(difference)
         print(f"{len(found)} differences; run check --repair to rebuild" if found else "rollups equal the raw sales")
         return 1 if found else 0
 
     return _run(check, settings)
+
+
+def _archive(args: argparse.Namespace, settings: config.Settings) -> int:
+    now = datetime.now(UTC)
+    if args.before > partitions.utc_month(now):
+        print(f"archive: --before {format_month(args.before)} is after this month", file=sys.stderr)
+        return 2
+    directory = Path(args.to)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    async def run(database: db.Database) -> int:
+        async with database.reader.connect() as conn:
+            months = await archive.months_to_archive(conn, args.before)
+        total = 0
+        for month in months:
+            async with database.writer.begin() as conn:
+                done = await archive.archive_month(conn, month, directory, now)
+            if done is None:
+                continue
+            total += 1
+            print(
+                f"archived {format_month(done.month)}: {done.sales} sales, {done.returns} returns "
+                f"({', '.join(str(f) for f in done.files)})"
+            )
+        print(f"{total} months archived before {format_month(args.before)}")
+        return 0
+
+    return _run(run, settings)
+
+
+def _backup(args: argparse.Namespace, settings: config.Settings) -> int:
+    if not settings.is_sqlite:
+        print(
+            "backup: for PostgreSQL use pg_dump (or pg_basebackup for the whole cluster): see README, Backups",
+            file=sys.stderr,
+        )
+        return 2
+    source = sa.engine.make_url(settings.database_url).database or ""
+    target = Path(args.file)
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    # The online backup API copies one consistent snapshot, however the service writes meanwhile
+    # (in one step: a step-wise copy would start again after each write).
+    with contextlib.closing(sqlite3.connect(source)) as src, contextlib.closing(sqlite3.connect(partial)) as dst:
+        src.backup(dst)
+    os.replace(partial, target)
+    print(f"backed up {source} to {target}")
+    return 0
 
 
 def _keys(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -381,6 +448,13 @@ def _bind_address(host: str, port: int) -> tuple[str, str | None]:
     return ip, None
 
 
+def _month(text: str) -> int:
+    try:
+        return parse_month(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _bounded(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -441,6 +515,19 @@ def parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check", help="compare the report rollups with the raw sales")
     chk.add_argument("--repair", action="store_true", help="rebuild the rollups from the raw sales")
     chk.set_defaults(func=_check)
+    arc = sub.add_parser(
+        "archive",
+        help="move the raw sales of old months to gzip CSV files (rollups and reports stay)",
+        description="For each month before --before (the stores' local months, as in the reports), oldest first: "
+        "write its sales and their returns to DIR as gzip CSV with a .sha256 file, keep what they added to the "
+        "rollups, and remove them (PostgreSQL: detach and drop the month's partition). One transaction per month.",
+    )
+    arc.add_argument("--before", type=_month, required=True, metavar="YYYY-MM", help="the first month kept")
+    arc.add_argument("--to", required=True, metavar="DIR", help="where the files go (created if missing)")
+    arc.set_defaults(func=_archive)
+    bak = sub.add_parser("backup", help="copy the SQLite database to FILE, consistent while serving")
+    bak.add_argument("file", metavar="FILE")
+    bak.set_defaults(func=_backup)
     keys = sub.add_parser("keys", help="create, list and revoke API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key and print it once")

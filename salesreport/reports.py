@@ -218,28 +218,43 @@ class Difference:
 
 
 async def recompute(conn: AsyncConnection) -> db.Rollups:
-    """Every rollup as the raw sales and returns say it should be (``db.Rollups``, the one rule)."""
+    """Every rollup as the raw sales and returns say it should be (``db.Rollups``, the one rule), and
+    what the archived ones added (``archive``)."""
+    rollups = await raw_sums(conn)
+    for name, table in db.ARCHIVED.items():
+        width = len(db.ROLLUP_KEYS[name])
+        for row in await conn.execute(sa.select(table)):
+            rollups.add(name, tuple(row[:width]), *row[width:])
+    return rollups
+
+
+async def raw_sums(
+    conn: AsyncConnection,
+    sales_where: sa.ColumnElement[bool] | None = None,
+    returns_where: sa.ColumnElement[bool] | None = None,
+) -> db.Rollups:
+    """What the raw sales (and returns) stored, or those chosen, add to the rollups."""
     s, r = db.sales, db.returns
     rollups = db.Rollups()
-    sale_sums = await conn.execute(
-        sa.select(
-            s.c.store_id,
-            s.c.product_id,
-            s.c.month,
-            sa.func.sum(s.c.quantity),
-            sa.func.sum(s.c.amount),
-            sa.func.sum((s.c.catalog_price - s.c.unit_price) * s.c.quantity),
-            sa.func.count(),
-        ).group_by(s.c.store_id, s.c.product_id, s.c.month)
-    )
-    for store_id, product_id, month, quantity, amount, discount, count in sale_sums:
+    sale_sums = sa.select(
+        s.c.store_id,
+        s.c.product_id,
+        s.c.month,
+        sa.func.sum(s.c.quantity),
+        sa.func.sum(s.c.amount),
+        sa.func.sum((s.c.catalog_price - s.c.unit_price) * s.c.quantity),
+        sa.func.count(),
+    ).group_by(s.c.store_id, s.c.product_id, s.c.month)
+    if sales_where is not None:
+        sale_sums = sale_sums.where(sales_where)
+    for store_id, product_id, month, quantity, amount, discount, count in await conn.execute(sale_sums):
         rollups.add_sale(store_id, product_id, month, int(quantity), int(amount), int(discount), int(count))
-    return_sums = await conn.execute(
-        sa.select(r.c.store_id, r.c.product_id, r.c.month, sa.func.sum(r.c.quantity), sa.func.sum(r.c.amount)).group_by(
-            r.c.store_id, r.c.product_id, r.c.month
-        )
-    )
-    for store_id, product_id, month, quantity, refund in return_sums:
+    return_sums = sa.select(
+        r.c.store_id, r.c.product_id, r.c.month, sa.func.sum(r.c.quantity), sa.func.sum(r.c.amount)
+    ).group_by(r.c.store_id, r.c.product_id, r.c.month)
+    if returns_where is not None:
+        return_sums = return_sums.where(returns_where)
+    for store_id, product_id, month, quantity, refund in await conn.execute(return_sums):
         rollups.add_return(store_id, product_id, month, int(quantity), int(refund))
     return rollups
 

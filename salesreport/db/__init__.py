@@ -26,6 +26,7 @@ from .postgres import write_batch as _write_postgres
 from .postgres import write_returns as _write_returns_postgres
 from .rollups import Rollups, add_to_rollups, insert_sales_bulk, store_history
 from .schema import (
+    ARCHIVED,
     BEGINNING,
     ROLLUP_COLUMNS,
     ROLLUP_KEYS,
@@ -33,12 +34,14 @@ from .schema import (
     SLOTS,
     UTCDateTime,
     api_keys,
+    archived_months,
     metadata,
     prices,
     product_month,
     product_total,
     products,
     returns,
+    sale_keys,
     sales,
     sessions,
     store_month,
@@ -48,6 +51,7 @@ from .schema import (
 )
 
 __all__ = [
+    "ARCHIVED",
     "BEGINNING",
     "CHANNEL",
     "ROLLUP_COLUMNS",
@@ -65,6 +69,7 @@ __all__ = [
     "UTCDateTime",
     "add_to_rollups",
     "api_keys",
+    "archived_months",
     "bump_version",
     "connect",
     "driver_connection",
@@ -80,6 +85,7 @@ __all__ = [
     "product_total",
     "products",
     "returns",
+    "sale_keys",
     "sales",
     "save_catalog",
     "schema_revision",

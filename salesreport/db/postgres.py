@@ -1,8 +1,8 @@
 """PostgreSQL's writer: a batch of sales (or of returns) and its rollups, in asyncpg's own transaction.
 
 The hot path talks to asyncpg directly (SQLAlchemy would only add work): the
-sales and the three rollups go in one statement and one round trip, fed by
-arrays (measured in BENCHMARKS.md).
+sales, their keys and the four rollups go in one statement and one round trip,
+fed by arrays (measured in BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -56,16 +56,21 @@ async def write_transaction(database: Database) -> AsyncIterator[Any]:
             raise
 
 
+# Keys live in ``sale_keys`` (``sales`` is partitioned, see ``schema``); its month finds the sale's partition.
 _FIND = f"""
 WITH k AS (
     SELECT * FROM unnest($1::bigint[], $2::text[]) AS k(store_id, idempotency_key)
 ), expired AS (
-    UPDATE sales s SET idempotency_key = NULL FROM k
-    WHERE s.store_id = k.store_id AND s.idempotency_key = k.idempotency_key AND s.received_at < $3
+    DELETE FROM sale_keys sk USING k
+    WHERE sk.store_id = k.store_id AND sk.idempotency_key = k.idempotency_key AND sk.received_at < $3
+    RETURNING sk.sale_id, sk.month
+), cleared AS (
+    UPDATE sales s SET idempotency_key = NULL FROM expired e WHERE s.id = e.sale_id AND s.month = e.month
 )
 SELECT {", ".join("s." + c for c in SALE_COLUMNS)}
-FROM sales s JOIN k ON s.store_id = k.store_id AND s.idempotency_key = k.idempotency_key
-WHERE s.received_at >= $3
+FROM sale_keys sk JOIN k ON sk.store_id = k.store_id AND sk.idempotency_key = k.idempotency_key
+JOIN sales s ON s.id = sk.sale_id AND s.month = sk.month
+WHERE sk.received_at >= $3
 """
 
 
@@ -78,20 +83,30 @@ async def find_sales(raw: Any, keys: Collection[Key], live_after: datetime) -> d
 
 
 # Sequence values follow the ORDER BY of the SELECT, so ids sorted ascending
-# are in row order. The rollup sums are ``rollups.Rollups.add_sales`` in SQL.
+# are in row order. A keyed sale is inserted only if its key went into
+# ``sale_keys`` (the unique index a partitioned ``sales`` cannot have).
+# The rollup sums are ``rollups.Rollups.add_sales`` in SQL.
 _INSERT = """
 WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::timestamptz[],
-                         $6::timestamptz[], $7::int[], $8::text[], $9::bigint[], $10::int[])
-        AS t(store_id, product_id, quantity, unit_price, sold_at, received_at, month, idempotency_key,
-             catalog_price, ord)
-), inserted AS (
-    INSERT INTO sales (store_id, product_id, quantity, unit_price, amount, sold_at, received_at, month,
-                       idempotency_key, catalog_price)
-    SELECT store_id, product_id, quantity, unit_price, quantity * unit_price, sold_at, received_at, month,
-           idempotency_key, catalog_price
-    FROM input ORDER BY ord
+    SELECT nextval('sales_id_seq') AS id, t.* FROM (
+        SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::timestamptz[],
+                             $6::timestamptz[], $7::int[], $8::text[], $9::bigint[], $10::int[])
+            AS t(store_id, product_id, quantity, unit_price, sold_at, received_at, month, idempotency_key,
+                 catalog_price, ord)
+        ORDER BY ord
+    ) t
+), keyed AS (
+    INSERT INTO sale_keys (store_id, idempotency_key, sale_id, month, received_at)
+    SELECT store_id, idempotency_key, id, month, received_at FROM input
+    WHERE idempotency_key IS NOT NULL ORDER BY ord
     ON CONFLICT (store_id, idempotency_key) DO NOTHING
+    RETURNING sale_id
+), inserted AS (
+    INSERT INTO sales (id, store_id, product_id, quantity, unit_price, amount, sold_at, received_at, month,
+                       idempotency_key, catalog_price)
+    SELECT id, store_id, product_id, quantity, unit_price, quantity * unit_price, sold_at, received_at, month,
+           idempotency_key, catalog_price
+    FROM input WHERE idempotency_key IS NULL OR id IN (SELECT sale_id FROM keyed) ORDER BY ord
     RETURNING id, store_id, product_id, quantity, amount, (catalog_price - unit_price) * quantity AS discount,
               month, idempotency_key
 ), by_store AS (

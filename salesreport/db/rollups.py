@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from . import partitions
 from .engines import driver_connection, upsert
 from .schema import ROLLUP_COLUMNS, ROLLUP_KEYS, metadata, sales
 
@@ -104,10 +105,22 @@ async def insert_sales_bulk(conn: AsyncConnection, rows: Sequence[dict[str, Any]
     """Insert sales without reading anything back (history loads)."""
     columns = [c.name for c in sales.columns if c.name not in ("id", "returned")]
     if conn.dialect.name == "postgresql":
-        # COPY is several times faster than INSERT for millions of rows.
+        # COPY is several times faster than INSERT for millions of rows. Ids are drawn first, so
+        # that keyed sales get their rows in ``sale_keys`` too; months get their partitions.
         raw = await driver_connection(conn)
-        records = [tuple(row[c] for c in columns) for row in rows]
-        await raw.copy_records_to_table("sales", records=records, columns=columns)
+        await partitions.ensure(conn, {row["month"] for row in rows})
+        ids = [r[0] for r in await raw.fetch("SELECT nextval('sales_id_seq') FROM generate_series(1, $1)", len(rows))]
+        records = [(i, *(row[c] for c in columns)) for i, row in zip(ids, rows, strict=True)]
+        await raw.copy_records_to_table("sales", records=records, columns=["id", *columns])
+        keys = [
+            (row["store_id"], row["idempotency_key"], i, row["month"], row["received_at"])
+            for i, row in zip(ids, rows, strict=True)
+            if row["idempotency_key"] is not None
+        ]
+        if keys:
+            await raw.copy_records_to_table(
+                "sale_keys", records=keys, columns=["store_id", "idempotency_key", "sale_id", "month", "received_at"]
+            )
     else:
         await conn.execute(sa.insert(sales), [{c: row[c] for c in columns} for row in rows])
 

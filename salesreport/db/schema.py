@@ -105,6 +105,8 @@ stores = sa.Table(
 # force at ``sold_at``; ``amount`` is quantity × price charged. ``returned``
 # counts the units returned so far: a return updates it under the row's lock,
 # so that concurrent returns of one sale can never return more than was sold.
+# On PostgreSQL the table is partitioned by ``month`` (``db.partitions``): its
+# primary key is (id, month), and the unique key is ``sale_keys``'.
 sales = sa.Table(
     "sales",
     metadata,
@@ -122,6 +124,22 @@ sales = sa.Table(
     sa.Column("returned", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.UniqueConstraint("store_id", "idempotency_key", name="sales_store_id_idempotency_key_key"),
     sa.CheckConstraint("returned BETWEEN 0 AND quantity", name="sales_returned_within_quantity"),
+)
+
+# PostgreSQL only: the live idempotency keys of sales. ``sales`` is partitioned by month there, and a
+# unique index of a partitioned table must hold the partition key, so (store_id, idempotency_key) is
+# unique here instead, one row per keyed sale, naming it (``sale_id`` and ``month`` find its row in its
+# partition). The writer inserts here first, in the same statement; keys older than the key lifetime
+# are pruned (``db.partitions.prune_keys``). On SQLite ``sales``' own unique constraint does this.
+sale_keys = sa.Table(
+    "sale_keys",
+    metadata,
+    sa.Column("store_id", sa.BigInteger, primary_key=True),
+    sa.Column("idempotency_key", sa.String(128), primary_key=True),
+    sa.Column("sale_id", sa.BigInteger, nullable=False),
+    sa.Column("month", sa.Integer, nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Index("sale_keys_received_at_idx", "received_at"),
 )
 
 # Goods brought back: ``quantity`` units of sale ``sale_id``, refunded at the
@@ -198,6 +216,40 @@ store_product_month = sa.Table(
     sa.Index("store_product_month_store_month_idx", "store_id", "month"),
     within_limit("store_product_month", *ROLLUP_COLUMNS["store_product_month"]),
 )
+
+# Months whose raw sales (and the returns of those sales) were archived to files and removed
+# (``archive``); one row per run that archived the month (a late sale of an archived month is
+# archived again by a later run, into files of its own).
+archived_months = sa.Table(
+    "archived_months",
+    metadata,
+    sa.Column("month", sa.Integer, primary_key=True),
+    sa.Column("part", sa.SmallInteger, primary_key=True),
+    sa.Column("sales", sa.BigInteger, nullable=False),
+    sa.Column("returns", sa.BigInteger, nullable=False),
+    sa.Column("sales_file", sa.String(200), nullable=False),
+    sa.Column("sales_sha256", sa.String(64), nullable=False),
+    sa.Column("returns_file", sa.String(200), nullable=False),
+    sa.Column("returns_sha256", sa.String(64), nullable=False),
+    sa.Column("archived_at", UTCDateTime, nullable=False),
+)
+
+
+def _archived(rollup: str) -> sa.Table:
+    """What the archived sales and returns added to ``rollup``, by its key (no slots): ``check``
+    adds it to what the raw rows left say, so archived months stay checked exactly."""
+    return sa.Table(
+        f"archived_{rollup}",
+        metadata,
+        *(
+            sa.Column(k, sa.BigInteger if k.endswith("_id") else sa.Integer, primary_key=True)
+            for k in ROLLUP_KEYS[rollup]
+        ),
+        *(sa.Column(c, sa.BigInteger, nullable=False) for c in ROLLUP_COLUMNS[rollup]),
+    )
+
+
+ARCHIVED = {rollup: _archived(rollup) for rollup in ROLLUP_KEYS}
 
 # The dashboard's signed-in owners: a random token in the cookie, only its hash here. Signing out
 # deletes the row, so a copied cookie dies with it; every worker and host sees the same sessions.

@@ -1,0 +1,221 @@
+"""``archive`` (old months to gzip CSV, out of the database, the reports unchanged) and backups:
+SQLite's ``backup`` while a writer commits, PostgreSQL's pg_dump restored into a new database."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import gzip
+import hashlib
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from salesreport import config, db
+from tests import pg
+from tests.conftest import ROOT, Clock, app_client, count_sales, scalar
+from tests.test_api import assert_problem
+from tests.test_cli import cli
+
+pytestmark = pytest.mark.anyio
+
+
+async def post(client: httpx.AsyncClient, path: str, body: object) -> Any:
+    response = await asyncio.wait_for(client.post(path, json=body), 10)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def plain(settings: config.Settings) -> str:
+    return settings.database_url.replace("+asyncpg", "").replace("+aiosqlite", "")
+
+
+async def reports(client: httpx.AsyncClient) -> list[Any]:
+    got = []
+    for month in ("2025-08", "2025-09", "2025-10"):
+        got.append((await client.get("/reports/top-stores", params={"month": month})).json())
+        got.append((await client.get("/reports/top-products", params={"month": month})).json())
+        got.append((await client.get("/stores/1", params={"month": month})).status_code)
+    got.append((await client.get("/reports/top-products")).json())
+    got.append((await client.get("/reports/revenue-by-month", params={"until": "2025-10", "months": 4})).json())
+    return got
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
+        return list(csv.reader(f))
+
+
+AUGUST_31 = {"product_id": 2, "store_id": 3, "quantity": 2, "sold_at": "2025-08-31T23:00:00Z"}
+
+
+async def test_archive_moves_old_months_to_files_and_keeps_the_reports(
+    settings: config.Settings, clock: Clock, tmp_path: Path
+) -> None:
+    url = plain(settings)
+    async with app_client(settings, clock) as client:
+        august = [
+            await post(client, "/sales", {"product_id": 1, "store_id": 1, "sold_at": "2025-08-10T10:00:00Z"}),
+            await post(client, "/sales", {**AUGUST_31, "idempotency_key": "aug-2"}),
+        ]
+        september = await post(client, "/sales", {"product_id": 3, "store_id": 2, "sold_at": "2025-09-05T10:00:00Z"})
+        kept = await post(client, "/sales", {"product_id": 2, "store_id": 1, "sold_at": "2025-10-01T10:00:00Z"})
+        # Returns of an August sale: one in August, one in October (a month that stays).
+        await post(client, "/returns", {"sale_id": august[1]["id"], "returned_at": "2025-08-31T23:30:00Z"})
+        await post(client, "/returns", {"sale_id": august[1]["id"], "returned_at": "2025-10-02T10:00:00Z"})
+        await post(client, "/returns", {"sale_id": kept["id"], "returned_at": "2025-10-03T10:00:00Z"})
+        before = await reports(client)
+
+        done = cli(url, "archive", "--before", "2025-10", "--to", str(tmp_path / "archive"))
+        assert done.returncode == 0, done.stderr
+        assert "2 months archived before 2025-10" in done.stdout
+
+        # One gzip CSV of sales and one of their returns per month, with a header row, and their checksums.
+        files = sorted(p.name for p in (tmp_path / "archive").iterdir())
+        assert files == [
+            "2025-08.sha256",
+            "2025-09.sha256",
+            "returns-2025-08.csv.gz",
+            "returns-2025-09.csv.gz",
+            "sales-2025-08.csv.gz",
+            "sales-2025-09.csv.gz",
+        ]
+        rows = read_csv(tmp_path / "archive" / "sales-2025-08.csv.gz")
+        assert rows[0] == [c.name for c in db.sales.columns]
+        assert [int(r[0]) for r in rows[1:]] == [s["id"] for s in august]
+        assert rows[2][rows[0].index("idempotency_key")] == "aug-2"
+        assert rows[2][rows[0].index("sold_at")] == "2025-08-31T23:00:00+00:00"
+        returns = read_csv(tmp_path / "archive" / "returns-2025-08.csv.gz")
+        assert returns[0] == [c.name for c in db.returns.columns] and len(returns) == 3  # both returns of the sale
+        assert len(read_csv(tmp_path / "archive" / "returns-2025-09.csv.gz")) == 1  # the header alone
+        for line in (tmp_path / "archive" / "2025-08.sha256").read_text().splitlines():
+            digest, name = line.split("  ")
+            assert hashlib.sha256((tmp_path / "archive" / name).read_bytes()).hexdigest() == digest
+
+        # The sales are gone, the reports are what they were, and check knows why.
+        assert await count_sales(settings) == 1
+        assert (await client.get(f"/sales/{september['id']}")).status_code == 404
+        assert await reports(client) == before
+        checked = cli(url, "check")
+        assert checked.returncode == 0, checked.stdout
+        assert "2 months archived (2025-08, 2025-09)" in checked.stdout
+        # check --repair rebuilds the rollups with the archived sums: the reports stay.
+        assert cli(url, "check", "--repair").returncode == 0
+        assert await reports(client) == before
+
+        # A return of an archived sale finds no sale.
+        refused = await client.post("/returns", json={"sale_id": september["id"]})
+        assert assert_problem(refused, 422)["errors"][0]["message"] == "no such sale"
+        # A late sale of an archived month is stored and counted; archiving again gives it files of its own.
+        late = await post(client, "/sales", {"product_id": 1, "store_id": 4, "sold_at": "2025-09-20T10:00:00Z"})
+        assert cli(url, "check").returncode == 0
+        again = cli(url, "archive", "--before", "2025-10", "--to", str(tmp_path / "archive"))
+        assert again.returncode == 0, again.stderr
+        rows = read_csv(tmp_path / "archive" / "sales-2025-09-2.csv.gz")
+        assert [int(r[0]) for r in rows[1:]] == [late["id"]]
+        assert cli(url, "check").returncode == 0
+        assert (await client.get("/reports/top-stores", params={"month": "2025-09"})).json()[0]["id"] in (2, 4)
+
+
+async def test_archive_refuses_this_month_and_later(settings: config.Settings, tmp_path: Path) -> None:
+    done = cli(plain(settings), "archive", "--before", "2999-01", "--to", str(tmp_path))
+    assert done.returncode == 2 and "after this month" in done.stderr
+    assert cli(plain(settings), "archive", "--before", "2025-13", "--to", str(tmp_path)).returncode == 2
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_archive_drops_the_months_partitions(
+    settings: config.Settings, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    await post(client, "/sales", {"product_id": 1, "store_id": 1, "sold_at": "2001-05-01T12:00:00Z"})  # DEFAULT
+    database = db.connect(settings)
+    try:
+        async with database.writer.begin() as conn:
+            await db.partitions.ensure(conn, [202505])
+    finally:
+        await database.dispose()
+    await post(client, "/sales", {"product_id": 1, "store_id": 1, "sold_at": "2025-05-05T12:00:00Z"})
+    assert cli(plain(settings), "archive", "--before", "2025-06", "--to", str(tmp_path)).returncode == 0
+    query = sa.text("SELECT count(*) FROM pg_class WHERE relname = 'sales_p202505'")
+    assert await scalar(settings, query) == 0
+    assert await count_sales(settings) == 0
+    assert len(read_csv(tmp_path / "sales-2001-05.csv.gz")) == 2
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_sqlite_backup_while_a_writer_commits_is_consistent(
+    settings: config.Settings, clock: Clock, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy.db"
+    async with app_client(settings, clock) as client:
+        stop, committing = asyncio.Event(), asyncio.Event()
+        written = 0
+
+        async def sell() -> None:
+            nonlocal written
+            while not stop.is_set():
+                body = [{"product_id": 1 + i % 3, "store_id": 1 + i % 4} for i in range(50)]
+                response = await client.post("/sales", json=body)
+                assert response.status_code == 201
+                written += 50
+                if written >= 200:
+                    committing.set()
+
+        writer = asyncio.create_task(sell())
+        await asyncio.wait_for(committing.wait(), 30)
+        env = {**os.environ, "DATABASE_URL": plain(settings)}
+        backup = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "salesreport", "backup", str(copy), cwd=ROOT, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(backup.communicate(), 60)
+        during = written
+        stop.set()
+        await writer
+        assert backup.returncode == 0, err.decode()
+    # The copy is one moment of the database: whole batches, rollups equal to its sales.
+    checked = cli(f"sqlite:///{copy}", "check")
+    assert checked.returncode == 0, checked.stdout
+    copy_settings = _with_url(settings, f"sqlite+aiosqlite:///{copy}")
+    in_copy = await count_sales(copy_settings)
+    assert 200 <= in_copy <= during and in_copy % 50 == 0
+
+
+def _with_url(settings: config.Settings, url: str) -> config.Settings:
+    return replace(settings, database_url=url)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_postgresql_backup_is_pg_dump_and_restores(
+    settings: config.Settings, client: httpx.AsyncClient, pg_cluster: pg.Cluster, tmp_path: Path
+) -> None:
+    assert "pg_dump" in cli(plain(settings), "backup", str(tmp_path / "x")).stderr
+    for month in ("2025-07", "2025-08", "2026-11"):
+        await post(client, "/sales", {"product_id": 2, "store_id": 1, "sold_at": f"{month}-10T10:00:00Z"})
+    sale = await post(client, "/sales", {"product_id": 1, "store_id": 2, "idempotency_key": "k-1"})
+    await post(client, "/returns", {"sale_id": sale["id"]})
+    assert cli(plain(settings), "archive", "--before", "2025-08", "--to", str(tmp_path)).returncode == 0
+    dump = pg_cluster.root / "salesreport.dump"
+    bindir = str(pg_cluster.bindir)
+    where = ("-h", "127.0.0.1", "-p", str(pg_cluster.port), "-U", "postgres")
+    pg_cluster.run(f"{bindir}/pg_dump", *where, "-Fc", "-f", str(dump), "salesreport")
+    pg_cluster.psql("DROP DATABASE IF EXISTS restored")
+    pg_cluster.psql("CREATE DATABASE restored")
+    pg_cluster.run(f"{bindir}/pg_restore", *where, "-d", "restored", str(dump))
+    restored = pg_cluster.url("restored")
+    checked = cli(restored, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "1 months archived (2025-07)" in checked.stdout
+    restored_settings = _with_url(settings, config.async_url(restored))
+    assert await count_sales(restored_settings) == await count_sales(settings) == 3
+    # The restored database serves: its keys and partitions came along.
+    async with app_client(restored_settings, Clock()) as again:
+        replay = await again.post("/sales", json={"product_id": 1, "store_id": 2, "idempotency_key": "k-1"})
+        assert replay.status_code == 200 and replay.json()["id"] == sale["id"]
+    pg_cluster.psql("DROP DATABASE restored")
