@@ -411,7 +411,7 @@ def create_app(settings: config.Settings | None = None, *, clock: Callable[[], d
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         database = db.connect(settings)
-        changes = Changes(database)
+        changes = Changes(database, revision=head_revision())
         changes.start()
         catalog = Catalog(database, changes)
         try:

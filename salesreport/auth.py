@@ -132,10 +132,11 @@ class KeyRing:
         async with self._lock:
             if not self.changes.stale("keys", self.version):
                 return
-            with self.changes.reloading("keys"):
-                async with self.database.control.connect() as conn:
-                    version = await db.get_version(conn, "keys")
-                    rows = (await conn.execute(sa.select(db.api_keys))).all()
+            async with self.database.control.connect() as conn:
+                version = await db.get_version(conn, "keys")
+                if version == self.version:
+                    return
+                rows = (await conn.execute(sa.select(db.api_keys))).all()
             self.by_hash = {r.hash: Key(r.id, r.role, r.store_id, r.hash) for r in rows if r.revoked_at is None}
             self.protected = bool(rows)
             self.version = version

@@ -61,6 +61,26 @@ def pg_cluster() -> Iterator[pg.Cluster]:
         pg.destroy(cluster)
 
 
+ENABLE_PGBOUNCER = (
+    "PgBouncer tests skipped: no pgbouncer found. Install it (Debian: apt-get install pgbouncer) or put it on PATH."
+)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg_cluster: pg.Cluster) -> Iterator[pg.Bouncer]:
+    """PgBouncer in transaction pooling mode in front of the throwaway cluster, four server connections per pool."""
+    binary = pg.find_pgbouncer()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(ENABLE_PGBOUNCER)
+        pytest.skip(ENABLE_PGBOUNCER)
+    bouncer = pg.start_bouncer(binary, pg_cluster)
+    try:
+        yield bouncer
+    finally:
+        pg.stop_bouncer(bouncer)
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "template.db"

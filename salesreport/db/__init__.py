@@ -9,7 +9,6 @@ each database's writer.
 
 from .batch import BatchJob, Key, ReturnJob, Row
 from .catalog import (
-    CHANNEL,
     VERSIONED,
     CatalogConflict,
     bump_version,
@@ -45,11 +44,11 @@ from .schema import (
     store_product_month,
     stores,
     versions,
+    workers,
 )
 
 __all__ = [
     "BEGINNING",
-    "CHANNEL",
     "ROLLUP_COLUMNS",
     "ROLLUP_KEYS",
     "ROLLUP_LIMIT",
@@ -92,6 +91,7 @@ __all__ = [
     "stores",
     "upsert",
     "versions",
+    "workers",
     "write_batch",
     "write_returns",
     "writer_slot",

@@ -62,14 +62,13 @@ class Catalog:
         if not ask and not self.changes.stale("catalog", self.version):
             return
         async with self._lock:
-            with self.changes.reloading("catalog"):
-                async with self.database.control.connect() as conn:
-                    version = await db.get_version(conn, "catalog")
-                    if version == self.version:
-                        return
-                    products = await db.list_products(conn)
-                    histories = await db.list_prices(conn)
-                    stores = await db.list_stores(conn)
+            async with self.database.control.connect() as conn:
+                version = await db.get_version(conn, "catalog")
+                if version == self.version:
+                    return
+                products = await db.list_products(conn)
+                histories = await db.list_prices(conn)
+                stores = await db.list_stores(conn)
             zones: dict[int, ZoneInfo | None] = {}
             unusable: dict[int, str] = {}
             for s in stores:

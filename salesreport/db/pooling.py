@@ -1,0 +1,76 @@
+"""Whether a PostgreSQL URL leads to the server itself or through a transaction pooler (PgBouncer).
+
+Through a pooler in transaction mode each transaction (each statement, in
+autocommit) may run on another server connection, so nothing may outlive a
+transaction on the server: no session settings, no named prepared
+statements (PgBouncer 1.18 cannot track them; asyncpg and SQLAlchemy's
+dialect cache them by name). The first connection to a URL tells which it
+is: PgBouncer refuses a startup packet that sets a server setting, which
+the server itself accepts. That answer holds for the process:
+
+- **direct**: ``synchronous_commit`` set for the session, and both caches of
+  named prepared statements on (each statement is parsed and planned once
+  per connection);
+- **pooled**: no session setting, every statement an unnamed one (parsed,
+  bound and run on one server connection, in one exchange), and each writing
+  transaction sets ``synchronous_commit`` itself (``DURABLE``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from sqlalchemy.util import await_
+
+# Acknowledged writes are durable whatever the server's default says.
+SESSION_SETTINGS = {"synchronous_commit": "on"}
+DURABLE = "SET LOCAL synchronous_commit = on"
+# What PgBouncer says of a startup parameter it does not pass on.
+_REFUSED = "unsupported startup parameter"
+# Where the pool keeps the answer, in each connection's ``info``.
+POOLED = "pooled"
+
+_answers: dict[tuple[Any, ...], bool] = {}
+
+
+def choose(dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+    """SQLAlchemy's ``do_connect``: connect with asyncpg's arguments for the kind of endpoint.
+
+    The first connection to an endpoint is made with the session setting,
+    and kept if the endpoint took it.
+    """
+    params = dict(cparams)
+    endpoint = tuple(params.get(k) for k in ("host", "port", "user", "database"))
+    pooled = _answers.get(endpoint)
+    if pooled is None:
+        direct = {k: v for k, v in params.items() if not k.startswith("prepared_statement_")}
+        try:
+            first = await_(asyncpg.connect(*cargs, **direct, server_settings=SESSION_SETTINGS))
+        except asyncpg.ProtocolViolationError as exc:
+            if _REFUSED not in str(exc):
+                raise
+            pooled = True
+        else:
+            pooled = False
+
+            async def given(*_args: Any, **_kwargs: Any) -> asyncpg.Connection:
+                return first
+
+            params["async_creator_fn"] = given
+        _answers[endpoint] = pooled
+    record.info[POOLED] = pooled
+    if pooled:
+        params.update(statement_cache_size=0, prepared_statement_cache_size=0, prepared_statement_name_func=_unnamed)
+    else:
+        params["server_settings"] = SESSION_SETTINGS
+    return dialect.connect(*cargs, **params)
+
+
+def _unnamed() -> str:
+    return ""
+
+
+def is_pooled(info: dict[Any, Any]) -> bool:
+    """Whether the connection with this ``info`` (the pool's, per connection) goes through a pooler."""
+    return bool(info.get(POOLED))
