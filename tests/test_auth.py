@@ -11,6 +11,8 @@ from tests.test_api import assert_problem
 from tests.test_cli import cli
 
 pytestmark = pytest.mark.anyio
+# Also through PgBouncer in transaction pooling mode (see conftest.database_url).
+THROUGH_PGBOUNCER = True
 
 SALE = {"product_id": 1, "store_id": 1}
 ENDPOINTS = [

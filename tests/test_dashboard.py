@@ -18,6 +18,8 @@ from tests.conftest import Clock, app_client, eventually, seed
 from tests.test_auth import create, revoke
 
 pytestmark = pytest.mark.anyio
+# Also through PgBouncer in transaction pooling mode (see conftest.database_url).
+THROUGH_PGBOUNCER = True
 
 MONTH = "2026-06"
 CYRILLIC = {"id": 7, "address": "ул. Ленина, 1, Омск", "timezone": "Asia/Omsk"}

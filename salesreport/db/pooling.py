@@ -20,9 +20,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
-from sqlalchemy.util import await_
-
 # Acknowledged writes are durable whatever the server's default says.
 SESSION_SETTINGS = {"synchronous_commit": "on"}
 DURABLE = "SET LOCAL synchronous_commit = on"
@@ -37,34 +34,27 @@ _answers: dict[tuple[Any, ...], bool] = {}
 def choose(dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
     """SQLAlchemy's ``do_connect``: connect with asyncpg's arguments for the kind of endpoint.
 
-    The first connection to an endpoint is made with the session setting,
-    and kept if the endpoint took it.
+    The first connection to an endpoint asks for the session setting; it is
+    kept if the endpoint took it.
     """
-    params = dict(cparams)
-    endpoint = tuple(params.get(k) for k in ("host", "port", "user", "database"))
+    endpoint = tuple(cparams.get(k) for k in ("host", "port", "user", "database"))
     pooled = _answers.get(endpoint)
     if pooled is None:
-        direct = {k: v for k, v in params.items() if not k.startswith("prepared_statement_")}
         try:
-            first = await_(asyncpg.connect(*cargs, **direct, server_settings=SESSION_SETTINGS))
-        except asyncpg.ProtocolViolationError as exc:
+            first = dialect.connect(*cargs, **cparams, server_settings=SESSION_SETTINGS)
+        except Exception as exc:
             if _REFUSED not in str(exc):
                 raise
-            pooled = True
+            pooled = _answers[endpoint] = True
         else:
-            pooled = False
-
-            async def given(*_args: Any, **_kwargs: Any) -> asyncpg.Connection:
-                return first
-
-            params["async_creator_fn"] = given
-        _answers[endpoint] = pooled
+            _answers[endpoint] = False
+            record.info[POOLED] = False
+            return first
     record.info[POOLED] = pooled
     if pooled:
-        params.update(statement_cache_size=0, prepared_statement_cache_size=0, prepared_statement_name_func=_unnamed)
-    else:
-        params["server_settings"] = SESSION_SETTINGS
-    return dialect.connect(*cargs, **params)
+        settings = {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
+        return dialect.connect(*cargs, **cparams, **settings, prepared_statement_name_func=_unnamed)
+    return dialect.connect(*cargs, **cparams, server_settings=SESSION_SETTINGS)
 
 
 def _unnamed() -> str:
