@@ -96,18 +96,24 @@ async def test_migrate_import_and_keys_through_pgbouncer(
     migrated = cli(url, "migrate")
     assert migrated.returncode == 0, migrated.stderr
     assert cli(url, "migrate").returncode == 0  # at the head already
+    demo = cli(url, "demo", "--sales", "3000", "--stores", "3", "--products", "5")
+    assert demo.returncode == 0, demo.stderr
+    assert "3 stores, 5 products, 3000 sales" in demo.stdout
+    retired = cli(url, "retire", "--product", "5")
+    assert retired.returncode == 0, retired.stderr
     products = write(tmp_path / "p.csv", "id,name,price\n1,Tea,2.50\n2,Milk,0.99\n")
     stores = write(tmp_path / "s.csv", "id,address,timezone\n7,Main st. 1,Asia/Omsk\n")
     imported = cli(url, "import", "--products", products, "--stores", stores)
     assert imported.returncode == 0, imported.stderr
-    assert "imported 2 products and 1 stores" in imported.stdout
+    assert "imported 2 products and 1 stores; 2 price changes" in imported.stdout
     created = cli(url, "keys", "create", "--role", "pos", "--store", "7")
     assert created.returncode == 0, created.stderr
     listing = cli(url, "keys", "list")
     assert listing.returncode == 0 and listing.stdout.startswith("1 pos 7 ")
     assert cli(url, "keys", "revoke", "1").returncode == 0
     assert "revoked" in cli(url, "keys", "list").stdout
-    assert cli(url, "check").returncode == 0
+    checked = cli(url, "check")
+    assert checked.returncode == 0 and "rollups equal the raw sales" in checked.stdout
 
 
 async def test_sales_replays_returns_reports_and_the_dashboard_through_pgbouncer(

@@ -1,6 +1,7 @@
 """The data layer: the schema, the engines, and the SQL that reads and writes them.
 
 ``schema`` the tables · ``engines`` connections and which errors mean "away" ·
+``pooling`` the server itself or a transaction pooler in front of it ·
 ``catalog`` products, prices, stores, change counters · ``rollups`` what a sale
 and a return add to the reports, and the bulk path · ``batch`` the steps of a
 batch's transaction (sales or returns), run by ``postgres`` and ``sqlite``,
