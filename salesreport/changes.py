@@ -4,12 +4,14 @@ Every change bumps a counter in the ``versions`` table (``db.bump_version``),
 in the change's own transaction. On PostgreSQL each worker reads all the
 counters every ``POLL`` seconds: one short query, the same directly and
 through a transaction pooler (which cannot keep a LISTEN). A copy counts as
-stale when its counter moved, and also whenever no read of the counters began
+stale when its counter moved, and also whenever no read of its counter began
 within ``BOUND`` seconds (the database is slow or away, the loop was busy):
-then the request at hand reads the counter itself. So a change, such as a
-revoked key, takes effect on every worker of every host within ``BOUND`` of
-its commit. On SQLite a worker reads the counter whenever it needs to know (a
-local read of a few microseconds, no thread hop).
+then the request at hand reads the counter itself (and that read vouches for
+the next ``BOUND`` seconds, so a stalled poller costs one read per
+``BOUND``, not one per request). So a change, such as a revoked key, takes
+effect on every worker of every host within ``BOUND`` of its commit. On
+SQLite a worker reads the counter whenever it needs to know (a local read of a
+few microseconds, no thread hop).
 
 On PostgreSQL the same task records the worker in the ``workers`` table every
 ``HEARTBEAT`` seconds, with the schema revision its code expects: ``migrate``
@@ -55,9 +57,9 @@ class Changes:
         self._database = database
         self._url = database.writer.url
         self._sqlite: sqlite3.Connection | None = None
-        self._versions: dict[str, int] = {}
-        self._polled_at = -math.inf  # when the last read of the counters that succeeded began
-        self._clock = clock
+        # Each counter's value, and when the read that found it began.
+        self._versions: dict[str, tuple[int, float]] = {}
+        self.clock = clock
         self._task: asyncio.Task[None] | None = None
         self.revision = revision
         self.worker = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -88,18 +90,22 @@ class Changes:
             except sqlite3.Error:
                 return True
             return (row[0] if row else 0) != loaded
-        if self._clock() - self._polled_at > BOUND:
-            return True
-        return self._versions.get(name, 0) != loaded
+        version, read_at = self._versions.get(name, (0, -math.inf))
+        return self.clock() - read_at > BOUND or version != loaded
+
+    def seen(self, name: str, version: int, started: float) -> None:
+        """A read of ``name``'s counter that began at ``started`` (``clock``) found ``version``."""
+        if started > self._versions.get(name, (0, -math.inf))[1]:
+            self._versions[name] = (version, started)
 
     async def poll(self) -> None:
         """Read the counters now; raises if the database cannot be read."""
-        started = self._clock()
+        started = self.clock()
         v = db.versions
         async with self._database.control.connect() as conn:
-            rows = (await conn.execute(sa.select(v.c.name, v.c.version))).all()
-        self._versions = {row.name: row.version for row in rows}
-        self._polled_at = started
+            found = {name: version for name, version in await conn.execute(sa.select(v.c.name, v.c.version))}
+        for name in db.VERSIONED:
+            self.seen(name, found.get(name, 0), started)
 
     async def _run(self) -> None:
         failing = False
@@ -114,8 +120,8 @@ class Changes:
                 if not failing:
                     log.warning("cannot read the change counters", error=repr(exc))
                 failing = True
-            if self.revision is not None and self._clock() - beaten >= HEARTBEAT:
-                beaten = self._clock()
+            if self.revision is not None and self.clock() - beaten >= HEARTBEAT:
+                beaten = self.clock()
                 try:
                     await self._beat(self.revision)
                 except Exception as exc:

@@ -255,15 +255,21 @@ async def test_a_worker_that_has_not_read_the_counters_within_the_bound_reads_th
     watcher = changes.Changes(database, clock=lambda: now[0])
     try:
         assert watcher.stale("keys", 0)  # never read yet
-        await watcher.poll()
+        await watcher.poll()  # no counter row yet: version 0
         assert not watcher.stale("keys", 0)
         assert watcher.stale("keys", 1)
         now[0] += changes.BOUND
         assert not watcher.stale("keys", 0)
         now[0] += 0.001
         assert watcher.stale("keys", 0)  # the last read is too old to vouch for anything
-        await watcher.poll()
+        assert watcher.stale("catalog", 0)
+        # A request read the keys' counter itself: that read vouches for them, and for them only.
+        watcher.seen("keys", 0, now[0])
+        assert not watcher.stale("keys", 0) and watcher.stale("catalog", 0)
+        watcher.seen("keys", 5, now[0] - 1)  # a read older than the one it knows of changes nothing
         assert not watcher.stale("keys", 0)
+        await watcher.poll()
+        assert not watcher.stale("keys", 0) and not watcher.stale("catalog", 0)
     finally:
         await database.dispose()
     assert changes.POLL < changes.BOUND < math.inf

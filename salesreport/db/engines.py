@@ -128,7 +128,7 @@ async def driver_connection(conn: AsyncConnection) -> Any:
 
 
 def writer_slot() -> int:
-    """A slot for a writer that holds none (see ``changes``)."""
+    """This process's own rollup slot, the first its batches try (see ``postgres._preference``)."""
     return os.getpid() % SLOTS
 
 

@@ -62,9 +62,13 @@ class Catalog:
         if not ask and not self.changes.stale("catalog", self.version):
             return
         async with self._lock:
+            if not ask and not self.changes.stale("catalog", self.version):
+                return  # another request reloaded meanwhile
+            started = self.changes.clock()
             async with self.database.control.connect() as conn:
                 version = await db.get_version(conn, "catalog")
                 if version == self.version:
+                    self.changes.seen("catalog", version, started)
                     return
                 products = await db.list_products(conn)
                 histories = await db.list_prices(conn)
@@ -93,6 +97,7 @@ class Catalog:
             self.stores_json = encoder.encode([s for s in store_list if not s.retired])
             self.all_stores_json = encoder.encode(store_list)
             self.version = version
+            self.changes.seen("catalog", version, started)
 
     def store(self, store_id: int) -> Store | None:
         return self.store_rows.get(store_id)
