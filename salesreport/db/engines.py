@@ -127,9 +127,10 @@ async def driver_connection(conn: AsyncConnection) -> Any:
     return raw
 
 
-def writer_slot() -> int:
-    """This process's own rollup slot, the first its batches try (see ``postgres._preference``)."""
-    return os.getpid() % SLOTS
+def writer_slot(database: Database) -> int:
+    """This process's own rollup slot, the first its batches try (see ``postgres._preference``); SQLite,
+    with one writer, writes into slot 0."""
+    return 0 if database.sqlite_writer is not None else os.getpid() % SLOTS
 
 
 def upsert(conn: AsyncConnection, table: sa.Table) -> Any:
