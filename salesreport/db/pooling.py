@@ -11,9 +11,10 @@ the server itself accepts. That answer holds for the process:
 - **direct**: ``synchronous_commit`` set for the session, and both caches of
   named prepared statements on (each statement is parsed and planned once
   per connection);
-- **pooled**: no session setting, every statement an unnamed one (parsed,
-  bound and run on one server connection, in one exchange), and each writing
-  transaction sets ``synchronous_commit`` itself (``DURABLE``).
+- **pooled**: no session setting, every statement an unnamed one (asyncpg
+  parses it, then binds and runs it, with no sync in between, so on the same
+  server connection), and each writing transaction sets ``synchronous_commit``
+  itself (``DURABLE``).
 """
 
 from __future__ import annotations
