@@ -98,6 +98,16 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="seconds of GET /products before each stage (default 2)")
     p.add_argument("--soak", type=int, default=0, metavar="SECONDS", help="single-sale POST soak (0: skip)")
     p.add_argument("--soak-interval", type=float, default=5.0, metavar="SECONDS", help="RSS sampling period")
+    p.add_argument(
+        "--pgbouncer",
+        type=int,
+        nargs="?",
+        const=20,
+        default=0,
+        metavar="SERVER_CONNECTIONS",
+        help="serve through PgBouncer in transaction pooling mode with this many server connections (default 20): "
+        "the service, migrate, import and check get its URL; the ceilings and the count of stored sales stay direct",
+    )
     p.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md", help="default: BENCHMARKS.md")
     args = p.parse_args(argv)
     args.sizes = sorted(set(args.sizes) | ({10_000_000} if args.big else set()))
@@ -140,6 +150,7 @@ class Bench:
     args: argparse.Namespace
     workdir: Path
     cluster: Postgres | None = None
+    bouncer: services.pg.Bouncer | None = None
     server: Server | None = None
     products_csv: Path | None = None
     stores_csv: Path | None = None
@@ -150,8 +161,9 @@ class Bench:
 
     @property
     def database_url(self) -> str:
+        """What the service is given: the cluster's URL, or PgBouncer's in front of it."""
         assert self.cluster is not None
-        return self.cluster.url(DATABASE)
+        return (self.bouncer or self.cluster).url(DATABASE)
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "DATABASE_URL": self.database_url, "SALESREPORT_LOG_FORMAT": "json"}
@@ -175,7 +187,11 @@ class Bench:
         log("starting PostgreSQL (fsync=on, synchronous_commit=on, shared_buffers=1GB, max_connections=300)")
         self.cluster = services.start_postgres()
         self.cluster.query(f"CREATE DATABASE {DATABASE}")
-        log(f"PostgreSQL {self.cluster.version()} on port {self.cluster.port}; migrating")
+        log(f"PostgreSQL {self.cluster.version()} on port {self.cluster.port}")
+        if self.args.pgbouncer:
+            self.bouncer = services.start_pgbouncer(self.cluster, self.args.pgbouncer)
+            log(f"PgBouncer (transaction pooling, {self.args.pgbouncer} server connections) on {self.bouncer.port}")
+        log("migrating")
         self.must(self.salesreport("migrate"))
         self.products_csv, self.stores_csv = write_catalog(self.workdir)
         out = self.must(
@@ -430,6 +446,11 @@ SELECT
     def cleanup(self) -> None:
         with contextlib.suppress(Exception):
             self.stop_service()
+        if self.bouncer is not None:
+            with contextlib.suppress(OSError):
+                shutil.copyfile(self.bouncer.root / "pgbouncer.log", OUT / "pgbouncer.log")
+            services.pg.stop_bouncer(self.bouncer)
+            self.bouncer = None
         if self.cluster is not None:
             with contextlib.suppress(OSError):
                 shutil.copyfile(self.cluster.root / "log", OUT / "postgres.log")
@@ -500,6 +521,12 @@ def main(argv: list[str] | None = None) -> int:
             assert bench.cluster is not None
             pg_version = bench.cluster.version()
             machine = report.machine(pg_version, wrkrun.version(wrk_path))
+            machine["service's database endpoint"] = (
+                f"PgBouncer {services.pgbouncer_version()}, pool_mode = transaction, "
+                f"default_pool_size = {args.pgbouncer}"
+                if args.pgbouncer
+                else "PostgreSQL directly"
+            )
             noop, pgb = bench.ceilings()
             stages = [bench.stage(size, i, all_scenarios, reports) for i, size in enumerate(args.sizes)]
             soak = bench.soak() if args.soak > 0 else None

@@ -106,6 +106,21 @@ def apt_install(package: str) -> bool:
     return True
 
 
+def start_pgbouncer(cluster: Postgres, server_connections: int) -> pg.Bouncer:
+    binary = pg.find_pgbouncer()
+    if binary is None and apt_install("pgbouncer"):
+        binary = pg.find_pgbouncer()
+    if binary is None:
+        raise SystemExit("no pgbouncer found: `sudo apt-get install pgbouncer`, or put it on PATH")
+    return pg.start_bouncer(binary, cluster, pool_size=server_connections)
+
+
+def pgbouncer_version() -> str:
+    binary = pg.find_pgbouncer()
+    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=False).stdout
+    return out.split("\n", 1)[0].removeprefix("PgBouncer ").strip()
+
+
 def start_postgres() -> Postgres:
     bindir = pg.find_bindir()
     if bindir is None and apt_install("postgresql"):

@@ -423,7 +423,7 @@ def create_app(settings: config.Settings | None = None, *, clock: Callable[[], d
         now = clock or (lambda: datetime.now(UTC))
         reads = Reads(database, now, max_lag=settings.max_lag, every=settings.lag_check)
         reads.start()
-        changes = Changes(database)
+        changes = Changes(database, revision=head_revision())
         changes.start()
         catalog = Catalog(database, changes, reads=reads)
         try:

@@ -147,11 +147,14 @@ class KeyRing:
         async with self._lock:
             if not self.changes.stale("keys", self.version):
                 return
+            started = self.changes.clock()
             try:
-                with self.changes.reloading("keys"):
-                    async with self.database.control.connect() as conn:
-                        version = await db.get_version(conn, "keys")
-                        rows = (await conn.execute(sa.select(db.api_keys))).all()
+                async with self.database.control.connect() as conn:
+                    version = await db.get_version(conn, "keys")
+                    if version == self.version:
+                        self.changes.seen("keys", version, started)
+                        return
+                    rows = (await conn.execute(sa.select(db.api_keys))).all()
             except Exception as exc:
                 if self.reads is not None and self.reads.keeps(self.version >= 0, exc):
                     return
@@ -159,6 +162,7 @@ class KeyRing:
             self.by_hash = {r.hash: Key(r.id, r.role, r.store_id, r.hash) for r in rows if r.revoked_at is None}
             self.protected = bool(rows)
             self.version = version
+            self.changes.seen("keys", version, started)
 
     def active(self, key_id: int) -> Key | None:
         """The key with this id, unless it was revoked (what a dashboard session names)."""

@@ -1,55 +1,84 @@
-"""Knowing, in a worker, that another process changed the catalog or the keys.
+"""Knowing, in a worker, that another process changed the catalog or the keys; and saying that it serves.
 
-Every change bumps a counter in the ``versions`` table (``db.bump_version``).
-On PostgreSQL the same transaction sends a NOTIFY, which a listening
-connection per worker receives the moment it commits; while that connection is
-down, everything counts as changed. On SQLite a worker reads the counter itself
-(a local read of a few microseconds, no thread hop) whenever it needs to know.
+Every change bumps a counter in the ``versions`` table (``db.bump_version``),
+in the change's own transaction. On PostgreSQL each worker reads all the
+counters every ``POLL`` seconds: one short query, the same directly and
+through a transaction pooler (which cannot keep a LISTEN). A copy counts as
+stale when its counter moved, and also whenever no read of its counter began
+within ``BOUND`` seconds (the database is slow or away, the loop was busy):
+then the request at hand reads the counter itself (and that read vouches for
+the next ``BOUND`` seconds, so a stalled poller costs one read per
+``BOUND``, not one per request). So a change, such as a revoked key, takes
+effect on every worker of every host within ``BOUND`` of its commit. On
+SQLite a worker reads the counter whenever it needs to know (a local read of a
+few microseconds, no thread hop).
 
-The listening connection also holds the worker's rollup *slot* (see ``db``): the
-lowest slot that no other worker holds, as an advisory lock, so that N workers
-write into N slots and the reports sum few rows.
+On PostgreSQL the same task records the worker in the ``workers`` table every
+``HEARTBEAT`` seconds, with the schema revision its code expects: ``migrate``
+refuses to run while workers were seen within ``SERVING`` (see ``serving``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import os
+import secrets
+import socket
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable
+from datetime import timedelta
 
-import asyncpg
+import sqlalchemy as sa
 import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import db
 
 log = structlog.get_logger("salesreport.changes")
 
-SLOT_LOCKS = 0x5A1E  # the advisory lock class of rollup slots
+POLL = 0.1
+BOUND = 0.25
+HEARTBEAT = 5.0
+# A worker not seen for this long is gone (stopped, or its host died).
+SERVING = timedelta(seconds=3 * HEARTBEAT)
+# Rows of workers gone longer than this are deleted.
+_FORGOTTEN = timedelta(days=1)
 
 
 class Changes:
-    def __init__(self, database: db.Database) -> None:
+    def __init__(
+        self, database: db.Database, *, revision: str | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """``revision``: the schema revision of this code; given, the worker is recorded as serving.
+        ``clock``: a monotonic clock (injectable for tests)."""
+        self._database = database
         self._url = database.writer.url
         self._sqlite: sqlite3.Connection | None = None
-        self._dirty: set[str] = set()
-        self._listening = False
+        # Each counter's value, and when the read that found it began.
+        self._versions: dict[str, tuple[int, float]] = {}
+        self.clock = clock
         self._task: asyncio.Task[None] | None = None
-        # Until a slot is claimed (and always on SQLite, which has one writer).
-        self.slot = 0 if self._url.get_backend_name() == "sqlite" else db.writer_slot()
+        self.revision = revision
+        self.worker = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
 
     def start(self) -> None:
         if self._url.get_backend_name() == "sqlite":
             self._sqlite = sqlite3.connect(self._url.database or "", check_same_thread=False)
         else:
-            dsn = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self._task = asyncio.create_task(self._listen(dsn), name="salesreport-changes")
+            self._task = asyncio.create_task(self._run(), name="salesreport-changes")
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            if self.revision is not None:
+                with contextlib.suppress(Exception):  # it would be forgotten after SERVING anyway
+                    async with asyncio.timeout(2), self._database.writer.begin() as conn:
+                        await conn.execute(sa.delete(db.workers).where(db.workers.c.id == self.worker))
         if self._sqlite is not None:
             self._sqlite.close()
 
@@ -61,49 +90,55 @@ class Changes:
             except sqlite3.Error:
                 return True
             return (row[0] if row else 0) != loaded
-        return not self._listening or name in self._dirty
+        version, read_at = self._versions.get(name, (0, -math.inf))
+        return self.clock() - read_at > BOUND or version != loaded
 
-    @contextlib.contextmanager
-    def reloading(self, name: str) -> Iterator[None]:
-        """Around a reload of ``name``: a change announced meanwhile marks it stale
-        anew, and so does a reload that fails (it is tried again next time)."""
-        self._dirty.discard(name)
-        try:
-            yield
-        except BaseException:
-            self._dirty.add(name)
-            raise
+    def seen(self, name: str, version: int, started: float) -> None:
+        """A read of ``name``'s counter that began at ``started`` (``clock``) found ``version``."""
+        if started > self._versions.get(name, (0, -math.inf))[1]:
+            self._versions[name] = (version, started)
 
-    async def _claim_slot(self, conn: asyncpg.Connection) -> None:
-        for slot in range(db.SLOTS):
-            if await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", SLOT_LOCKS, slot):
-                self.slot = slot
-                return
+    async def poll(self) -> None:
+        """Read the counters now; raises if the database cannot be read."""
+        started = self.clock()
+        v = db.versions
+        async with self._database.control.connect() as conn:
+            found = {name: version for name, version in await conn.execute(sa.select(v.c.name, v.c.version))}
+        for name in db.VERSIONED:
+            self.seen(name, found.get(name, 0), started)
 
-    async def _listen(self, dsn: str) -> None:
+    async def _run(self) -> None:
+        failing = False
+        beaten = -math.inf
         while True:
             try:
-                conn = await asyncpg.connect(dsn, timeout=5)
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-                log.warning("change listener cannot connect", error=str(exc))
-                await asyncio.sleep(1)
-                continue
-            lost = asyncio.Event()
-            try:
-                await conn.add_listener(db.CHANNEL, lambda _c, _pid, _channel, name: self._dirty.add(name))
-                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                await self._claim_slot(conn)
-                # Whatever changed while nobody listened is unknown.
-                self._dirty.update(db.VERSIONED)
-                self._listening = True
-                while not lost.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), 10)
-                    if not lost.is_set():
-                        await conn.execute("SELECT 1", timeout=5)  # notice a dead connection
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.warning("change listener lost its connection", error=str(exc))
-            finally:
-                self._listening = False
-                with contextlib.suppress(Exception):
-                    await conn.close(timeout=1)
+                await self.poll()
+                if failing:
+                    log.info("reading the change counters again")
+                failing = False
+            except Exception as exc:  # until it answers again, every copy counts as stale
+                if not failing:
+                    log.warning("cannot read the change counters", error=repr(exc))
+                failing = True
+            if self.revision is not None and self.clock() - beaten >= HEARTBEAT:
+                beaten = self.clock()
+                try:
+                    await self._beat(self.revision)
+                except Exception as exc:
+                    log.warning("cannot record this worker as serving", error=repr(exc))
+            await asyncio.sleep(POLL)
+
+    async def _beat(self, revision: str) -> None:
+        w = db.workers
+        async with self._database.writer.begin() as conn:
+            now = sa.func.now()
+            stmt = db.upsert(conn, w).values(id=self.worker, revision=revision, seen_at=now)
+            await conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_={"seen_at": now}))
+            await conn.execute(sa.delete(w).where(w.c.seen_at < now - _FORGOTTEN))
+
+
+async def serving(conn: AsyncConnection) -> list[str]:
+    """The schema revisions of the workers seen serving within ``SERVING`` (PostgreSQL), one per worker."""
+    w = db.workers
+    rows = await conn.scalars(sa.select(w.c.revision).where(w.c.seen_at >= sa.func.now() - SERVING))
+    return list(rows)

@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import archive, auth, catalog, config, db, demo, reports
-from .changes import SLOT_LOCKS
+from .changes import SERVING, serving
 from .db import partitions
 from .health import head_revision
 from .ingestion import store_history
@@ -34,10 +34,11 @@ def _migrate(args: argparse.Namespace, settings: config.Settings) -> int:
     from alembic.config import Config
 
     if not args.while_serving:
-        serving = _workers_serving(settings)
-        if serving:
+        workers = _workers_serving(settings)
+        if workers:
             print(
-                f"migrate: {serving} workers of this service are connected to the database. Code older than the "
+                f"migrate: {workers} workers of this service are connected to the database (seen within the last "
+                f"{SERVING.total_seconds():g} s). Code older than the "
                 "new schema cannot write to it (its sales would be refused): stop the service, migrate, then start "
                 "the new version. --while-serving migrates anyway.",
                 file=sys.stderr,
@@ -61,8 +62,8 @@ def _migrate(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def _workers_serving(settings: config.Settings) -> int:
-    """How many workers serve this PostgreSQL database while its schema is behind this code's (each holds
-    a rollup slot's advisory lock); 0 on SQLite, which cannot tell."""
+    """How many workers serve this PostgreSQL database while its schema is behind this code's (each
+    records itself as serving: see ``changes``); 0 on SQLite, which cannot tell."""
     if settings.is_sqlite:
         return 0
 
@@ -70,11 +71,8 @@ def _workers_serving(settings: config.Settings) -> int:
         async with database.reader.connect() as conn:
             if await db.schema_revision(conn) in (None, head_revision()):
                 return 0
-            held = await conn.scalar(
-                sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :slots AND granted"),
-                {"slots": SLOT_LOCKS},
-            )
-            return int(held or 0)
+            has_workers = await conn.run_sync(lambda sync: sa.inspect(sync).has_table("workers"))
+            return len(await serving(conn)) if has_workers else 0
 
     return _run(count, settings)
 

@@ -79,7 +79,7 @@ async def _not_ready(svc: Service) -> str | None:
     if revision != svc.head_revision:
         return f"the database schema is at revision {revision}, this code needs {svc.head_revision}: run migrate"
     try:
-        await svc.catalog.refresh()
+        await svc.catalog.refresh(ask=True)  # as the database is now, not as last polled
     except Exception as exc:
         return f"the catalog cannot be loaded: {_kind(exc)}"
     if not svc.batcher.running:

@@ -61,6 +61,26 @@ def pg_cluster() -> Iterator[pg.Cluster]:
         pg.destroy(cluster)
 
 
+ENABLE_PGBOUNCER = (
+    "PgBouncer tests skipped: no pgbouncer found. Install it (Debian: apt-get install pgbouncer) or put it on PATH."
+)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg_cluster: pg.Cluster) -> Iterator[pg.Bouncer]:
+    """PgBouncer in transaction pooling mode in front of the throwaway cluster, four server connections per pool."""
+    binary = pg.find_pgbouncer()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(ENABLE_PGBOUNCER)
+        pytest.skip(ENABLE_PGBOUNCER)
+    bouncer = pg.start_bouncer(binary, pg_cluster)
+    try:
+        yield bouncer
+    finally:
+        pg.stop_bouncer(bouncer)
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "template.db"
@@ -71,16 +91,35 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 TABLES = ", ".join(t.name for t in db.metadata.sorted_tables)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "pgbouncer"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A migrated, empty database of each kind."""
+    """A migrated, empty database of each kind; ``pgbouncer`` is PostgreSQL through PgBouncer in
+    transaction pooling mode, for the modules that set ``THROUGH_PGBOUNCER = True`` only."""
     if request.param == "sqlite":
         path = tmp_path / "sales.db"
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         return f"sqlite:///{path}"
     cluster: pg.Cluster = request.getfixturevalue("pg_cluster")
     cluster.psql(f"TRUNCATE {TABLES} RESTART IDENTITY", "salesreport")
+    if request.param == "pgbouncer":
+        bouncer: pg.Bouncer = request.getfixturevalue("pgbouncer")
+        return bouncer.url("salesreport")
     return cluster.url("salesreport")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The PgBouncer variant of ``database_url`` runs for the modules that ask for it: the whole suite
+    through PgBouncer as well would take half as long again."""
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        through = params is not None and params.params.get("database_url") == "pgbouncer"
+        wanted = getattr(getattr(item, "module", None), "THROUGH_PGBOUNCER", False)
+        (drop if through and not wanted else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -115,3 +116,75 @@ def destroy(cluster: Cluster) -> None:
         cluster.stop("immediate")
     finally:
         shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+# --- PgBouncer in front of a cluster --------------------------------------------------
+
+PGBOUNCER = "/usr/sbin/pgbouncer"
+
+
+def find_pgbouncer() -> Path | None:
+    found = shutil.which("pgbouncer") or (PGBOUNCER if Path(PGBOUNCER).exists() else None)
+    return Path(found) if found else None
+
+
+@dataclass
+class Bouncer:
+    """PgBouncer in transaction pooling mode, with a pool small enough that clients really share
+    server connections."""
+
+    binary: Path
+    root: Path
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+
+def start_bouncer(binary: Path, cluster: Cluster, *, pool_size: int = 4) -> Bouncer:
+    root = Path(tempfile.mkdtemp(prefix="salesreport-pgbouncer-"))
+    port = free_port()
+    (root / "userlist.txt").write_text('"postgres" ""\n')
+    (root / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"* = host=127.0.0.1 port={cluster.port}\n"
+        "[pgbouncer]\n"
+        "listen_addr = 127.0.0.1\n"
+        f"listen_port = {port}\n"
+        "unix_socket_dir =\n"
+        "auth_type = trust\n"
+        f"auth_file = {root / 'userlist.txt'}\n"
+        "pool_mode = transaction\n"
+        f"default_pool_size = {pool_size}\n"
+        "max_client_conn = 1000\n"
+        "server_lifetime = 3600\n"
+        f"logfile = {root / 'pgbouncer.log'}\n"
+    )
+    if os.geteuid() == 0:  # PgBouncer refuses to run as root
+        shutil.chown(root, "postgres", "postgres")
+        for path in root.iterdir():
+            shutil.chown(path, "postgres", "postgres")
+    command = cluster._cmd(str(binary), str(root / "pgbouncer.ini"))
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bouncer = Bouncer(binary, root, port, process)
+    for _ in range(500):  # it listens within milliseconds; this bounds a failure only
+        if process.poll() is not None:
+            log = (root / "pgbouncer.log").read_text() if (root / "pgbouncer.log").exists() else ""
+            raise RuntimeError(f"pgbouncer exited with {process.returncode}: {log}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return bouncer
+        except OSError:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(0.01)
+    stop_bouncer(bouncer)
+    raise RuntimeError("pgbouncer did not listen within 5 s")
+
+
+def stop_bouncer(bouncer: Bouncer) -> None:
+    try:
+        bouncer.process.terminate()
+        bouncer.process.wait(10)
+    finally:
+        shutil.rmtree(bouncer.root, ignore_errors=True)

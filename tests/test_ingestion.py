@@ -8,12 +8,14 @@ from dataclasses import replace
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from salesreport import config, db, reports
 from salesreport.api import create_app
 from salesreport.changes import Changes
 from salesreport.ingestion import Batcher, Catalog, Rejected, SaleIn, Unavailable
 from tests.conftest import NOW, PRODUCTS, STORES, Clock, count_sales, eventually, seed
+from tests.test_health import execute
 
 pytestmark = pytest.mark.anyio
 
@@ -168,13 +170,17 @@ async def test_a_dead_writer_answers_what_it_held_and_starts_again(batcher: Batc
     assert await count_sales(settings) == 1
 
 
-async def test_a_failed_reload_is_tried_again(batcher: Batcher) -> None:
-    changes = batcher.catalog.changes
-    changes._listening = True  # as on PostgreSQL, once the listener is up
-    changes._dirty = {"catalog"}
-    with pytest.raises(RuntimeError), changes.reloading("catalog"):
-        raise RuntimeError("the database went away mid-reload")
-    assert changes._dirty == {"catalog"}
-    with changes.reloading("catalog"):
-        pass
-    assert "catalog" not in changes._dirty
+async def test_a_failed_reload_is_tried_again(batcher: Batcher, settings: config.Settings) -> None:
+    catalog = batcher.catalog
+    loaded = catalog.version
+    await execute(settings, "UPDATE versions SET version = version + 1 WHERE name = 'catalog'")
+    await eventually(lambda: catalog.changes.stale("catalog", loaded), what="the change is noticed")
+    await execute(settings, "ALTER TABLE stores RENAME TO stores_elsewhere")
+    try:
+        with pytest.raises(sa.exc.DBAPIError):
+            await catalog.refresh()
+        assert catalog.version == loaded and catalog.changes.stale("catalog", loaded)
+    finally:
+        await execute(settings, "ALTER TABLE stores_elsewhere RENAME TO stores")
+    await catalog.refresh()
+    assert catalog.version == loaded + 1 and not catalog.changes.stale("catalog", catalog.version)

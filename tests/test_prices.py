@@ -1,8 +1,8 @@
 """Prices as charged, the catalog's price history, discounts, retired products and stores, report limits.
 
 Every test runs on SQLite and on PostgreSQL, through the real ASGI app. A change made by the command
-line (``import``, ``retire``) reaches a running app at once on SQLite and by NOTIFY, a moment later,
-on PostgreSQL: tests poll for it with ``eventually`` before they rely on it.
+line (``import``, ``retire``) reaches a running app at once on SQLite and at the worker's next read of the
+change counters, a moment later, on PostgreSQL: tests poll for it with ``eventually`` before they rely on it.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ async def history(client: httpx.AsyncClient, product_id: int) -> list[dict[str, 
 
 
 async def history_has(client: httpx.AsyncClient, product_id: int, entries: int) -> None:
-    """Wait until the app shows ``entries`` prices for the product (PostgreSQL: the NOTIFY arrived)."""
+    """Wait until the app shows ``entries`` prices for the product (PostgreSQL: the worker noticed the change)."""
 
     async def loaded() -> bool:
         return len(await history(client, product_id)) == entries

@@ -12,6 +12,8 @@ from tests.conftest import seed
 from tests.test_api import assert_problem
 
 pytestmark = pytest.mark.anyio
+# Also through PgBouncer in transaction pooling mode (see conftest.database_url).
+THROUGH_PGBOUNCER = True
 
 
 async def sell(client: httpx.AsyncClient, sales: list[dict[str, object]]) -> None:

@@ -30,6 +30,8 @@ from tests.test_auth import create
 from tests.test_cli import cli
 
 pytestmark = pytest.mark.anyio
+# Also through PgBouncer in transaction pooling mode (see conftest.database_url).
+THROUGH_PGBOUNCER = True
 
 JSON = {"content-type": "application/json"}
 ADDRESS = {s["id"]: s["address"] for s in STORES}

@@ -14,6 +14,8 @@ from tests.conftest import Clock, app_client, count_sales
 from tests.test_api import assert_problem
 
 pytestmark = pytest.mark.anyio
+# Also through PgBouncer in transaction pooling mode (see conftest.database_url).
+THROUGH_PGBOUNCER = True
 
 
 async def post(client: httpx.AsyncClient, body: object) -> httpx.Response:

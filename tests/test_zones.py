@@ -14,7 +14,7 @@ from salesreport.zones import zone
 from tests.conftest import PRODUCTS, STORES, Clock, app_client, count_sales, seed
 from tests.test_api import assert_problem
 from tests.test_cli import cli
-from tests.test_health import execute, notify
+from tests.test_health import execute, noticed
 
 pytestmark = pytest.mark.anyio
 
@@ -37,7 +37,7 @@ async def test_a_store_with_an_unusable_zone_fails_alone(settings: config.Settin
         # Written straight into the table (the importer refuses it), or newer than this server's tzdata.
         await execute(settings, "UPDATE stores SET timezone = 'Mars/Olympus_Mons' WHERE id = 2")
         await execute(settings, "UPDATE versions SET version = version + 1 WHERE name = 'catalog'")
-        await notify(settings)
+        await noticed(client)
         response = await client.post("/sales", content=json.dumps({"product_id": 1, "store_id": 2}), headers=JSON)
         problem = assert_problem(response, 503)
         assert "store 2" in problem["detail"] and response.headers["retry-after"]

@@ -1,6 +1,7 @@
 """The data layer: the schema, the engines, and the SQL that reads and writes them.
 
 ``schema`` the tables · ``engines`` connections and which errors mean "away" ·
+``pooling`` the server itself or a transaction pooler in front of it ·
 ``catalog`` products, prices, stores, change counters · ``rollups`` what a sale
 and a return add to the reports, and the bulk path · ``batch`` the steps of a
 batch's transaction (sales or returns), run by ``postgres`` and ``sqlite``,
@@ -9,7 +10,6 @@ each database's writer.
 
 from .batch import BatchJob, Key, ReturnJob, Row
 from .catalog import (
-    CHANNEL,
     VERSIONED,
     CatalogConflict,
     bump_version,
@@ -48,12 +48,12 @@ from .schema import (
     store_product_month,
     stores,
     versions,
+    workers,
 )
 
 __all__ = [
     "ARCHIVED",
     "BEGINNING",
-    "CHANNEL",
     "ROLLUP_COLUMNS",
     "ROLLUP_KEYS",
     "ROLLUP_LIMIT",
@@ -98,6 +98,7 @@ __all__ = [
     "stores",
     "upsert",
     "versions",
+    "workers",
     "write_batch",
     "write_returns",
     "writer_slot",

@@ -13,7 +13,6 @@ from ..prices import History, price_at
 from .engines import upsert
 from .schema import BEGINNING, prices, products, stores, versions
 
-CHANNEL = "salesreport_changes"
 VERSIONED = ("catalog", "keys")
 
 
@@ -50,11 +49,9 @@ async def get_version(conn: AsyncConnection, name: str) -> int:
 
 
 async def bump_version(conn: AsyncConnection, name: str) -> None:
-    """Record a change of ``name``; workers learn of it when the transaction commits."""
+    """Record a change of ``name``; workers learn of it once the transaction commits (see ``changes``)."""
     stmt = upsert(conn, versions).values(name=name, version=1)
     await conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_={"version": versions.c.version + 1}))
-    if conn.dialect.name == "postgresql":
-        await conn.execute(sa.select(sa.func.pg_notify(CHANNEL, name)))
 
 
 async def save_catalog(

@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..config import Settings
+from . import pooling
 from .schema import SLOTS
 
 if TYPE_CHECKING:
@@ -94,25 +95,38 @@ def connect(settings: Settings) -> Database:
             sqlite_writer=SQLiteWriter(sa.engine.make_url(url).database or ""),
         )
 
-    def engine(pool_size: int, url: str = url) -> AsyncEngine:
-        return create_async_engine(
-            url,
-            pool_size=pool_size,
-            max_overflow=0,
-            pool_timeout=5,
-            pool_pre_ping=False,
-            connect_args={"timeout": 5, "command_timeout": 30, "server_settings": {"synchronous_commit": "on"}},
-        )
-
-    writer = engine(WRITER_POOL)
+    writer = postgres_engine(url, WRITER_POOL)
     return Database(
-        reader=engine(settings.pool_size).execution_options(isolation_level="AUTOCOMMIT"),
+        reader=postgres_engine(url, settings.pool_size).execution_options(isolation_level="AUTOCOMMIT"),
         writer=writer,
         control=writer.execution_options(isolation_level="AUTOCOMMIT"),  # the same pool
         replica=None
         if settings.database_read_url is None
-        else engine(settings.pool_size, settings.database_read_url).execution_options(isolation_level="AUTOCOMMIT"),
+        else postgres_engine(settings.database_read_url, settings.pool_size).execution_options(
+            isolation_level="AUTOCOMMIT"
+        ),
     )
+
+
+def postgres_engine(url: str | sa.URL, pool_size: int = 5) -> AsyncEngine:
+    """An engine on PostgreSQL, directly or through a transaction pooler (see ``pooling``)."""
+    engine = create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=5,
+        pool_pre_ping=False,
+        connect_args={"timeout": 5, "command_timeout": 30},
+    )
+    event.listen(engine.sync_engine, "do_connect", pooling.choose)
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+        if not autocommit and pooling.is_pooled(conn.connection.info):
+            conn.exec_driver_sql(pooling.DURABLE)
+
+    return engine
 
 
 async def driver_connection(conn: AsyncConnection) -> Any:
@@ -122,9 +136,10 @@ async def driver_connection(conn: AsyncConnection) -> Any:
     return raw
 
 
-def writer_slot() -> int:
-    """A slot for a writer that holds none (see ``changes``)."""
-    return os.getpid() % SLOTS
+def writer_slot(database: Database) -> int:
+    """This process's own rollup slot, the first its batches try (see ``postgres._preference``); SQLite,
+    with one writer, writes into slot 0."""
+    return 0 if database.sqlite_writer is not None else os.getpid() % SLOTS
 
 
 def upsert(conn: AsyncConnection, table: sa.Table) -> Any:

@@ -25,6 +25,11 @@ from .batch import (
     unsort,
 )
 from .engines import Database, driver_connection
+from .pooling import DURABLE, is_pooled
+from .schema import SLOTS
+
+# The advisory lock class of rollup slots: a batch holds its slot's lock until it commits.
+SLOT_LOCKS = 0x5A1E
 
 
 async def write_batch(database: Database, job: BatchJob, slot: int) -> Any:
@@ -47,8 +52,11 @@ async def write_transaction(database: Database) -> AsyncIterator[Any]:
     """
     async with database.writer.connect() as conn:
         raw = await driver_connection(conn)
+        pooled = is_pooled((await conn.get_raw_connection()).info)
         try:
             async with raw.transaction():
+                if pooled:
+                    await raw.execute(DURABLE)
                 yield raw
         except BaseException:
             if raw.is_closed():
@@ -86,7 +94,7 @@ async def find_sales(raw: Any, keys: Collection[Key], live_after: datetime) -> d
 # are in row order. A keyed sale is inserted only if its key went into
 # ``sale_keys`` (the unique index a partitioned ``sales`` cannot have).
 # The rollup sums are ``rollups.Rollups.add_sales`` in SQL.
-_INSERT = """
+_INSERT = f"""
 WITH input AS (
     SELECT nextval('sales_id_seq') AS id, t.* FROM (
         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::timestamptz[],
@@ -109,28 +117,33 @@ WITH input AS (
     FROM input WHERE idempotency_key IS NULL OR id IN (SELECT sale_id FROM keyed) ORDER BY ord
     RETURNING id, store_id, product_id, quantity, amount, (catalog_price - unit_price) * quantity AS discount,
               month, idempotency_key
+), slot AS (
+    -- The first rollup slot no other batch holds, from this writer's own on (see ``_preference``).
+    SELECT coalesce(
+        (SELECT s FROM unnest($11::int[]) AS s WHERE pg_try_advisory_xact_lock({SLOT_LOCKS}, s) LIMIT 1), $11[1]
+    ) AS slot
 ), by_store AS (
     INSERT INTO store_month AS r (store_id, month, slot, revenue, sales, refunds, discounts)
-    SELECT store_id, month, $11, sum(amount), count(*), 0, sum(discount)
+    SELECT store_id, month, (SELECT slot FROM slot), sum(amount), count(*), 0, sum(discount)
     FROM inserted GROUP BY store_id, month ORDER BY store_id, month
     ON CONFLICT (store_id, month, slot)
     DO UPDATE SET revenue = r.revenue + excluded.revenue, sales = r.sales + excluded.sales,
                   discounts = r.discounts + excluded.discounts
 ), by_product AS (
     INSERT INTO product_month AS r (product_id, month, slot, quantity, returned, revenue)
-    SELECT product_id, month, $11, sum(quantity), 0, sum(amount)
+    SELECT product_id, month, (SELECT slot FROM slot), sum(quantity), 0, sum(amount)
     FROM inserted GROUP BY product_id, month ORDER BY product_id, month
     ON CONFLICT (product_id, month, slot)
     DO UPDATE SET quantity = r.quantity + excluded.quantity, revenue = r.revenue + excluded.revenue
 ), total AS (
     INSERT INTO product_total AS r (product_id, slot, quantity, returned, revenue)
-    SELECT product_id, $11, sum(quantity), 0, sum(amount)
+    SELECT product_id, (SELECT slot FROM slot), sum(quantity), 0, sum(amount)
     FROM inserted GROUP BY product_id ORDER BY product_id
     ON CONFLICT (product_id, slot)
     DO UPDATE SET quantity = r.quantity + excluded.quantity, revenue = r.revenue + excluded.revenue
 ), by_store_product AS (
     INSERT INTO store_product_month AS r (store_id, product_id, month, slot, quantity, returned, revenue)
-    SELECT store_id, product_id, month, $11, sum(quantity), 0, sum(amount)
+    SELECT store_id, product_id, month, (SELECT slot FROM slot), sum(quantity), 0, sum(amount)
     FROM inserted GROUP BY store_id, product_id, month ORDER BY store_id, product_id, month
     ON CONFLICT (store_id, product_id, month, slot)
     DO UPDATE SET quantity = r.quantity + excluded.quantity, revenue = r.revenue + excluded.revenue
@@ -148,7 +161,7 @@ async def insert_sales(raw: Any, rows: Sequence[Row], slot: int) -> list[int | N
     order = sorted(range(len(rows)), key=lambda i: key_order(rows[i]))
     ordered = [rows[i] for i in order]
     arrays = [[row[c] for row in ordered] for c in INSERT_COLUMNS if c != "amount"]  # amount: computed in SQL
-    records = await raw.fetch(_INSERT, *arrays, list(range(len(ordered))), slot)
+    records = await raw.fetch(_INSERT, *arrays, list(range(len(ordered))), _preference(slot))
     return unsort(order, _ids_in_order(ordered, records))
 
 
@@ -198,7 +211,7 @@ async def lock_sales(raw: Any, ids: Collection[int]) -> dict[int, Row]:
 
 
 # The rollup sums are ``rollups.Rollups.add_returns`` in SQL.
-_INSERT_RETURNS = """
+_INSERT_RETURNS = f"""
 WITH input AS (
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::int[], $5::bigint[], $6::timestamptz[],
                          $7::timestamptz[], $8::int[], $9::text[], $10::int[])
@@ -212,33 +225,38 @@ WITH input AS (
     FROM input ORDER BY ord
     ON CONFLICT (store_id, idempotency_key) DO NOTHING
     RETURNING id, sale_id, store_id, product_id, quantity, amount, month, idempotency_key
+), slot AS (
+    -- The first rollup slot no other batch holds, from this writer's own on (see ``_preference``).
+    SELECT coalesce(
+        (SELECT s FROM unnest($11::int[]) AS s WHERE pg_try_advisory_xact_lock({SLOT_LOCKS}, s) LIMIT 1), $11[1]
+    ) AS slot
 ), by_sale AS (
     UPDATE sales s SET returned = s.returned + i.quantity
     FROM (SELECT sale_id, sum(quantity) AS quantity FROM inserted GROUP BY sale_id) i
     WHERE s.id = i.sale_id
 ), by_store AS (
     INSERT INTO store_month AS r (store_id, month, slot, revenue, sales, refunds, discounts)
-    SELECT store_id, month, $11, -sum(amount), 0, sum(amount), 0
+    SELECT store_id, month, (SELECT slot FROM slot), -sum(amount), 0, sum(amount), 0
     FROM inserted GROUP BY store_id, month ORDER BY store_id, month
     ON CONFLICT (store_id, month, slot)
     DO UPDATE SET revenue = r.revenue + excluded.revenue, refunds = r.refunds + excluded.refunds
 ), by_product AS (
     INSERT INTO product_month AS r (product_id, month, slot, quantity, returned, revenue)
-    SELECT product_id, month, $11, -sum(quantity), sum(quantity), -sum(amount)
+    SELECT product_id, month, (SELECT slot FROM slot), -sum(quantity), sum(quantity), -sum(amount)
     FROM inserted GROUP BY product_id, month ORDER BY product_id, month
     ON CONFLICT (product_id, month, slot)
     DO UPDATE SET quantity = r.quantity + excluded.quantity, returned = r.returned + excluded.returned,
                   revenue = r.revenue + excluded.revenue
 ), total AS (
     INSERT INTO product_total AS r (product_id, slot, quantity, returned, revenue)
-    SELECT product_id, $11, -sum(quantity), sum(quantity), -sum(amount)
+    SELECT product_id, (SELECT slot FROM slot), -sum(quantity), sum(quantity), -sum(amount)
     FROM inserted GROUP BY product_id ORDER BY product_id
     ON CONFLICT (product_id, slot)
     DO UPDATE SET quantity = r.quantity + excluded.quantity, returned = r.returned + excluded.returned,
                   revenue = r.revenue + excluded.revenue
 ), by_store_product AS (
     INSERT INTO store_product_month AS r (store_id, product_id, month, slot, quantity, returned, revenue)
-    SELECT store_id, product_id, month, $11, -sum(quantity), sum(quantity), -sum(amount)
+    SELECT store_id, product_id, month, (SELECT slot FROM slot), -sum(quantity), sum(quantity), -sum(amount)
     FROM inserted GROUP BY store_id, product_id, month ORDER BY store_id, product_id, month
     ON CONFLICT (store_id, product_id, month, slot)
     DO UPDATE SET quantity = r.quantity + excluded.quantity, returned = r.returned + excluded.returned,
@@ -254,8 +272,20 @@ async def insert_returns(raw: Any, rows: Sequence[Row], slot: int) -> list[int |
     order = sorted(range(len(rows)), key=lambda i: key_order(rows[i]))
     ordered = [rows[i] for i in order]
     arrays = [[row[c] for row in ordered] for c in RETURN_INSERT_COLUMNS if c != "amount"]
-    records = await raw.fetch(_INSERT_RETURNS, *arrays, list(range(len(ordered))), slot)
+    records = await raw.fetch(_INSERT_RETURNS, *arrays, list(range(len(ordered))), _preference(slot))
     return unsort(order, _ids_in_order(ordered, records))
+
+
+def _preference(slot: int) -> list[int]:
+    """The rollup slots in the order a writer whose own slot is ``slot`` tries them.
+
+    Each batch takes the first that no other batch in flight holds (an
+    advisory lock for its transaction, so it also works through a
+    transaction pooler): concurrent writers add into different rows instead
+    of queueing on one. Which slot a sale is added to never changes a report
+    (they are summed); if all are taken the batch shares ``slot``.
+    """
+    return [(slot + i) % SLOTS for i in range(SLOTS)]
 
 
 def _ids_in_order(ordered: Sequence[Row], records: Sequence[Any]) -> list[int | None]:

@@ -272,6 +272,17 @@ versions = sa.Table(
     sa.Column("version", sa.BigInteger, nullable=False),
 )
 
+# The workers serving this database (PostgreSQL): each says every few seconds
+# that it is alive and which schema revision its code expects, so that
+# ``migrate`` can tell whether older code still serves.
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("revision", sa.String(32), nullable=False),
+    sa.Column("seen_at", UTCDateTime, nullable=False),
+)
+
 api_keys = sa.Table(
     "api_keys",
     metadata,

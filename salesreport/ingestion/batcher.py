@@ -192,7 +192,7 @@ class Batcher:
             try:
                 await self.catalog.refresh()
                 plan = self._plan(batch, self.catalog, look_up=attempt > 1, key_lifetime=self.key_lifetime)
-                outcomes: list[Outcome] = await self._write_job(self.db, plan, self.catalog.changes.slot)  # type: ignore[assignment]
+                outcomes: list[Outcome] = await self._write_job(self.db, plan, db.writer_slot(self.db))  # type: ignore[assignment]
                 return outcomes
             except Exception as exc:
                 if (isinstance(exc, Raced) or db.sqlstate(exc) in _RETRYABLE_SQLSTATES) and attempt < _ATTEMPTS:

@@ -67,15 +67,18 @@ class Catalog:
         if self.reads is not None and self.reads.keeps(self.loaded):
             return
         async with self._lock:
+            if not ask and not self.changes.stale("catalog", self.version):
+                return  # another request reloaded meanwhile
+            started = self.changes.clock()
             try:
-                with self.changes.reloading("catalog"):
-                    async with self.database.control.connect() as conn:
-                        version = await db.get_version(conn, "catalog")
-                        if version == self.version:
-                            return
-                        products = await db.list_products(conn)
-                        histories = await db.list_prices(conn)
-                        stores = await db.list_stores(conn)
+                async with self.database.control.connect() as conn:
+                    version = await db.get_version(conn, "catalog")
+                    if version == self.version:
+                        self.changes.seen("catalog", version, started)
+                        return
+                    products = await db.list_products(conn)
+                    histories = await db.list_prices(conn)
+                    stores = await db.list_stores(conn)
             except Exception as exc:
                 if self.reads is not None and self.reads.keeps(self.loaded, exc):
                     return
@@ -104,6 +107,7 @@ class Catalog:
             self.stores_json = encoder.encode([s for s in store_list if not s.retired])
             self.all_stores_json = encoder.encode(store_list)
             self.version = version
+            self.changes.seen("catalog", version, started)
 
     def store(self, store_id: int) -> Store | None:
         return self.store_rows.get(store_id)

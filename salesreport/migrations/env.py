@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
-from sqlalchemy import Connection
+from sqlalchemy import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from salesreport import config
 from salesreport.db import metadata
+from salesreport.db.engines import postgres_engine
 
 target_metadata = metadata
 
@@ -26,7 +27,8 @@ def _run(connection: Connection) -> None:
 
 async def _online() -> None:
     url = context.config.get_main_option("sqlalchemy.url") or config.load().database_url
-    engine = create_async_engine(url)
+    # On PostgreSQL, the service's own engine: it works directly and through a transaction pooler.
+    engine = postgres_engine(url) if make_url(url).get_backend_name() == "postgresql" else create_async_engine(url)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)
