@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 
-HAPROXY = shutil.which("haproxy")
+HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
 EXAMPLE = ROOT / "deploy" / "haproxy.cfg"
 REPLACED = ("bind ", "default-server ", "server ")
 

@@ -16,9 +16,9 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
-IP = shutil.which("ip")
+IP = shutil.which("ip") or shutil.which("ip", path="/usr/sbin:/sbin")
 # 10.231.0.0/16 is this suite's; each run takes a /24 of it that is free on this machine.
-SPACE = ipaddress.ip_network("10.231.0.0/16")
+SPACE = ipaddress.IPv4Network("10.231.0.0/16")
 
 
 def ip(*args: str) -> None:
@@ -31,7 +31,7 @@ def ip(*args: str) -> None:
 def _free_network() -> ipaddress.IPv4Network:
     assert IP is not None
     shown = subprocess.run([IP, "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True).stdout
-    used = {ipaddress.ip_interface(word).network for word in shown.split() if "/" in word and word[0].isdigit()}
+    used = [ipaddress.IPv4Interface(word).network for word in shown.split() if "/" in word and word[0].isdigit()]
     subnets = list(SPACE.subnets(new_prefix=24))[1:]  # not 10.231.0.0/24
     start = os.getpid() % len(subnets)
     for subnet in subnets[start:] + subnets[:start]:
