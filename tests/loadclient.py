@@ -176,6 +176,8 @@ class Load:
         else:
             attempt.status = response.status_code
             attempt.retry_after = response.headers.get("retry-after")
+            if not attempt.acknowledged:
+                attempt.detail = response.text[:200]
             if attempt.acknowledged and post.stored is None:
                 answer = response.json()
                 post.stored = answer if post.is_array else [answer]

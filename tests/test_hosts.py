@@ -227,11 +227,9 @@ def all_up(balancer: Balancer, hosts: list[Host]) -> bool:
 
 async def on_fresh_connections(url: str, headers: dict[str, str] | None = None) -> list[httpx.Response]:
     """``FRESH`` GETs of ``url``, each on a new connection."""
-    answers = []
-    for _ in range(FRESH):
-        async with httpx.AsyncClient(timeout=5, headers=headers) as http:
-            answers.append(await http.get(url))
-    return answers
+    no_reuse = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=5, headers=headers, limits=no_reuse) as http:
+        return [await http.get(url) for _ in range(FRESH)]
 
 
 # --- a host killed under load --------------------------------------------------------------
@@ -285,31 +283,34 @@ async def test_a_host_killed_under_load_loses_and_doubles_nothing(
     first, second = hosts
     load = Load(balancer.url, prefix="hosts", concurrency=16, headers=primary.auth, retry_on=frozenset({502, 503, 504}))
     reads = Reads(balancer.url, primary.auth, [])
-    async with load, loading(load):
-        reading = asyncio.create_task(reads.run(load.stop))
-        await under_way(load, posts=100)
-        # Both hosts (2 workers each) write sales into the same rollups at once.
-        assert first.served("POST", "/sales") > 0 and second.served("POST", "/sales") > 0
-        killed = time.monotonic()
-        first.kill()
+    async with load:
+        async with loading(load):
+            reading = asyncio.create_task(reads.run(load.stop))
+            await under_way(load, posts=100)
+            # Both hosts (2 workers each) write sales into the same rollups at once.
+            assert first.served("POST", "/sales") > 0 and second.served("POST", "/sales") > 0
+            killed = time.monotonic()
+            first.kill()
 
-        def acknowledged_since(instant: float) -> bool:
-            return any(a.acknowledged and a.started >= instant for a in load.attempts())
+            def acknowledged_since(instant: float) -> bool:
+                return any(a.acknowledged and a.started >= instant for a in load.attempts())
 
-        await eventually(lambda: acknowledged_since(killed), 10, every=0.01, what="a sale acknowledged after the kill")
-        taken_over = time.monotonic()
-        await eventually(lambda: balancer.states()[first.name].startswith("DOWN"), 5, what="HAProxy leaves host1")
-        marked_down = time.monotonic()
-        first.start()
-        await eventually(first.ready, 30, every=0.1, what="host1 is ready again")
-        await eventually(lambda: balancer.states()[first.name] == "UP", 5, what="HAProxy takes host1 back")
-        back = time.monotonic()
-        await eventually(lambda: first.served("POST", "/sales") > 0, 10, what="host1 takes sales again")
-        await eventually(lambda: acknowledged_since(back + 0.5), 10, what="more load after host1's return")
-    await reading
-    during = load.attempts()
-    left = await load.retry_unacknowledged(deadline=time.monotonic() + 15)
-    assert not left, f"{len(left)} posts never acknowledged: {load.show(left[0].attempts[-3:])}; {load.summary()}"
+            await eventually(
+                lambda: acknowledged_since(killed), 10, every=0.01, what="a sale acknowledged after the kill"
+            )
+            taken_over = time.monotonic()
+            await eventually(lambda: balancer.states()[first.name].startswith("DOWN"), 5, what="HAProxy leaves host1")
+            marked_down = time.monotonic()
+            first.start()
+            await eventually(first.ready, 30, every=0.1, what="host1 is ready again")
+            await eventually(lambda: balancer.states()[first.name] == "UP", 5, what="HAProxy takes host1 back")
+            back = time.monotonic()
+            await eventually(lambda: first.served("POST", "/sales") > 0, 10, what="host1 takes sales again")
+            await eventually(lambda: acknowledged_since(back + 0.5), 10, what="more load after host1's return")
+        await reading
+        during = load.attempts()
+        left = await load.retry_unacknowledged(deadline=time.monotonic() + 15)
+        assert not left, f"{len(left)} posts never acknowledged: {load.show(left[0].attempts[-3:])}; {load.summary()}"
 
     gap = longest_gap(during)
     print(
@@ -317,10 +318,11 @@ async def test_a_host_killed_under_load_loses_and_doubles_nothing(
         f"{taken_over - killed:.2f} s after the kill; host1 marked down after {marked_down - killed:.2f} s; "
         f"longest time without an acknowledgement: {gap:.2f} s; reads: {len(reads.answers)}"
     )
-    # The only failures are the kill's: requests that host1 had when it died (502 from HAProxy).
+    # The only failures are the kill's: requests that host1 had when it died (HAProxy answers 502), or
+    # that HAProxy got on a connection it was closing as host1's went (closed without an answer).
     failed = [a for a in load.attempts() if not a.acknowledged]
-    assert all(a.status in (502, 503) for a in failed), load.summary(failed)
-    assert all(killed <= a.ended <= marked_down + 1 for a in failed if a.status == 502), load.summary(failed)
+    odd = [a for a in failed if not (a.status == 502 or a.unanswered) or not killed <= a.ended <= marked_down + 1]
+    assert not odd, f"{load.summary(failed)}; e.g. {[(a.ended - killed, str(a), a.detail) for a in odd[:3]]}"
     assert gap < LONGEST_GAP, f"no sale acknowledged for {gap:.1f} s"
     # Readers never noticed: HAProxy sends a read that got no answer again, to the other host.
     assert reads.answers and {answer for _, answer in reads.answers} == {200}, reads.answers
