@@ -1,24 +1,35 @@
-"""Test hosts as Linux network namespaces on one private /24, for the several-hosts tests (root only).
+"""Test hosts as Linux network namespaces on one private /24, and the service running on them (root only).
 
 A bridge in the root namespace holds the network's first address (``.1``: where the
 PostgreSQL primary and HAProxy are reached); each host is a namespace with its own
 loopback and one end of a veth pair on the bridge, at ``.2``, ``.3``, … Names carry
 this process's id and the /24 is one that no interface of the machine uses, so that
 test runs side by side do not meet. ``destroy`` removes everything ``create`` made,
-also when ``create`` failed half-way.
+also when ``create`` failed half-way. A ``Host`` runs ``python -m salesreport serve`` in
+its namespace, as production would on a machine of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import ROOT
 
 IP = shutil.which("ip") or shutil.which("ip", path="/usr/sbin:/sbin")
 # 10.231.0.0/16 is this suite's; each run takes a /24 of it that is free on this machine.
 SPACE = ipaddress.IPv4Network("10.231.0.0/16")
+PORT = 8000  # every host serves on this port of its own address, as deploy/haproxy.cfg shows
 
 
 def ip(*args: str) -> None:
@@ -104,3 +115,80 @@ class Network:
             self.bridge = None
         if problems:
             raise RuntimeError("; ".join(problems))
+
+
+# --- the service on a host ------------------------------------------------------------------
+
+
+def run_cli(network: Network, host: int, database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m salesreport *args`` run on host ``host`` (inside its namespace)."""
+    env = {**os.environ, "DATABASE_URL": database_url}
+    argv = network.run(host, sys.executable, "-m", "salesreport", *args)
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"{' '.join(args)}: {done.stdout}{done.stderr}"
+    return done
+
+
+@dataclass
+class Host:
+    name: str
+    index: int
+    network: Network
+    database_url: str
+    directory: Path
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def address(self) -> str:
+        return self.network.address(self.index)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{PORT}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / f"{self.name}-{self.starts}.log"
+
+    def start(self) -> None:
+        """Serve with 2 workers inside the host's namespace; each start logs to a file of its own."""
+        self.starts += 1
+        argv = [sys.executable, "-m", "salesreport", "serve", "--host", self.address, "--port", str(PORT)]
+        env = {**os.environ, "DATABASE_URL": self.database_url, "SALESREPORT_LOG_FORMAT": "json"}
+        with self.log_path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                self.network.run(self.index, *argv, "--workers", "2"),
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def kill(self) -> None:
+        """SIGKILL the server's main process and its workers at once."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def log(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def served(self, method: str, path: str) -> int:
+        """How many requests this start of the server has answered (its access log)."""
+        count = 0
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                count += isinstance(entry, dict) and entry.get("method") == method and entry.get("path") == path
+        return count
+
+    async def ready(self) -> bool:
+        assert self.proc is not None
+        assert self.proc.poll() is None, f"{self.name} exited with {self.proc.returncode}:\n{self.log()}"
+        async with httpx.AsyncClient(timeout=2) as http:
+            with contextlib.suppress(httpx.TransportError):
+                return (await http.get(f"{self.url}/health/ready")).status_code == 200
+        return False

@@ -12,13 +12,8 @@ are seen on the other.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -33,14 +28,14 @@ import sqlalchemy as sa
 from salesreport import config, db
 from tests import netns, pg
 from tests.balancer import HAPROXY, Balancer
-from tests.conftest import ENABLE_PG, ROOT, eventually, migrate
+from tests.conftest import ENABLE_PG, eventually, migrate
 from tests.loadclient import PRODUCTS_CSV, STORES_CSV, Attempt, Load
+from tests.netns import PORT, Host, run_cli
 from tests.test_faults import assert_check_passes, assert_stored_exactly_once, loading, stored_sales, under_way
 
 pytestmark = pytest.mark.anyio
 
 CI = os.environ.get("CI") == "true"
-PORT = 8000  # every host serves on this port of its own address, as deploy/haproxy.cfg shows
 # The example's "inter 2s fall 2 rise 2", shortened so that the test sees a host leave and come back soon.
 CHECKS = "inter 200ms fall 2 rise 2"
 # The README: a revoked key, a new key or a catalog change reach every worker "at once" (milliseconds);
@@ -97,15 +92,6 @@ class Primary:
         return {"authorization": f"Bearer {self.owner}"}
 
 
-def run_cli(network: netns.Network, host: int, database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m salesreport *args`` run on host ``host`` (inside its namespace)."""
-    env = {**os.environ, "DATABASE_URL": database_url}
-    argv = network.run(host, sys.executable, "-m", "salesreport", *args)
-    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, f"{' '.join(args)}: {done.stdout}{done.stderr}"
-    return done
-
-
 @pytest.fixture(scope="module")
 def primary(network: netns.Network, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Primary]:
     bindir = pg.find_bindir()
@@ -124,71 +110,6 @@ def primary(network: netns.Network, tmp_path_factory: pytest.TempPathFactory) ->
         yield Primary(cluster, url, hosts_url, owner)
     finally:
         pg.destroy(cluster)
-
-
-@dataclass
-class Host:
-    name: str
-    index: int
-    network: netns.Network
-    database_url: str
-    directory: Path
-    proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-
-    @property
-    def address(self) -> str:
-        return self.network.address(self.index)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}:{PORT}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.directory / f"{self.name}-{self.starts}.log"
-
-    def start(self) -> None:
-        """Serve with 2 workers inside the host's namespace; each start logs to a file of its own."""
-        self.starts += 1
-        argv = [sys.executable, "-m", "salesreport", "serve", "--host", self.address, "--port", str(PORT)]
-        env = {**os.environ, "DATABASE_URL": self.database_url, "SALESREPORT_LOG_FORMAT": "json"}
-        with self.log_path.open("wb") as out:
-            self.proc = subprocess.Popen(
-                self.network.run(self.index, *argv, "--workers", "2"),
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def kill(self) -> None:
-        """SIGKILL the server's main process and its workers at once."""
-        assert self.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def log(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def served(self, method: str, path: str) -> int:
-        """How many requests this start of the server has answered (its access log)."""
-        count = 0
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                entry = json.loads(line)
-                count += isinstance(entry, dict) and entry.get("method") == method and entry.get("path") == path
-        return count
-
-    async def ready(self) -> bool:
-        assert self.proc is not None
-        assert self.proc.poll() is None, f"{self.name} exited with {self.proc.returncode}:\n{self.log()}"
-        async with httpx.AsyncClient(timeout=2) as http:
-            with contextlib.suppress(httpx.TransportError):
-                return (await http.get(f"{self.url}/health/ready")).status_code == 200
-        return False
 
 
 @pytest.fixture(scope="module")
