@@ -83,7 +83,11 @@ class Changes:
             self._sqlite.close()
 
     def stale(self, name: str, loaded: int) -> bool:
-        """Whether ``name`` may have changed since version ``loaded`` was read."""
+        """Whether ``name`` may have changed since version ``loaded`` was read (-1: never read)."""
+        if loaded < 0:
+            # Never loaded, though perhaps being loaded: the caller must wait for that load, not
+            # take an empty copy (no keys would mean an open service) for a fresh one.
+            return True
         if self._sqlite is not None:
             try:
                 row = self._sqlite.execute("SELECT version FROM versions WHERE name = ?", (name,)).fetchone()

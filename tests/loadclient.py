@@ -109,19 +109,30 @@ def make_sales(prefix: str) -> Iterator[tuple[list[dict[str, Any]], bool]]:
 class Load:
     """``concurrency`` tasks posting sales back to back until ``stop`` is set.
 
-    A task sends its current post again on a 503 (after its Retry-After) or a
-    transport failure (after ``pause``), and moves on to a new post once it got
-    any other answer.
+    A task sends its current post again on a 503 (after its Retry-After), on
+    another status of ``retry_on`` or a transport failure (after ``pause``), and
+    moves on to a new post once it got any other answer. ``headers`` go with
+    every request (an API key).
     """
 
     def __init__(
-        self, base_url: str, *, prefix: str = "pos", concurrency: int = 32, timeout: float = 10.0, pause: float = 0.1
+        self,
+        base_url: str,
+        *,
+        prefix: str = "pos",
+        concurrency: int = 32,
+        timeout: float = 10.0,
+        pause: float = 0.1,
+        headers: dict[str, str] | None = None,
+        retry_on: frozenset[int] = frozenset({503}),
     ) -> None:
         self.base_url = base_url
         self.prefix = prefix
         self.concurrency = concurrency
         self.timeout = timeout
         self.pause = pause
+        self.headers = headers or {}
+        self.retry_on = retry_on
         self.posts: list[Post] = []
         self.stop = asyncio.Event()
         self._bodies = make_sales(prefix)
@@ -130,7 +141,9 @@ class Load:
 
     async def __aenter__(self) -> Load:
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        self._client = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout, limits=limits)
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url, timeout=self.timeout, limits=limits, headers=self.headers
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -163,6 +176,8 @@ class Load:
         else:
             attempt.status = response.status_code
             attempt.retry_after = response.headers.get("retry-after")
+            if not attempt.acknowledged:
+                attempt.detail = response.text[:200]
             if attempt.acknowledged and post.stored is None:
                 answer = response.json()
                 post.stored = answer if post.is_array else [answer]
@@ -183,7 +198,7 @@ class Load:
             self.posts.append(post)
             while not self.stop.is_set():
                 attempt = await self.send(post)
-                if attempt.status is not None and attempt.status != 503:
+                if attempt.status is not None and attempt.status not in self.retry_on:
                     break  # acknowledged, or refused for good (which the tests assert never happens)
                 await asyncio.sleep(self.wait_after(attempt))
 

@@ -36,13 +36,14 @@ class Cluster:
     bindir: Path
     root: Path
     port: int
+    listen: tuple[str, ...] = ("127.0.0.1",)
 
     @property
     def datadir(self) -> Path:
         return self.root / "data"
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str = "postgres", host: str = "127.0.0.1") -> str:
+        return f"postgresql://postgres@{host}:{self.port}/{database}"
 
     def _cmd(self, *args: str) -> list[str]:
         # initdb and postgres refuse to run as root: run them as postgres.
@@ -59,7 +60,8 @@ class Cluster:
             "-D", str(self.datadir),
             "-l", str(self.root / "log"),
             "-w",
-            "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "-o", f"-p {self.port} -k {self.root} -c listen_addresses={','.join(self.listen)} "
+            "-c fsync=off -c max_connections=200",
             "start",
         )  # fmt: skip
 
@@ -82,12 +84,18 @@ class Cluster:
         )
 
 
-def create(bindir: Path) -> Cluster:
+def create(bindir: Path, *, reachable_from: tuple[str, str] | None = None) -> Cluster:
+    """A new cluster on 127.0.0.1; with ``reachable_from=(address, network)`` it also listens on
+    ``address`` (of this machine) and trusts clients of ``network`` (CIDR), such as test hosts."""
     root = Path(tempfile.mkdtemp(prefix="salesreport-pg-"))
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
-    cluster = Cluster(bindir, root, free_port())
+    listen = ("127.0.0.1", reachable_from[0]) if reachable_from else ("127.0.0.1",)
+    cluster = Cluster(bindir, root, free_port(), listen)
     cluster.run(str(bindir / "initdb"), "-D", str(cluster.datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+    if reachable_from:
+        with (cluster.datadir / "pg_hba.conf").open("a") as hba:
+            hba.write(f"host all all {reachable_from[1]} trust\n")
     cluster.start()
     return cluster
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
 from salesreport import auth, config, db
-from tests.conftest import count_sales, eventually
+from tests.conftest import Clock, app_client, count_sales, eventually
 from tests.test_api import assert_problem
 from tests.test_cli import cli
 
@@ -145,3 +147,23 @@ async def test_serve_refuses_a_public_address_without_keys(database_url: str) ->
     refused = cli(database_url, "serve", "--host", "0.0.0.0", "--port", "1")
     assert refused.returncode == 2
     assert "keys create" in refused.stderr
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_starting_worker_knows_the_keys_before_it_answers(settings: config.Settings, clock: Clock) -> None:
+    """Requests that arrive together at a worker that has not loaded the keys yet all wait for that load:
+    none is answered as if no key existed (open to loopback, or 401 "no API key exists yet" through a proxy)."""
+    _, owner = await create(settings, "owner")
+    async with app_client(settings, clock) as client:
+        catalog = client.app.state.service.catalog  # type: ignore[attr-defined]
+
+        async def listening() -> bool:
+            # The worker hears of changes (a fresh catalog stays fresh): what it knew before is in doubt.
+            await catalog.refresh()
+            return not catalog.changes.stale("catalog", catalog.version)
+
+        await eventually(listening, what="the worker listens for changes")
+        proxied = {"authorization": f"Bearer {owner}", "x-forwarded-for": "192.0.2.7"}
+        answers = await asyncio.gather(*(client.get("/products", headers=proxied if i % 2 else {}) for i in range(20)))
+    statuses = [r.status_code for r in answers]
+    assert statuses == [401, 200] * 10, [r.text for r in answers][:4]
