@@ -12,13 +12,14 @@ from typing import Any
 import msgspec
 import structlog
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import config, db, drain, reports
+from . import config, db, drain, metrics, reports
 from .auth import Key, KeyRing, Unauthenticated, is_loopback
 from .changes import Changes
 from .export import csv_response, wants_csv
@@ -68,12 +69,17 @@ async def reading(request: Request) -> AsyncIterator[Any]:
             yield conn
 
 
-async def authenticate(request: Request) -> Key | None:
-    """The caller's key (None while no key exists); 401 without a valid one."""
+# The roles of the API's keys; a metrics key reads /metrics only.
+API_ROLES = ("owner", "pos")
+
+
+async def authenticate(request: Request, roles: tuple[str, ...] = API_ROLES) -> Key | None:
+    """The caller's key (None while no key exists); 401 without a valid one, 403 if its role is not in ``roles``."""
     keys = service(request).keys
     with database_errors("cannot load API keys"):
         await keys.refresh()
     if not keys.protected and not _local(request):
+        metrics.key_rejected("not_local")
         raise ProblemError(
             401,
             "Unauthorized",
@@ -96,6 +102,8 @@ async def authenticate(request: Request) -> Key | None:
         ) from None
     if key is not None:
         request.scope["salesreport.key_id"] = key.id
+        if key.role not in roles:
+            raise forbidden(f"this endpoint is for {' and '.join(roles)} keys only, not {key.role} keys")
     return key
 
 
@@ -374,6 +382,13 @@ _FIELDS = {
 }
 
 
+async def get_metrics(request: Request) -> Response:
+    await authenticate(request, roles=("owner", "metrics"))
+    # Reading every worker's file is blocking I/O: off the event loop.
+    body, content_type = await run_in_threadpool(metrics.exposition)
+    return Response(body, media_type=content_type)
+
+
 async def openapi(request: Request) -> Response:
     from .openapi import document
 
@@ -400,6 +415,7 @@ routes = [
     Route("/health/live", health_live, methods=["GET"]),
     Route("/health/ready", health_ready, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/metrics", get_metrics, methods=["GET"]),
 ]
 
 
@@ -410,7 +426,9 @@ def create_app(settings: config.Settings | None = None, *, clock: Callable[[], d
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        metrics.worker_started()
         database = db.connect(settings)
+        metrics.watch_pools(database)
         changes = Changes(database)
         changes.start()
         catalog = Catalog(database, changes)
@@ -463,6 +481,7 @@ def create_app(settings: config.Settings | None = None, *, clock: Callable[[], d
             await keys.close()
             await changes.close()
             await database.dispose()
+            metrics.worker_stopped()
 
     return Starlette(
         routes=routes,
