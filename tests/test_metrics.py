@@ -174,6 +174,18 @@ async def test_owner_and_metrics_keys_scrape_others_are_refused_and_counted(
     assert after.since(before, "salesreport_http_requests_total", method="GET", route="/metrics", status="401") == 3
 
 
+async def test_a_metrics_key_cannot_sign_in_to_the_dashboard(
+    client: httpx.AsyncClient, settings: config.Settings
+) -> None:
+    _, scraper = await create(settings, "metrics")
+    before = await scrape(client, scraper)
+    refused = await client.post("/signin", data={"key": scraper, "next": "/"})
+    assert refused.status_code == 403 and "A metrics key cannot open the dashboard" in refused.text
+    assert "sr_session" not in refused.cookies
+    after = await scrape(client, scraper)
+    assert after.since(before, "salesreport_key_rejections_total", reason="forbidden") == 1
+
+
 async def test_open_mode_scrapes_from_loopback_only(client: httpx.AsyncClient) -> None:
     before = await scrape(client)  # no key exists: open to a loopback client
     proxied = await client.get("/metrics", headers={"x-forwarded-for": "203.0.113.9"})

@@ -246,7 +246,7 @@ async def sign_in(request: Request) -> Response:
         return RedirectResponse(target, status_code=303)
     if key.role != "owner":
         metrics.key_rejected("forbidden")
-        return _html(request, "signin.html", 403, error="role_refused", open_mode=False, next=target)
+        return _html(request, "signin.html", 403, error=f"{key.role}_refused", open_mode=False, next=target)
     with database_errors("cannot open a session"):
         async with svc.db.control.begin() as conn:
             token = await open_session(conn, key.id, svc.clock())
