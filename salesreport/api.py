@@ -13,13 +13,14 @@ import msgspec
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import config, db, drain, reports
+from . import config, db, drain, metrics, reports
 from .auth import Key, KeyRing, Unauthenticated, is_loopback, names_loopback
 from .changes import Changes
 from .db.replica import Reads
@@ -74,12 +75,17 @@ async def report(
     return response
 
 
-async def authenticate(request: Request) -> Key | None:
-    """The caller's key (None while no key exists); 401 without a valid one."""
+# The roles of the API's keys; a metrics key reads /metrics only.
+API_ROLES = ("owner", "pos")
+
+
+async def authenticate(request: Request, roles: tuple[str, ...] = API_ROLES) -> Key | None:
+    """The caller's key (None while no key exists); 401 without a valid one, 403 if its role is not in ``roles``."""
     keys = service(request).keys
     with database_errors("cannot load API keys"):
         await keys.refresh()
     if not keys.protected and not _local(request):
+        metrics.key_rejected("not_local")
         raise ProblemError(
             401,
             "Unauthorized",
@@ -102,6 +108,8 @@ async def authenticate(request: Request) -> Key | None:
         ) from None
     if key is not None:
         request.scope["salesreport.key_id"] = key.id
+        if key.role not in roles:
+            raise forbidden(f"this endpoint is for {' and '.join(roles)} keys only, not {key.role} keys")
     return key
 
 
@@ -382,6 +390,13 @@ _FIELDS = {
 }
 
 
+async def get_metrics(request: Request) -> Response:
+    await authenticate(request, roles=("owner", "metrics"))
+    # Reading every worker's file is blocking I/O: off the event loop.
+    body, content_type = await run_in_threadpool(metrics.exposition)
+    return Response(body, media_type=content_type)
+
+
 async def openapi(request: Request) -> Response:
     from .openapi import document
 
@@ -409,6 +424,7 @@ routes = [
     Route("/health/live", health_live, methods=["GET"]),
     Route("/health/ready", health_ready, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/metrics", get_metrics, methods=["GET"]),
 ]
 
 
@@ -419,7 +435,9 @@ def create_app(settings: config.Settings | None = None, *, clock: Callable[[], d
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        metrics.worker_started()
         database = db.connect(settings)
+        metrics.watch_pools(database)
         now = clock or (lambda: datetime.now(UTC))
         reads = Reads(database, now, max_lag=settings.max_lag, every=settings.lag_check)
         reads.start()
@@ -477,6 +495,7 @@ def create_app(settings: config.Settings | None = None, *, clock: Callable[[], d
             await changes.close()
             await reads.close()
             await database.dispose()
+            metrics.worker_stopped()
 
     return Starlette(
         routes=routes,

@@ -1,5 +1,9 @@
 """API keys and roles: who may read what, and post sales for which store.
 
+An ``owner`` key reads and writes everything; a ``pos`` key acts for its
+store; a ``metrics`` key reads ``/metrics`` and nothing else (for a scraper,
+which then holds no key to the sales).
+
 Keys are random, shown once, and stored only as a SHA-256 hash. Every worker
 holds the keys in memory and reloads them the moment they change (see
 ``changes``). Until the first key is created the
@@ -24,14 +28,14 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from . import db
+from . import db, metrics
 from .changes import Changes
 from .db.replica import Reads
 
 log = structlog.get_logger("salesreport.auth")
 
 PREFIX = "sr_"
-ROLES = ("owner", "pos")
+ROLES = ("owner", "pos", "metrics")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +122,8 @@ class KeyRing:
     database: db.Database
     changes: Changes
     by_hash: dict[str, Key] = field(default_factory=dict)
+    # Told apart from unknown keys in the metrics only: the caller hears "unknown or revoked" for both.
+    revoked: frozenset[str] = frozenset()
     # Protected once any key was ever created: revoking the last key must not
     # reopen the service.
     protected: bool = False
@@ -160,6 +166,7 @@ class KeyRing:
                     return
                 raise
             self.by_hash = {r.hash: Key(r.id, r.role, r.store_id, r.hash) for r in rows if r.revoked_at is None}
+            self.revoked = frozenset(r.hash for r in rows if r.revoked_at is not None)
             self.protected = bool(rows)
             self.version = version
             self.changes.seen("keys", version, started)
@@ -177,10 +184,12 @@ class KeyRing:
             return None
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
+            metrics.key_rejected("missing")
             raise Unauthenticated("send an API key: Authorization: Bearer <key>")
         hashed = digest(token.strip())
         key = self.by_hash.get(hashed)
         if key is None or not hmac.compare_digest(key.hash, hashed):
+            metrics.key_rejected("revoked" if hashed in self.revoked else "unknown")
             raise Unauthenticated("the API key is unknown or revoked")
         self.used[key.id] = datetime.now(UTC)
         return key

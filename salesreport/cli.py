@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import archive, auth, catalog, config, db, demo, reports
+from . import archive, auth, catalog, config, db, demo, metrics, reports
 from .changes import SERVING, serving
 from .db import partitions
 from .health import head_revision
@@ -305,7 +305,7 @@ def _keys(args: argparse.Namespace, settings: config.Settings) -> int:
     async def manage(database: db.Database) -> int:
         if args.keys_command == "create":
             if (args.role == "pos") != (args.store is not None):
-                print("keys create: a pos key needs --store ID; an owner key takes none", file=sys.stderr)
+                print("keys create: a pos key needs --store ID; an owner or metrics key takes none", file=sys.stderr)
                 return 2
             async with database.writer.begin() as conn:
                 if args.store is not None:
@@ -380,10 +380,6 @@ def _tls_files(cert: str | None, key: str | None) -> tuple[Path, Path] | None:
 
 
 def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
-    from granian import Granian
-    from granian.constants import HTTPModes, Interfaces
-    from granian.http import HTTP1Settings
-
     try:
         tls = _tls_files(args.tls_cert, args.tls_key)
     except _ServeError as exc:
@@ -405,6 +401,16 @@ def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
     if settings.is_sqlite and workers > 1:
         print("SQLite has one writer: serving with 1 worker (use PostgreSQL for more)", file=sys.stderr)
         workers = 1
+    with metrics.shared_directory():
+        _granian(args, address, workers, tls)
+    return 0
+
+
+def _granian(args: argparse.Namespace, address: str, workers: int, tls: tuple[Path, Path] | None) -> None:
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
+
     Granian(
         "salesreport.api:create_app",
         factory=True,
@@ -419,7 +425,6 @@ def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
         ssl_cert=tls[0] if tls else None,
         ssl_key=tls[1] if tls else None,
     ).serve()
-    return 0
 
 
 def _bind_address(host: str, port: int) -> tuple[str, str | None]:
@@ -529,7 +534,9 @@ def parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="create, list and revoke API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key and print it once")
-    create.add_argument("--role", choices=auth.ROLES, required=True)
+    create.add_argument(
+        "--role", choices=auth.ROLES, required=True, help="owner: everything; pos: one store's tills; metrics: /metrics"
+    )
     create.add_argument("--store", type=int, help="the store a pos key may post for")
     keys_sub.add_parser("list", help="one line per key: id role store created last-used [revoked]")
     revoke = keys_sub.add_parser("revoke", help="revoke a key at once, on every worker")

@@ -1,4 +1,4 @@
-"""The outermost layer of the app: request ids, the access log, and the drain."""
+"""The outermost layer of the app: request ids, the access log and request metrics, and the drain."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import structlog
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import metrics
 from .problems import PROBLEM
 from .schemas import Problem, encoder
 
@@ -28,10 +29,11 @@ _SHUTTING_DOWN = encoder.encode(
 
 
 class Front:
-    """The outermost layer: request ids, the access log, and the drain.
+    """The outermost layer: request ids, the access log and request metrics, and the drain.
 
     One log line per request, with a request id echoed in X-Request-ID; the
-    line names the API key by id, never the key. While the service drains
+    line names the API key by id, never the key. Each request is counted by
+    its route's template and status, and its time observed. While the service drains
     after SIGTERM, a new request gets 503 and every response closes its
     connection, so that clients move to another instance before it stops.
     """
@@ -67,12 +69,15 @@ class Front:
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            metrics.record_request(scope["method"], getattr(route, "path", None), status, elapsed)
             log.info(
                 "request",
                 request_id=request_id,
                 method=scope["method"],
                 path=scope["path"],
                 status=status,
-                ms=round((time.perf_counter() - started) * 1000, 2),
+                ms=round(elapsed * 1000, 2),
                 key_id=scope.get("salesreport.key_id"),
             )

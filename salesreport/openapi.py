@@ -292,6 +292,22 @@ def document() -> dict[str, Any]:
                 },
             }
         },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics of every worker (owner or metrics key)",
+                "description": "The Prometheus text format (0.0.4): requests by route and status, latency, sales and "
+                "returns stored, batches, queues, commits, connection pools, key rejections.",
+                "operationId": "metrics",
+                "responses": {
+                    "200": {
+                        "description": "The samples",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_FORBIDDEN,
+                    **_COMMON,
+                },
+            }
+        },
         "/health/live": {
             "get": {
                 "summary": "The process is up",

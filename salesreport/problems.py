@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import db
+from . import db, metrics
 from .ingestion import Unavailable
 from .schemas import MAX_ERRORS, FieldError, Problem, encoder
 
@@ -62,6 +62,8 @@ def unavailable(exc: Unavailable) -> ProblemError:
 
 
 def forbidden(detail: str, errors: list[FieldError] | None = None) -> ProblemError:
+    """403: the caller's key may not do this."""
+    metrics.key_rejected("forbidden")
     return ProblemError(403, "Forbidden", detail, errors)
 
 

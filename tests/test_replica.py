@@ -24,6 +24,7 @@ from salesreport.db.replica import Reads
 from salesreport.service import Service
 from tests import pg
 from tests.conftest import ENABLE_PG, NOW, TABLES, Clock, app_client, eventually, migrate, seed
+from tests.test_metrics import scrape
 
 pytestmark = pytest.mark.anyio
 
@@ -132,6 +133,7 @@ def stores_in(response: httpx.Response) -> list[tuple[int, str]]:
 async def test_reports_read_the_replica_say_how_stale_and_leave_it_when_it_lags_too_far(
     client: httpx.AsyncClient, clock: Clock, paused: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    metered = await scrape(client)
     assert (await sell(client)).status_code == 201
     clock.advance(seconds=3)
     await eventually(lambda: (reads(client).lag_seconds or 0) >= 3, what="a lag of 3 s measured")
@@ -163,6 +165,10 @@ async def test_reports_read_the_replica_say_how_stale_and_leave_it_when_it_lags_
     ready = await client.get("/health/ready")
     assert ready.status_code == 200
     assert ready.json()["reads"] == {"source": "primary", "replica_lag_s": 6.0, "fallbacks": 1}
+    # And what the monitoring sees.
+    now_metered = await scrape(client)
+    assert now_metered("salesreport_replica_lag_seconds") == 6.0
+    assert now_metered.since(metered, "salesreport_read_fallbacks_total") == 1
 
     # Replay resumes: the replica catches up, and reports go back to it.
     await on_replica_resume(client)

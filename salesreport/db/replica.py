@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .. import metrics
 from .engines import Database, is_unavailable, sqlstate
 
 log = structlog.get_logger("salesreport.replica")
@@ -199,6 +201,7 @@ class Reads:
             self.replica_up = True
             self._replayed(int(replayed[1]))
         self.lag_seconds = None if self.as_of is None or not self.replica_up else self.lag(Source(True, self.as_of))
+        metrics.set_replica_lag(math.inf if self.lag_seconds is None else self.lag_seconds)
         # Without the primary, the replica is all there is, however far behind.
         if reason is None and self.primary_up:
             if self.lag_seconds is None:
@@ -223,6 +226,7 @@ class Reads:
             log.info("reads moved to the replica", lag_s=self.lag_seconds)
         else:
             self.fallbacks += 1
+            metrics.count_read_fallback()
             log.warning("reads moved to the primary", reason=reason, fallbacks=self.fallbacks)
 
     def _sample(self, lsn: int, at: datetime) -> None:

@@ -293,6 +293,6 @@ api_keys = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("last_used_at", UTCDateTime, nullable=True),
     sa.Column("revoked_at", UTCDateTime, nullable=True),
-    sa.CheckConstraint("role IN ('owner', 'pos')", name="api_keys_role"),
+    sa.CheckConstraint("role IN ('owner', 'pos', 'metrics')", name="api_keys_role"),
     sa.CheckConstraint("(role = 'pos') = (store_id IS NOT NULL)", name="api_keys_pos_has_store"),
 )

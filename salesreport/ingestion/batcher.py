@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -25,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from .. import db
+from .. import db, metrics
 from ..schemas import FieldError
 from .catalog import Catalog
 from .errors import Rejected, Unavailable
@@ -72,6 +73,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._metrics = metrics.WriterMetrics(what)
 
     @property
     def running(self) -> bool:
@@ -88,12 +90,14 @@ class Batcher:
         self._in_flight = []
         self._queue.clear()
         self._queued_sales = 0
+        self._metrics.queue.set(0)
         for request in waiting:
             if not request.future.done():
                 request.future.set_exception(Unavailable(f"the {self.what} writer stopped; retry", retry_after=1))
         if self._closing:
             return
         self.restarts += 1
+        self._metrics.restarts.inc()
         log.error(
             f"the {self.what} writer stopped; starting it again",
             error=repr(error) if error else "cancelled",
@@ -133,6 +137,7 @@ class Batcher:
         request.future = asyncio.get_running_loop().create_future()
         self._queue.append(request)
         self._queued_sales += len(items)
+        self._metrics.queue.set(self._queued_sales)
         self._wakeup.set()
         try:
             # Shielded: if the client goes away, its sales are still written (or not) whole, and its retry is a replay.
@@ -167,8 +172,10 @@ class Batcher:
                     continue
                 batch.append(request)
                 size += len(request.items)
+            self._metrics.queue.set(self._queued_sales)
             if not batch:
                 continue
+            self._metrics.batch_size.observe(size)
             self._in_flight = batch
             await self._write(batch)
             self._in_flight = []
@@ -176,6 +183,11 @@ class Batcher:
     async def _write(self, batch: list[Request]) -> None:
         outcomes = await self._outcomes(batch)
         for request, outcome in zip(batch, outcomes, strict=True):
+            if not isinstance(outcome, Exception):
+                # Written whether or not its request still waits (it may have timed out meanwhile).
+                new = sum(outcome.new)
+                self._metrics.stored.inc(new)
+                self._metrics.replays.inc(len(outcome.new) - new)
             if request.future.done():
                 continue
             if isinstance(outcome, Exception):
@@ -192,7 +204,9 @@ class Batcher:
             try:
                 await self.catalog.refresh()
                 plan = self._plan(batch, self.catalog, look_up=attempt > 1, key_lifetime=self.key_lifetime)
+                started = time.perf_counter()
                 outcomes: list[Outcome] = await self._write_job(self.db, plan, db.writer_slot(self.db))  # type: ignore[assignment]
+                self._metrics.commit.observe(time.perf_counter() - started)
                 return outcomes
             except Exception as exc:
                 if (isinstance(exc, Raced) or db.sqlstate(exc) in _RETRYABLE_SQLSTATES) and attempt < _ATTEMPTS:

@@ -20,6 +20,7 @@ from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from .. import metrics
 from ..auth import Key, Unauthenticated
 from ..db.replica import Source
 from ..problems import ProblemError, database_errors
@@ -85,6 +86,7 @@ async def _viewer(request: Request) -> Response | None:
     if not keys.protected:
         if _local(request):
             return None
+        metrics.key_rejected("not_local")
         return _html(request, "signin.html", 401, error=None, open_mode=True, next=_next(request))
     owner = await session_key(request)
     if owner is not None:
@@ -285,7 +287,8 @@ async def sign_in(request: Request) -> Response:
     if key is None:  # open mode: nothing to sign in to
         return RedirectResponse(target, status_code=303)
     if key.role != "owner":
-        return _html(request, "signin.html", 403, error="pos_refused", open_mode=False, next=target)
+        metrics.key_rejected("forbidden")
+        return _html(request, "signin.html", 403, error=f"{key.role}_refused", open_mode=False, next=target)
     with database_errors("cannot open a session"):
         async with svc.db.control.begin() as conn:
             token = await open_session(conn, key.id, svc.clock())

@@ -1,0 +1,328 @@
+"""Prometheus metrics: what each worker counts, and the text that ``GET /metrics`` answers.
+
+Under ``serve`` every worker writes its samples to files in one directory of the server
+(prometheus-client's multi-process mode, ``PROMETHEUS_MULTIPROC_DIR``), and a scrape, whichever
+worker answers it, reads all of them. Without that directory (an app run in-process, as the tests
+do) the process's own registry is what a scrape shows.
+
+prometheus-client chooses its mode once, when it is first imported, from that variable; Granian
+forks the workers from the ``serve`` process, so that process must not import it before the
+directory is set (``shared_directory``). Hence this module imports it only when a worker records
+its first sample: any module may import this one.
+
+Labels are bounded: a request is counted under its route's template (``/sales/{id}``), never its
+path, and under one of a few methods. Each label combination's child is looked up once and
+kept, so a request costs two dictionary reads and two increments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge
+
+    from .db import Database
+
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+# Anything else a client sends is counted as OTHER: labels must not grow with what clients make up.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "unmatched"  # the route label of a request no route took (404, or refused while draining)
+REJECTIONS = ("missing", "unknown", "revoked", "forbidden", "not_local")
+WRITERS = ("sales", "returns")
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_COMMIT = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+
+class _Metrics:
+    """The process's metrics, made on first use (in a worker, after ``serve`` set the directory)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+
+        self.multiprocess = bool(os.environ.get(MULTIPROC_DIR))
+        if self.multiprocess != getattr(values.ValueClass, "_multiprocess", False):
+            raise RuntimeError(
+                f"prometheus_client was imported before {MULTIPROC_DIR} was set (or unset): "
+                "the metrics of this process would not reach the scrape"
+            )
+        self.registry = CollectorRegistry()
+        # In multi-process mode a scrape reads the files, not a registry: registered metrics would show twice.
+        self.into = into = None if self.multiprocess else self.registry
+        self.requests = Counter(
+            "salesreport_http_requests",
+            "HTTP requests answered, by method, route template and status",
+            ["method", "route", "status"],
+            registry=into,
+        )
+        self.latency = Histogram(
+            "salesreport_http_request_duration_seconds",
+            "Time from a request's arrival to its answer's end, by method and route template",
+            ["method", "route"],
+            buckets=_LATENCY,
+            registry=into,
+        )
+        self.stored = {
+            what: Counter(f"salesreport_{what}_stored", f"New {what} written (committed)", registry=into)
+            for what in WRITERS
+        }
+        self.replays = Counter(
+            "salesreport_replays", "Items answered as replays of ones stored before", ["writer"], registry=into
+        )
+        self.batch_size = Histogram(
+            "salesreport_batch_size", "Items per batch written", ["writer"], buckets=_BATCH, registry=into
+        )
+        self.commit = Histogram(
+            "salesreport_commit_seconds",
+            "Time to write and commit one batch",
+            ["writer"],
+            buckets=_COMMIT,
+            registry=into,
+        )
+        self.queue = Gauge(
+            "salesreport_queue_depth",
+            "Items waiting for the writer, in the fullest worker's queue",
+            ["writer"],
+            multiprocess_mode="livemax",
+            registry=into,
+        )
+        self.restarts = Counter(
+            "salesreport_writer_restarts", "Writer tasks that died and were started again", ["writer"], registry=into
+        )
+        self.pool_in_use = Gauge(
+            "salesreport_db_connections_in_use",
+            "Connections checked out of each pool, summed over the workers",
+            ["pool"],
+            multiprocess_mode="livesum",
+            registry=into,
+        )
+        self.pool_size = Gauge(
+            "salesreport_db_pool_size",
+            "Connections each pool may hold, summed over the workers",
+            ["pool"],
+            multiprocess_mode="livesum",
+            registry=into,
+        )
+        rejections = Counter(
+            "salesreport_key_rejections",
+            "Requests refused for their API key: missing, unknown, revoked, forbidden (403), not_local (open mode)",
+            ["reason"],
+            registry=into,
+        )
+        self.rejections = {reason: rejections.labels(reason) for reason in REJECTIONS}
+        self.replica_lag: Gauge | None = None
+        self.read_fallbacks: Counter | None = None
+        self.by_request: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def request_children(self, method: str, route: str, status: int) -> tuple[Any, Any]:
+        children = (self.requests.labels(method, route, str(status)), self.latency.labels(method, route))
+        self.by_request[(method, route, status)] = children
+        return children
+
+
+_metrics: _Metrics | None = None
+
+
+def _get() -> _Metrics:
+    global _metrics
+    if _metrics is None:
+        _metrics = _Metrics()
+    return _metrics
+
+
+# --- what the service records -----------------------------------------------------------
+
+
+def record_request(method: str, route: str | None, status: int, seconds: float) -> None:
+    """One answered request: ``route`` is the template of the route that took it (None if none did)."""
+    if method not in _METHODS:
+        method = "OTHER"
+    m = _metrics or _get()
+    children = m.by_request.get((method, route or UNMATCHED, status))
+    if children is None:
+        children = m.request_children(method, route or UNMATCHED, status)
+    children[0].inc()
+    children[1].observe(seconds)
+
+
+def key_rejected(reason: str) -> None:
+    """A request refused for its API key; ``reason`` is one of ``REJECTIONS``."""
+    (_metrics or _get()).rejections[reason].inc()
+
+
+class WriterMetrics:
+    """One writer's metrics (``sales`` or ``returns``), each label's child looked up once."""
+
+    def __init__(self, what: str) -> None:
+        m = _get()
+        self.stored = m.stored[what]
+        self.replays = m.replays.labels(what)
+        self.batch_size = m.batch_size.labels(what)
+        self.commit = m.commit.labels(what)
+        self.queue = m.queue.labels(what)
+        self.restarts = m.restarts.labels(what)
+        self.queue.set(0)
+
+
+def set_replica_lag(seconds: float) -> None:
+    """How far behind the primary the read replica is, in seconds, as last measured.
+
+    ``salesreport_replica_lag_seconds`` (the most of any live worker) has no sample until the
+    first call: a lag of 0 would say a replica is in step when none is measured.
+    """
+    m = _metrics or _get()
+    if m.replica_lag is None:
+        from prometheus_client import Gauge
+
+        m.replica_lag = Gauge(
+            "salesreport_replica_lag_seconds",
+            "How far behind the primary the read replica is (the most of any live worker)",
+            multiprocess_mode="livemax",
+            registry=m.into,
+        )
+    m.replica_lag.set(seconds)
+
+
+def count_read_fallback() -> None:
+    """A worker's reads moved from the replica to the primary, the replica being too far behind or away
+    (``salesreport_read_fallbacks_total``, no sample until the first call)."""
+    m = _metrics or _get()
+    if m.read_fallbacks is None:
+        from prometheus_client import Counter
+
+        m.read_fallbacks = Counter(
+            "salesreport_read_fallbacks",
+            "Times a worker's reads moved from the replica to the primary",
+            registry=m.into,
+        )
+    m.read_fallbacks.inc()
+
+
+def watch_pools(database: Database) -> None:
+    """Keep ``salesreport_db_connections_in_use`` and ``salesreport_db_pool_size`` for each pool of ``database``."""
+    import sqlalchemy as sa
+
+    m = _get()
+    seen: set[int] = set()
+    for name, engine in (("reader", database.reader), ("writer", database.writer), ("control", database.control)):
+        pool = engine.sync_engine.pool
+        if id(pool) in seen or not isinstance(pool, sa.QueuePool):
+            continue  # on PostgreSQL ``control`` shares the writer's pool
+        seen.add(id(pool))
+        m.pool_size.labels(name).set(pool.size())
+        _follow(engine.sync_engine, pool, m.pool_in_use.labels(name))
+
+
+def _follow(engine: Any, pool: Any, in_use: Gauge) -> None:
+    from sqlalchemy import event
+
+    in_use.set(pool.checkedout())
+
+    def checked_out(*_: Any) -> None:
+        in_use.set(pool.checkedout())
+
+    def checked_in(*_: Any) -> None:
+        # The event comes before the connection is back in the pool.
+        in_use.set(pool.checkedout() - 1)
+
+    event.listen(engine, "checkout", checked_out)
+    event.listen(engine, "checkin", checked_in)
+
+
+# --- a worker's life, and the scrape ------------------------------------------------------
+
+
+_LIVE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db$")
+
+
+def worker_started() -> None:
+    """Forget the live gauges of workers of this server that died without saying so (killed)."""
+    path = os.environ.get(MULTIPROC_DIR)
+    if not path:
+        return
+    from prometheus_client import multiprocess
+
+    for name in glob.glob(os.path.join(path, "gauge_live*.db")):
+        found = _LIVE_FILE.search(name)
+        if found and not _alive(int(found.group(1))):
+            multiprocess.mark_process_dead(int(found.group(1)), path)  # type: ignore[no-untyped-call]
+
+
+def worker_stopped() -> None:
+    """Take this worker's live gauges (queue depth, pools) out of the sums: it serves no more."""
+    if _metrics is not None and _metrics.multiprocess:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def exposition() -> tuple[bytes, str]:
+    """The scrape: every worker's samples (multi-process mode) or this process's, and their content type."""
+    from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+
+    m = _get()
+    registry: CollectorRegistry = m.registry
+    if m.multiprocess:
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4
+
+
+_PREFIX = "salesreport-metrics-"
+
+
+@contextlib.contextmanager
+def shared_directory() -> Iterator[Path]:
+    """For ``serve``, around the server: the directory its workers write their samples to.
+
+    ``PROMETHEUS_MULTIPROC_DIR`` if set (emptied of samples first, since a counter left by an earlier
+    run would be added to this one's), else a new directory, removed when the server stops (and, if
+    the server was killed, by the next ``serve`` on this machine). The workers inherit it through
+    the environment.
+    """
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before serve set its directory")
+    configured = os.environ.get(MULTIPROC_DIR)
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True)
+        for old in path.glob("*.db"):
+            old.unlink()
+        yield path
+        return
+    for old in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
+        pid = old.name[len(_PREFIX) :].partition("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
+    os.environ[MULTIPROC_DIR] = str(path)
+    try:
+        yield path
+    finally:
+        del os.environ[MULTIPROC_DIR]
+        shutil.rmtree(path, ignore_errors=True)
