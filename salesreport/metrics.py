@@ -296,6 +296,14 @@ def exposition() -> tuple[bytes, str]:
 _PREFIX = "salesreport-metrics-"
 
 
+# The files prometheus-client writes in multi-process mode: <type>[_<gauge mode>]_<pid>.db.
+_SAMPLE_FILE = re.compile(r"(counter|histogram|summary|gauge_(live)?(all|min|max|sum|mostrecent))_[0-9]+\.db")
+
+
+def _plain_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
+
+
 @contextlib.contextmanager
 def shared_directory() -> Iterator[Path]:
     """For ``serve``, around the server: the directory its workers write their samples to.
@@ -311,7 +319,14 @@ def shared_directory() -> Iterator[Path]:
     if configured:
         path = Path(configured)
         path.mkdir(parents=True, exist_ok=True)
-        for old in path.glob("*.db"):
+        others = sorted(p.name for p in path.iterdir() if not (_SAMPLE_FILE.fullmatch(p.name) and _plain_file(p)))
+        if others:
+            # The scrape reads every *.db file there, and the start removes old samples: nothing else belongs.
+            raise SystemExit(
+                f"{MULTIPROC_DIR} must be a directory of its own; {path} holds {', '.join(others[:3])}"
+                + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            )
+        for old in path.iterdir():
             old.unlink()
         yield path
         return

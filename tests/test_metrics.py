@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -310,3 +313,21 @@ async def test_a_configured_directory_is_emptied_at_start(tmp_path: Path) -> Non
             assert (await scrape(http))("salesreport_sales_stored_total") == 0
     finally:
         servers.kill_all()
+
+
+def test_a_configured_directory_that_holds_anything_else_is_refused(tmp_path: Path) -> None:
+    """It would be emptied of samples at start and every *.db file in it read by the scrape: pointed at
+    the database's own directory, that would be the database."""
+    url = f"sqlite:///{tmp_path / 'sales.db'}"
+    assert cli(url, "migrate").returncode == 0
+    refused = subprocess.run(
+        [sys.executable, "-m", "salesreport", "serve", "--port", "1"],
+        env={**os.environ, "DATABASE_URL": url, metrics.MULTIPROC_DIR: str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "must be a directory of its own" in refused.stderr and "sales.db" in refused.stderr
+    assert cli(url, "check").returncode == 0  # the database is whole
