@@ -16,6 +16,11 @@ of its own:
    deleted), on SQLite the sales are deleted;
 5. the month is recorded in ``archived_months``.
 
+A month is archived only once every idempotency key of its sales has expired
+(``SALESREPORT_KEY_LIFETIME_DAYS`` after the sale was received; ``Recent`` otherwise): a till's retry of
+a sale must find it, not store it anew. The locks wait at most ``LOCK_TIMEOUT`` for a long reader
+(``pg_dump``, say), which would otherwise queue every request behind the archive (``Busy``).
+
 A month archived again (a sale of it stored after it was archived) gets files of its own
 (``sales-YYYY-MM-2.csv.gz``…). A return of an archived sale finds no sale (422).
 """
@@ -28,7 +33,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +42,27 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import db, reports
 from .db import partitions
+from .ingestion.replay import live_after
 from .schemas import format_month
 
 _PAGE = 10_000
+LOCK_TIMEOUT = "5s"
+
+
+class Recent(Exception):
+    """A sale of the month was received so lately that its idempotency key still names it."""
+
+    def __init__(self, month: int, live_until: datetime) -> None:
+        super().__init__(
+            f"{format_month(month)} has a sale whose idempotency key lives until {live_until.isoformat()} "
+            "(SALESREPORT_KEY_LIFETIME_DAYS after it was received): a retry of it must still find it, so the "
+            "month can be archived from then on"
+        )
+        self.month, self.live_until = month, live_until
+
+
+class Busy(Exception):
+    """Another transaction holds ``sales`` (a long reader such as pg_dump): try again later."""
 
 
 def archived(month: sa.ColumnElement[int] | int, before: int) -> Any:
@@ -66,14 +89,28 @@ async def months_to_archive(conn: AsyncConnection, before: int) -> list[int]:
     return sorted(await conn.scalars(sa.select(s.c.month).distinct().where(archived(s.c.month, before))))
 
 
-async def archive_month(conn: AsyncConnection, month: int, directory: Path, now: datetime) -> Archived | None:
+async def archive_month(
+    conn: AsyncConnection, month: int, directory: Path, now: datetime, key_lifetime: timedelta
+) -> Archived | None:
     """Archive one month in ``conn``'s transaction (see above) into ``directory`` (which exists); None
-    if it had no sales (an empty partition, dropped)."""
+    if it had no sales (an empty partition, dropped). Raises ``Recent`` or ``Busy``, with nothing done."""
     s, r = db.sales, db.returns
     split = await partitions.partitioned(conn)
     if split:
-        await conn.execute(sa.text("LOCK TABLE sales, returns IN EXCLUSIVE MODE"))
+        await conn.execute(sa.text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+        try:
+            await conn.execute(sa.text("LOCK TABLE sales, returns IN EXCLUSIVE MODE"))
+        except sa.exc.DBAPIError as exc:
+            if db.sqlstate(exc) == "55P03":  # lock_not_available
+                raise Busy(f"sales is held by another transaction (pg_dump?) for more than {LOCK_TIMEOUT}") from None
+            raise
     of_month = s.c.month == month
+    # Under the lock: a late sale of the month, stored meanwhile, is counted too.
+    latest = await conn.scalar(
+        sa.select(sa.func.max(s.c.received_at)).where(of_month, s.c.idempotency_key.is_not(None))
+    )
+    if latest is not None and latest > live_after(now, key_lifetime):
+        raise Recent(month, latest + key_lifetime)
     returns_of_month = r.c.sale_id.in_(sa.select(s.c.id).where(of_month))
     if not await conn.scalar(sa.select(sa.exists().where(of_month))):
         if split:

@@ -79,7 +79,7 @@ def _workers_serving(settings: config.Settings) -> int:
 
 def _run(coro: Callable[[db.Database], Awaitable[int]], settings: config.Settings) -> int:
     async def main() -> int:
-        database = db.connect(settings)
+        database = db.connect(settings, command_timeout=None)  # a command works on whole tables
         try:
             return await coro(database)
         finally:
@@ -266,8 +266,12 @@ def _archive(args: argparse.Namespace, settings: config.Settings) -> int:
             months = await archive.months_to_archive(conn, args.before)
         total = 0
         for month in months:
-            async with database.writer.begin() as conn:
-                done = await archive.archive_month(conn, month, directory, now)
+            try:
+                async with database.writer.begin() as conn:
+                    done = await archive.archive_month(conn, month, directory, now, settings.key_lifetime)
+            except (archive.Recent, archive.Busy) as exc:
+                print(f"archive: {exc}; {total} months archived", file=sys.stderr)
+                return 1
             if done is None:
                 continue
             total += 1

@@ -18,6 +18,7 @@ import structlog
 
 from . import db
 from .db import partitions
+from .db.engines import postgres_engine
 from .ingestion.replay import live_after
 
 log = structlog.get_logger("salesreport.upkeep")
@@ -49,8 +50,14 @@ class Upkeep:
             if not await partitions.partitioned(conn):
                 return  # a schema older than this code's: /health/ready says so
             made = await partitions.ensure_around(conn, now)
-        async with self._database.writer.begin() as conn:
-            pruned = await partitions.prune_keys(conn, live_after(now, self._key_lifetime))
+        # On a connection of its own, without the requests' statement limit: the first prune after
+        # migration 0005 may delete every key of the past, and the writer's few connections are the sales'.
+        engine = postgres_engine(self._database.writer.url, 1)
+        try:
+            async with engine.begin() as conn:
+                pruned = await partitions.prune_keys(conn, live_after(now, self._key_lifetime))
+        finally:
+            await engine.dispose()
         if made or pruned:
             log.info("upkeep", partitions_made=[partitions.name(m) for m in made], keys_pruned=pruned)
 

@@ -59,6 +59,7 @@ async def test_archive_moves_old_months_to_files_and_keeps_the_reports(
     settings: config.Settings, clock: Clock, tmp_path: Path
 ) -> None:
     url = plain(settings)
+    clock.set("2025-10-15T12:00:00Z")  # received long ago: every key has expired when the archive runs
     async with app_client(settings, clock) as client:
         august = [
             await post(client, "/sales", {"product_id": 1, "store_id": 1, "sold_at": "2025-08-10T10:00:00Z"}),
@@ -121,6 +122,22 @@ async def test_archive_moves_old_months_to_files_and_keeps_the_reports(
         assert [int(r[0]) for r in rows[1:]] == [late["id"]]
         assert cli(url, "check").returncode == 0
         assert (await client.get("/reports/top-stores", params={"month": "2025-09"})).json()[0]["id"] in (2, 4)
+
+
+async def test_a_month_whose_keys_still_live_is_not_archived(
+    settings: config.Settings, clock: Clock, tmp_path: Path
+) -> None:
+    """A till may retry a sale until its key expires: the retry must find the sale, not store a second."""
+    clock.set("2999-01-01T00:00:00Z")  # received "now" for the sale's key, whenever the archive runs
+    sale = {**AUGUST_31, "idempotency_key": "till-7-000001"}
+    async with app_client(settings, clock) as client:
+        first = await post(client, "/sales", sale)
+        refused = cli(plain(settings), "archive", "--before", "2025-10", "--to", str(tmp_path / "archive"))
+        assert refused.returncode == 1
+        assert "2025-08 has a sale whose idempotency key lives until 2999-01-31" in refused.stderr
+        assert list((tmp_path / "archive").iterdir()) == [] and await count_sales(settings) == 1
+        retried = await client.post("/sales", json=sale)
+        assert retried.status_code == 200 and retried.json()["id"] == first["id"]
 
 
 async def test_archive_refuses_this_month_and_later(settings: config.Settings, tmp_path: Path) -> None:

@@ -24,6 +24,9 @@ SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA 
 # times, and reloads of the catalog and the keys (``control``). Readers never
 # take these, so reports cannot starve ingestion.
 WRITER_POOL = 3
+# A statement of a request that runs longer than this is cancelled (the client has long given up). The
+# commands (migrate, check, archive) and the daily upkeep work on whole tables and have no such limit.
+REQUEST_STATEMENT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +84,8 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
     return engine
 
 
-def connect(settings: Settings) -> Database:
+def connect(settings: Settings, *, command_timeout: float | None = REQUEST_STATEMENT_S) -> Database:
+    """The engines of a worker (statements cancelled after ``command_timeout``), or of a command (None)."""
     from .sqlite import SQLiteWriter
 
     url = settings.database_url
@@ -95,28 +99,32 @@ def connect(settings: Settings) -> Database:
             sqlite_writer=SQLiteWriter(sa.engine.make_url(url).database or ""),
         )
 
-    writer = postgres_engine(url, WRITER_POOL)
+    def engine(at: str, pool_size: int) -> AsyncEngine:
+        return postgres_engine(at, pool_size, command_timeout=command_timeout)
+
+    writer = engine(url, WRITER_POOL)
     return Database(
-        reader=postgres_engine(url, settings.pool_size).execution_options(isolation_level="AUTOCOMMIT"),
+        reader=engine(url, settings.pool_size).execution_options(isolation_level="AUTOCOMMIT"),
         writer=writer,
         control=writer.execution_options(isolation_level="AUTOCOMMIT"),  # the same pool
         replica=None
         if settings.database_read_url is None
-        else postgres_engine(settings.database_read_url, settings.pool_size).execution_options(
-            isolation_level="AUTOCOMMIT"
-        ),
+        else postgres_engine(
+            settings.database_read_url, settings.pool_size, command_timeout=command_timeout
+        ).execution_options(isolation_level="AUTOCOMMIT"),
     )
 
 
-def postgres_engine(url: str | sa.URL, pool_size: int = 5) -> AsyncEngine:
-    """An engine on PostgreSQL, directly or through a transaction pooler (see ``pooling``)."""
+def postgres_engine(url: str | sa.URL, pool_size: int = 5, *, command_timeout: float | None = None) -> AsyncEngine:
+    """An engine on PostgreSQL, directly or through a transaction pooler (see ``pooling``); statements
+    longer than ``command_timeout`` seconds are cancelled (None: no limit)."""
     engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=5,
         pool_pre_ping=False,
-        connect_args={"timeout": 5, "command_timeout": 30},
+        connect_args={"timeout": 5, "command_timeout": command_timeout},
     )
     event.listen(engine.sync_engine, "do_connect", pooling.choose)
 
