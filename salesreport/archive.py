@@ -184,18 +184,22 @@ async def _export(conn: AsyncConnection, table: sa.Table, where: Any, path: Path
     hold the partition open, and the partition is dropped in the same transaction)."""
     count, last = 0, 0
     partial = path.with_name(path.name + ".partial")
-    with gzip.open(partial, "wt", encoding="utf-8", newline="") as text:
-        writer = csv.writer(text)
-        writer.writerow([c.name for c in table.columns])
-        while True:
-            page = sa.select(table).where(where, table.c.id > last).order_by(table.c.id).limit(_PAGE)
-            rows = (await conn.execute(page)).all()
-            writer.writerows([_cell(v) for v in row] for row in rows)
-            count += len(rows)
-            if len(rows) < _PAGE:
-                break
-            last = rows[-1].id
-    _sync(partial)
+    try:
+        with gzip.open(partial, "wt", encoding="utf-8", newline="") as text:
+            writer = csv.writer(text)
+            writer.writerow([c.name for c in table.columns])
+            while True:
+                page = sa.select(table).where(where, table.c.id > last).order_by(table.c.id).limit(_PAGE)
+                rows = (await conn.execute(page)).all()
+                writer.writerows([_cell(v) for v in row] for row in rows)
+                count += len(rows)
+                if len(rows) < _PAGE:
+                    break
+                last = rows[-1].id
+        _sync(partial)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # a full disk leaves no half file behind
+        raise
     os.replace(partial, path)
     return path, count, _sha256(path)
 
@@ -214,9 +218,13 @@ def _cell(value: Any) -> Any:
 
 def _write(path: Path, fill: Callable[[Any], Any]) -> None:
     partial = path.with_name(path.name + ".partial")
-    with partial.open("w", encoding="utf-8") as f:
-        fill(f)
-    _sync(partial)
+    try:
+        with partial.open("w", encoding="utf-8") as f:
+            fill(f)
+        _sync(partial)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     os.replace(partial, path)
 
 

@@ -560,4 +560,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = config.load()
     func: Command = args.func
-    return func(args, settings)
+    try:
+        return func(args, settings)
+    except (OSError, sqlite3.Error) as exc:
+        # A file that cannot be written or read (a full disk, a missing directory): say so, without a traceback.
+        if isinstance(exc, OSError) and getattr(exc, "errno", None) is None:
+            raise
+        print(f"{args.command}: {exc}", file=sys.stderr)
+        return 1

@@ -236,3 +236,13 @@ async def test_postgresql_backup_is_pg_dump_and_restores(
         replay = await again.post("/sales", json={"product_id": 1, "store_id": 2, "idempotency_key": "k-1"})
         assert replay.status_code == 200 and replay.json()["id"] == sale["id"]
     pg_cluster.psql("DROP DATABASE restored")
+
+
+async def test_archive_and_backup_to_where_they_cannot_write_say_so(settings: config.Settings, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    refused = cli(plain(settings), "archive", "--before", "2025-10", "--to", str(blocker))
+    assert refused.returncode == 1 and "archive: " in refused.stderr and "Traceback" not in refused.stderr
+    if settings.is_sqlite:
+        nowhere = cli(plain(settings), "backup", str(tmp_path / "missing" / "copy.db"))
+        assert nowhere.returncode == 1 and "backup: " in nowhere.stderr and "Traceback" not in nowhere.stderr
