@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import os
-import socket
 import sqlite3
-import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import archive, auth, catalog, config, db, demo, metrics, reports
+from . import archive, auth, catalog, config, db, demo, metrics, reports, server
 from .changes import SERVING, serving
 from .db import partitions
 from .health import head_revision
@@ -350,43 +347,10 @@ def _any_key(settings: config.Settings) -> int:
     return _run(count, settings)
 
 
-class _ServeError(Exception):
-    """A bad ``serve`` argument: its message is printed, and serve exits with 2."""
-
-
-def _no_password() -> bytes:
-    # Without a password callback OpenSSL would prompt on the terminal for an encrypted key.
-    return b""
-
-
-def _tls_files(cert: str | None, key: str | None) -> tuple[Path, Path] | None:
-    """The certificate and key to serve HTTPS with, or None for plain HTTP."""
-    if cert is None and key is None:
-        return None
-    if cert is None or key is None:
-        raise _ServeError("serve: --tls-cert and --tls-key go together: give both (HTTPS), or neither (plain HTTP)")
-    paths = Path(cert), Path(key)
-    for flag, path in zip(("--tls-cert", "--tls-key"), paths, strict=True):
-        try:
-            path.read_bytes()
-        except OSError as exc:
-            raise _ServeError(f"serve: cannot read {flag} {path}: {exc.strerror or exc}") from None
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(paths[0], paths[1], _no_password)
-    except ssl.SSLError as exc:
-        if exc.reason == "KEY_VALUES_MISMATCH":
-            raise _ServeError(f"serve: --tls-key {key} is not the private key of --tls-cert {cert}") from None
-        raise _ServeError(
-            f"serve: --tls-cert {cert} and --tls-key {key} are not a PEM certificate and its unencrypted "
-            f"private key ({exc.reason or exc})"
-        ) from None
-    return paths
-
-
 def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
     try:
-        tls = _tls_files(args.tls_cert, args.tls_key)
-    except _ServeError as exc:
+        tls = server.tls_files(args.tls_cert, args.tls_key)
+    except server.ServeError as exc:
         print(exc, file=sys.stderr)
         return 2
     if not auth.is_loopback(args.host) and _any_key(settings) == 0:
@@ -397,7 +361,7 @@ def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    address, taken = _bind_address(args.host, args.port)
+    address, taken = server.bind_address(args.host, args.port)
     if taken:
         print(f"cannot serve on {args.host}:{args.port}: {taken}", file=sys.stderr)
         return 2
@@ -406,53 +370,8 @@ def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
         print("SQLite has one writer: serving with 1 worker (use PostgreSQL for more)", file=sys.stderr)
         workers = 1
     with metrics.shared_directory():
-        _granian(args, address, workers, tls)
+        server.granian(address, args.port, workers, tls)
     return 0
-
-
-def _granian(args: argparse.Namespace, address: str, workers: int, tls: tuple[Path, Path] | None) -> None:
-    from granian import Granian
-    from granian.constants import HTTPModes, Interfaces
-    from granian.http import HTTP1Settings
-
-    Granian(
-        "salesreport.api:create_app",
-        factory=True,
-        address=address,
-        port=args.port,
-        interface=Interfaces.ASGI,
-        workers=workers,
-        http=HTTPModes.http1,
-        backlog=2048,
-        http1_settings=HTTP1Settings(header_read_timeout=10_000),
-        log_access=False,
-        ssl_cert=tls[0] if tls else None,
-        ssl_key=tls[1] if tls else None,
-    ).serve()
-
-
-def _bind_address(host: str, port: int) -> tuple[str, str | None]:
-    """The IP address to serve ``host`` on (Granian takes addresses, not names),
-    and why ``host:port`` cannot be served on, or None.
-
-    Granian binds with SO_REUSEPORT, so a second server on a port in use would
-    start, and the kernel would split the requests between the two (perhaps
-    two databases). A bind without it tells.
-    """
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (OSError, UnicodeError) as exc:
-        return host, str(exc)
-    family, kind, proto, _name, address = infos[0]
-    ip = str(address[0])
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past connections in TIME_WAIT do not count
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            in_use = exc.errno == errno.EADDRINUSE
-            return ip, "the address is in use (is another server running?)" if in_use else str(exc)
-    return ip, None
 
 
 def _month(text: str) -> int:
