@@ -24,10 +24,12 @@ READY_TIMEOUT = 2.0
 
 
 async def health_ready(request: Request) -> Response:
-    """200 only when this worker can take sales and answer reports: the
-    database answers and its schema is the one this code expects, the catalog
-    is loaded, and the writer is running and can begin a write. Otherwise 503,
-    saying why."""
+    """200 when this worker can take sales and answer reports: the database
+    answers and its schema is the one this code expects, the catalog is
+    loaded, and the writer is running and can begin a write. Otherwise 503,
+    saying why, except that with a read replica configured a primary that
+    cannot be reached gives 200 ``"degraded"``: the reports still answer
+    from the replica, and sales get 503 with Retry-After."""
     svc = service(request)
     # Probes that arrive while one runs share its answer: a flood of them costs one probe at a time.
     if svc.readiness is None or svc.readiness.done():
