@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,8 +23,8 @@ from starlette.routing import Route
 from . import config, db, drain, metrics, reports
 from .auth import Key, KeyRing, Unauthenticated, is_loopback, names_loopback
 from .changes import Changes
-from .db.replica import Reads
-from .export import report_response, wants_csv
+from .db.replica import Reads, Source
+from .export import encode_report, wants_csv
 from .front import Front
 from .health import head_revision, health_live, health_ready
 from .ingestion import (
@@ -51,7 +51,7 @@ from .problems import (
     unavailable,
 )
 from .schemas import FieldError, MonthRevenue, TopProduct, TopStore, format_month, parse_id, parse_month
-from .service import Service, freshness_headers, read, service
+from .service import Service, cached, freshness_headers, read, service
 from .upkeep import Upkeep
 from .web import pages
 from .web.assets import static
@@ -65,14 +65,22 @@ MAX_BODY = 1024 * 1024
 
 
 async def report(
-    request: Request, work: Callable[[AsyncConnection], Awaitable[list[Any]]], csv: tuple[list[str], str] | None
+    request: Request,
+    key: Hashable,
+    work: Callable[[AsyncConnection], Awaitable[list[Any]]],
+    csv: tuple[list[str], str] | None,
 ) -> Response:
     """A report's rows, read where reports are read (the replica, when it is close enough behind),
-    as JSON or as CSV (``csv``: its columns and the file's name), saying how fresh they are."""
-    rows, source = await read(request, work)
-    response = report_response(rows, csv)
-    response.headers.update(freshness_headers(service(request), source))
-    return response
+    as JSON or as CSV (``csv``: its columns and the file's name), saying how fresh they are. The
+    encoded answer is kept under ``key`` (what the rows depend on) while the data is unchanged."""
+
+    async def encoded() -> tuple[tuple[bytes, dict[str, str]], Source]:
+        rows, source = await read(request, work)
+        return encode_report(rows, csv), source
+
+    svc = service(request)
+    (body, headers), source = await cached(request, svc.reports, (key, csv is not None), encoded)
+    return Response(body, headers={**headers, **freshness_headers(svc, source)})
 
 
 # The roles of the API's keys; a metrics key reads /metrics only.
@@ -344,7 +352,7 @@ async def get_top_stores(request: Request) -> Response:
     assert month is not None
     limit = _limit_param(request)
     csv = (_FIELDS[TopStore], f"top-stores-{format_month(month)}.csv") if wants_csv(request) else None
-    return await report(request, lambda conn: reports.top_stores(conn, month, limit), csv)
+    return await report(request, ("top-stores", month, limit), lambda conn: reports.top_stores(conn, month, limit), csv)
 
 
 async def get_top_products(request: Request) -> Response:
@@ -355,7 +363,12 @@ async def get_top_products(request: Request) -> Response:
     period = "all-time" if month is None else format_month(month)
     where = "" if store_id is None else f"store-{store_id}-"
     csv = (_FIELDS[TopProduct], f"top-products-{where}{period}.csv") if wants_csv(request) else None
-    return await report(request, lambda conn: reports.top_products(conn, month, limit, store_id), csv)
+    return await report(
+        request,
+        ("top-products", month, limit, store_id),
+        lambda conn: reports.top_products(conn, month, limit, store_id),
+        csv,
+    )
 
 
 async def get_revenue_by_month(request: Request) -> Response:
@@ -372,7 +385,12 @@ async def get_revenue_by_month(request: Request) -> Response:
     csv = (
         (_FIELDS[MonthRevenue], f"revenue-by-month-{where}to-{format_month(last)}.csv") if wants_csv(request) else None
     )
-    return await report(request, lambda conn: reports.revenue_by_month(conn, last, int(raw), store_id), csv)
+    return await report(
+        request,
+        ("revenue-by-month", last, int(raw), store_id),
+        lambda conn: reports.revenue_by_month(conn, last, int(raw), store_id),
+        csv,
+    )
 
 
 def _store_param(request: Request) -> int | None:

@@ -146,6 +146,7 @@ async def archive_month(
             archived_at=now,
         )
     )
+    await db.bump_version(conn, db.DATA)
     return Archived(month, sales_count, returns_count, (sales_file, returns_file, sums))
 
 

@@ -13,6 +13,13 @@ effect on every worker of every host within ``BOUND`` of its commit. On
 SQLite a worker reads the counter whenever it needs to know (a local read of a
 few microseconds, no thread hop).
 
+The same counters say when what the reports show changed (``stamp``): the
+``data`` counters (each batch bumps one, see ``db.DATA``) and the catalog's,
+with the batches this worker committed, counted the moment they commit. A
+report kept under a stamp is current while the stamp is the same
+(``cache``): a worker's own sales count at once, other workers' within
+``BOUND``.
+
 On PostgreSQL the same task records the worker in the ``workers`` table every
 ``HEARTBEAT`` seconds, with the schema revision its code expects: ``migrate``
 refuses to run while workers were seen within ``SERVING`` (see ``serving``).
@@ -41,6 +48,8 @@ log = structlog.get_logger("salesreport.changes")
 
 POLL = 0.1
 BOUND = 0.25
+# What the reports show is at: the data counters' sum, the catalog's counter, this worker's batches.
+Stamp = tuple[int, int, int]
 HEARTBEAT = 5.0
 # A worker not seen for this long is gone (stopped, or its host died).
 SERVING = timedelta(seconds=3 * HEARTBEAT)
@@ -63,6 +72,8 @@ class Changes:
         self._task: asyncio.Task[None] | None = None
         self.revision = revision
         self.worker = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._commits = 0
+        self._polling: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self._url.get_backend_name() == "sqlite":
@@ -97,6 +108,30 @@ class Changes:
         version, read_at = self._versions.get(name, (0, -math.inf))
         return self.clock() - read_at > BOUND or version != loaded
 
+    def committed(self) -> None:
+        """This worker committed a batch: what the reports show changed (before its requests are answered)."""
+        self._commits += 1
+
+    async def stamp(self) -> Stamp | None:
+        """What the reports' data and the catalog are at, now; None if it cannot be known (the database
+        is away). On PostgreSQL a copy older than ``BOUND`` is read again first (one read for all
+        the requests that need it)."""
+        if self._sqlite is not None:
+            try:
+                found = dict(self._sqlite.execute("SELECT name, version FROM versions").fetchall())
+            except sqlite3.Error:
+                return None
+            return db.data_version(found), found.get("catalog", 0), self._commits
+        now = self.clock()
+        if any(now - self._versions.get(name, (0, -math.inf))[1] > BOUND for name in (db.DATA, "catalog")):
+            if self._polling is None or self._polling.done():
+                self._polling = asyncio.ensure_future(self.poll())
+            try:
+                await asyncio.shield(self._polling)
+            except Exception:
+                return None
+        return self._versions[db.DATA][0], self._versions["catalog"][0], self._commits
+
     def seen(self, name: str, version: int, started: float) -> None:
         """A read of ``name``'s counter that began at ``started`` (``clock``) found ``version``."""
         if started > self._versions.get(name, (0, -math.inf))[1]:
@@ -110,6 +145,7 @@ class Changes:
             found = {name: version for name, version in await conn.execute(sa.select(v.c.name, v.c.version))}
         for name in db.VERSIONED:
             self.seen(name, found.get(name, 0), started)
+        self.seen(db.DATA, db.data_version(found), started)
 
     async def _run(self) -> None:
         failing = False

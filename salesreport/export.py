@@ -7,7 +7,7 @@ exact decimal strings as the JSON.
 
 from __future__ import annotations
 
-import csv
+import csv as csv_module
 import io
 import re
 from collections.abc import Sequence
@@ -15,11 +15,10 @@ from typing import Any
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import Response
 
 from .accept import preferences
-from .problems import invalid, json_response
-from .schemas import FieldError
+from .problems import invalid
+from .schemas import FieldError, encoder
 
 
 def wants_csv(request: Request) -> bool:
@@ -43,25 +42,25 @@ def wants_csv(request: Request) -> bool:
 _REPORT_HEADERS = {"Cache-Control": "private, no-store", "Vary": "Accept, Cookie", "X-Content-Type-Options": "nosniff"}
 
 
-def report_response(rows: Sequence[msgspec.Struct], csv: tuple[Sequence[str], str] | None) -> Response:
-    """A report's rows as JSON, or as CSV (``csv``: its columns and the file's name)."""
-    response = json_response(rows) if csv is None else csv_response(rows, *csv)
-    response.headers.update(_REPORT_HEADERS)
-    return response
-
-
-def csv_response(rows: Sequence[msgspec.Struct], columns: Sequence[str], filename: str) -> Response:
+def encode_report(
+    rows: Sequence[msgspec.Struct], csv: tuple[Sequence[str], str] | None
+) -> tuple[bytes, dict[str, str]]:
+    """A report's rows as JSON, or as CSV (``csv``: its columns and the file's name): the body and its headers."""
+    if csv is None:
+        return encoder.encode(rows), {"Content-Type": "application/json", **_REPORT_HEADERS}
+    columns, filename = csv
     out = io.StringIO()
     out.write("\ufeff")
-    writer = csv.writer(out, lineterminator="\r\n")
+    writer = csv_module.writer(out, lineterminator="\r\n")
     writer.writerow(columns)
     for row in rows:
         writer.writerow([_cell(getattr(row, name)) for name in columns])
-    return Response(
-        out.getvalue().encode("utf-8"),
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-    )
+    headers = {
+        "Content-Type": "text/csv; charset=utf-8",
+        "Content-Disposition": f'attachment; filename="{filename}"',
+        **_REPORT_HEADERS,
+    }
+    return out.getvalue().encode("utf-8"), headers
 
 
 _NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")

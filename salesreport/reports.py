@@ -319,6 +319,7 @@ async def rebuild(conn: AsyncConnection) -> None:
             sa.update(db.sales).where(db.sales.c.id == sa.bindparam("sale_id")).values(returned=sa.bindparam("units")),
             [{"sale_id": sale_id, "units": should} for sale_id, _, should in wrong],
         )
+    await db.bump_version(conn, db.DATA)
 
 
 async def _insert_spread(

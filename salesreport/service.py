@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 
 from . import config, db
 from .auth import KeyRing
+from .cache import Cache
 from .db.replica import Reads, Source
 from .ingestion import Batcher, Catalog
 from .problems import database_errors
-from .web.views import Cache
+from .web.views import SETTLE_SECONDS
 
 T = TypeVar("T")
 
@@ -38,10 +39,15 @@ class Service:
     # The wall clock, injectable: tests pin it to any instant (a month's last minute, a DST change).
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     draining: bool = False
-    # The dashboard's rendered pages, for a second.
-    pages: Cache = field(default_factory=Cache)
+    # The reports' encoded answers, and the dashboard's rendered pages, kept while their data is unchanged.
+    reports: Cache[Any] = field(init=False)
+    pages: Cache[Any] = field(init=False)
     # The readiness probe under way, if any (see ``health``).
     readiness: asyncio.Task[str | None] | None = None
+
+    def __post_init__(self) -> None:
+        self.reports = Cache(self.clock, replayed=lambda: self.reads.replayed)
+        self.pages = Cache(self.clock, replayed=lambda: self.reads.replayed, settle=SETTLE_SECONDS)
 
 
 def service(request: Request) -> Service:
@@ -56,6 +62,17 @@ async def read(
     reached answers 503."""
     with database_errors("read failed"):
         return await service(request).reads.read(work, own_writes=own_writes)
+
+
+async def cached(
+    request: Request, cache: Cache[T], key: Hashable, work: Callable[[], Awaitable[tuple[T, Source]]]
+) -> tuple[T, Source]:
+    """``work``'s value (a read and what is made of it) from ``cache`` while the data it shows is
+    unchanged (see ``cache``); read again otherwise."""
+    svc = service(request)
+    stamp = await svc.catalog.changes.stamp()
+    # Reads moving between the replica and the primary change what a read finds: kept apart.
+    return await cache.get((key, svc.reads.reports_on_replica), stamp, work)
 
 
 def freshness_headers(svc: Service, source: Source) -> dict[str, str]:

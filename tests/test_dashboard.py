@@ -215,6 +215,9 @@ async def test_a_forged_or_cross_site_sign_in_is_refused(client: httpx.AsyncClie
 
 async def test_the_live_poll_is_revalidated_by_etag(client: httpx.AsyncClient, settings: config.Settings) -> None:
     await some_sales(client, settings)
+    pages = client.app.state.service.pages  # type: ignore[attr-defined]
+    ticks = [0.0]
+    pages.clock = lambda: ticks[0]  # the cache's monotonic clock, in the test's hands
     first = await client.get("/", params={"month": MONTH, "fragment": "1"})
     assert first.status_code == 200 and "<html" not in first.text and 'id="top-stores"' in first.text
     assert first.headers["cache-control"] == "no-store"  # the script revalidates; nothing is kept on disk
@@ -222,9 +225,19 @@ async def test_the_live_poll_is_revalidated_by_etag(client: httpx.AsyncClient, s
     same = await client.get("/", params={"month": MONTH, "fragment": "1"}, headers={"if-none-match": tag})
     assert same.status_code == 304 and same.content == b""
     await sell(client, {"product_id": 3, "store_id": 3, "sold_at": f"{MONTH}-11T10:00:00Z"})
-    client.app.state.service.pages = type(client.app.state.service.pages)()  # type: ignore[attr-defined]  # the 1 s cache
+    # While sales come in, a page is read again once per settle second, not at each sale.
+    settled = await client.get("/", params={"month": MONTH, "fragment": "1"}, headers={"if-none-match": tag})
+    assert settled.status_code == 304
+    ticks[0] += pages.settle + 0.01
     changed = await client.get("/", params={"month": MONTH, "fragment": "1"}, headers={"if-none-match": tag})
     assert changed.status_code == 200 and changed.headers["etag"] != tag
+    # Nothing sold since: the page is kept however long it stays open.
+    reads = pages.reads
+    ticks[0] += 3600
+    again = await client.get(
+        "/", params={"month": MONTH, "fragment": "1"}, headers={"if-none-match": changed.headers["etag"]}
+    )
+    assert again.status_code == 304 and pages.reads == reads
 
 
 async def test_a_slow_or_odd_sign_in_form_is_refused(client: httpx.AsyncClient, settings: config.Settings) -> None:

@@ -10,9 +10,11 @@ each database's writer.
 
 from .batch import BatchJob, Key, ReturnJob, Row
 from .catalog import (
+    DATA,
     VERSIONED,
     CatalogConflict,
     bump_version,
+    data_version,
     get_version,
     list_prices,
     list_products,
@@ -54,6 +56,7 @@ from .schema import (
 __all__ = [
     "ARCHIVED",
     "BEGINNING",
+    "DATA",
     "ROLLUP_COLUMNS",
     "ROLLUP_KEYS",
     "ROLLUP_LIMIT",
@@ -72,6 +75,7 @@ __all__ = [
     "archived_months",
     "bump_version",
     "connect",
+    "data_version",
     "driver_connection",
     "get_version",
     "insert_sales_bulk",

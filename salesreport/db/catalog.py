@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +14,15 @@ from .engines import upsert
 from .schema import BEGINNING, prices, products, stores, versions
 
 VERSIONED = ("catalog", "keys")
+# The counters of what the reports add up: ``data:<slot>``, bumped by each batch in its rollup slot's row
+# (concurrent batches then bump different rows, as they add to different rollup rows), and ``data``,
+# bumped by the commands that rewrite the rollups (a bulk load, ``check --repair``, ``archive``).
+DATA = "data"
+
+
+def data_version(found: Mapping[str, int]) -> int:
+    """The sum of the data counters among ``found`` (counters only grow, so any change moves it)."""
+    return sum(version for name, version in found.items() if name == DATA or name.startswith(DATA + ":"))
 
 
 class CatalogConflict(Exception):

@@ -147,6 +147,11 @@ WITH input AS (
     FROM inserted GROUP BY store_id, product_id, month ORDER BY store_id, product_id, month
     ON CONFLICT (store_id, product_id, month, slot)
     DO UPDATE SET quantity = r.quantity + excluded.quantity, revenue = r.revenue + excluded.revenue
+), data AS (
+    -- The reports' data changed: this slot's counter (see ``catalog.DATA``), if anything was inserted.
+    INSERT INTO versions AS v (name, version)
+    SELECT 'data:' || (SELECT slot FROM slot), 1 WHERE EXISTS (SELECT FROM inserted)
+    ON CONFLICT (name) DO UPDATE SET version = v.version + 1
 )
 SELECT id, store_id, idempotency_key FROM inserted ORDER BY id
 """
@@ -261,6 +266,11 @@ WITH input AS (
     ON CONFLICT (store_id, product_id, month, slot)
     DO UPDATE SET quantity = r.quantity + excluded.quantity, returned = r.returned + excluded.returned,
                   revenue = r.revenue + excluded.revenue
+), data AS (
+    -- The reports' data changed: this slot's counter (see ``catalog.DATA``), if anything was inserted.
+    INSERT INTO versions AS v (name, version)
+    SELECT 'data:' || (SELECT slot FROM slot), 1 WHERE EXISTS (SELECT FROM inserted)
+    ON CONFLICT (name) DO UPDATE SET version = v.version + 1
 )
 SELECT id, store_id, idempotency_key FROM inserted ORDER BY id
 """

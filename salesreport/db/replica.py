@@ -78,6 +78,8 @@ class Reads:
         self.replica_up = False
         self.on_replica = False
         self.as_of: datetime | None = None
+        # The replica's replay position (a WAL position) at the last measure; None: not known.
+        self.replayed: int | None = None
         self.lag_seconds: float | None = None
         self.fallbacks = 0
         # Failures found by reads: a measure begun before one of them is out of date.
@@ -199,7 +201,8 @@ class Reads:
             reason = "DATABASE_READ_URL is not a standby (it is not in recovery)"
         else:
             self.replica_up = True
-            self._replayed(int(replayed[1]))
+            self.replayed = int(replayed[1])
+            self._replayed(self.replayed)
         self.lag_seconds = None if self.as_of is None or not self.replica_up else self.lag(Source(True, self.as_of))
         metrics.set_replica_lag(math.inf if self.lag_seconds is None else self.lag_seconds)
         # Without the primary, the replica is all there is, however far behind.

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import partitions
+from .catalog import DATA, bump_version
 from .engines import driver_connection, upsert
 from .schema import ROLLUP_COLUMNS, ROLLUP_KEYS, metadata, sales
 
@@ -129,3 +130,4 @@ async def store_history(conn: AsyncConnection, rows: Sequence[dict[str, Any]], s
     """The bulk path: insert already-priced sales and their rollups, no answers."""
     await insert_sales_bulk(conn, rows)
     await add_to_rollups(conn, slot, Rollups().add_sales(rows))
+    await bump_version(conn, DATA)

@@ -27,6 +27,7 @@ from .batch import (
     key_order,
     unsort,
 )
+from .catalog import DATA
 from .engines import SQLITE_PRAGMAS
 from .rollups import Rollups, upsert_sql
 from .schema import ROLLUP_COLUMNS
@@ -160,10 +161,14 @@ def _insert_rows(
 
 
 def _add(conn: sqlite3.Connection, rollups: Rollups, slot: int) -> None:
+    changed = False
     for table in ROLLUP_COLUMNS:
         records = rollups.records(table, slot)
         if records:
             conn.executemany(_UPSERTS[table], records)
+            changed = True
+    if changed:
+        conn.execute(_BUMP_DATA, (f"{DATA}:{slot}",))
 
 
 def _find(
@@ -219,3 +224,5 @@ INSERT INTO returns ({", ".join(RETURN_INSERT_COLUMNS)}) VALUES ({", ".join("?" 
 ON CONFLICT (store_id, idempotency_key) DO NOTHING RETURNING id
 """
 _ADD_RETURNED = "UPDATE sales SET returned = returned + ? WHERE id = ?"
+# The reports' data changed (see ``catalog.DATA``).
+_BUMP_DATA = "INSERT INTO versions (name, version) VALUES (?, 1) ON CONFLICT (name) DO UPDATE SET version = version + 1"

@@ -182,6 +182,9 @@ class Batcher:
 
     async def _write(self, batch: list[Request]) -> None:
         outcomes = await self._outcomes(batch)
+        if any(isinstance(outcome, Stored) and outcome.created for outcome in outcomes):
+            # Before any request is answered: a report asked for after the answer is read again.
+            self.catalog.changes.committed()
         for request, outcome in zip(batch, outcomes, strict=True):
             if not isinstance(outcome, Exception):
                 # Written whether or not its request still waits (it may have timed out meanwhile).

@@ -25,7 +25,7 @@ from ..auth import Key, Unauthenticated
 from ..db.replica import Source
 from ..problems import ProblemError, database_errors
 from ..schemas import MonthRevenue, TopProduct, parse_id, parse_month
-from ..service import freshness_headers, read, service
+from ..service import cached, freshness_headers, read, service
 from ..zones import zone
 from . import i18n, views
 from .assets import URLS
@@ -128,10 +128,10 @@ async def dashboard(request: Request) -> Response:
     texts = _texts(request)
     svc = service(request)
 
-    async def build() -> tuple[str, dict[str, Any]]:
+    async def build() -> tuple[tuple[str, dict[str, Any]], Source]:
         view, source = await read(request, lambda conn: views.month_view(conn, month))
         context = {
-            **_freshness(request, texts, source),
+            "freshness": _freshness(request, texts, source),
             "t": texts,
             "lang": texts.lang,
             "view": view,
@@ -145,7 +145,7 @@ async def dashboard(request: Request) -> Response:
             "fragment_url": f"/?{urlencode({'month': view.month, 'fragment': '1', 'lang': texts.lang})}",
             "title": f"{texts('title')} · {texts.month(view.month)}",
         }
-        return _templates.get_template("_month.html").render(**context), context
+        return (_templates.get_template("_month.html").render(**context), context), source
 
     return await _serve(request, ("month", month, texts.lang), build)
 
@@ -168,10 +168,10 @@ async def store_page(request: Request) -> Response:
     texts = _texts(request)
     lang = texts.lang
 
-    async def build() -> tuple[str, dict[str, Any]]:
+    async def build() -> tuple[tuple[str, dict[str, Any]], Source]:
         view, source = await read(request, lambda conn: views.store_view(conn, store.id, month))
         context = {
-            **_freshness(request, texts, source),
+            "freshness": _freshness(request, texts, source),
             "t": texts,
             "lang": texts.lang,
             "view": view,
@@ -183,21 +183,25 @@ async def store_page(request: Request) -> Response:
             "fragment_url": f"/stores/{store.id}?{urlencode({'month': view.month, 'fragment': '1', 'lang': lang})}",
             "title": f"{store.address} · {texts.month(view.month)}",
         }
-        return _templates.get_template("_store.html").render(**context), context
+        return (_templates.get_template("_store.html").render(**context), context), source
 
     return await _serve(request, ("store", store.id, month, texts.lang), build)
 
 
-async def _serve(request: Request, key: Any, build: Callable[[], Awaitable[tuple[str, dict[str, Any]]]]) -> Response:
+async def _serve(
+    request: Request, key: tuple[Any, ...], build: Callable[[], Awaitable[tuple[tuple[str, dict[str, Any]], Source]]]
+) -> Response:
     """A page from the cache (or built): the whole page, or for the live poll (``?fragment=1``) its
     main part alone, revalidated by ETag so that an unchanged page costs a 304 without a body."""
 
-    async def page() -> tuple[str, dict[str, Any], str]:
-        fragment, context = await build()
-        return fragment, context, '"' + hashlib.blake2b(fragment.encode(), digest_size=12).hexdigest() + '"'
+    async def page() -> tuple[tuple[str, dict[str, Any], str], Source]:
+        (fragment, context), source = await build()
+        return (fragment, context, '"' + hashlib.blake2b(fragment.encode(), digest_size=12).hexdigest() + '"'), source
 
-    fragment, context, tag = await service(request).pages.get(key, page)
-    headers = {**SECURITY_HEADERS, **context["data_headers"]}
+    svc = service(request)
+    # Signed in or open: the page's frame says which (a sign-out button), and the first key changes it.
+    (fragment, context, tag), source = await cached(request, svc.pages, (*key, svc.keys.protected), page)
+    headers = {**SECURITY_HEADERS, **freshness_headers(svc, source)}
     if request.query_params.get("fragment") == "1":
         # no-store: a poll is never written to the browser's cache (the script sends If-None-Match itself).
         headers["ETag"] = tag
@@ -213,8 +217,8 @@ async def _serve(request: Request, key: Any, build: Callable[[], Awaitable[tuple
 SHOW_LAG_S = 1.0
 
 
-def _freshness(request: Request, texts: i18n.Texts, source: Source) -> dict[str, Any]:
-    """The page's line on how fresh its figures are (None while they are current), and its headers."""
+def _freshness(request: Request, texts: i18n.Texts, source: Source) -> str | None:
+    """The page's line on how fresh its figures are (None while they are current)."""
     svc = service(request)
     lag = svc.reads.lag(source)
     if source.replica and source.as_of is None:
@@ -224,7 +228,7 @@ def _freshness(request: Request, texts: i18n.Texts, source: Source) -> dict[str,
         line = texts("as_of", time=when, lag=texts.duration(lag))
     else:
         line = None
-    return {"freshness": line, "data_headers": freshness_headers(svc, source)}
+    return line
 
 
 def _charts(texts: i18n.Texts, products: list[TopProduct], series: list[MonthRevenue]) -> dict[str, Any]:
