@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -23,7 +23,7 @@ SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA 
 # The writer's own connections (PostgreSQL): the batches, the keys' last-used
 # times, and reloads of the catalog and the keys (``control``). Readers never
 # take these, so reports cannot starve ingestion.
-WRITER_POOL = 3
+WRITER_POOL = 4
 # A statement of a request that runs longer than this is cancelled (the client has long given up). The
 # commands (migrate, check, archive) and the daily upkeep work on whole tables and have no such limit.
 REQUEST_STATEMENT_S = 30.0
@@ -49,12 +49,16 @@ class Database:
     sqlite_writer: SQLiteWriter | None = None
     # Readers of the streaming replica, if one is configured (``replica`` says when to use it).
     replica: AsyncEngine | None = None
+    # The batchers' connections between two batches (see ``postgres.write_connection``).
+    held: list[AsyncConnection] = field(default_factory=list)
 
     @property
     def dialect(self) -> str:
         return self.writer.dialect.name
 
     async def dispose(self) -> None:
+        while self.held:
+            await self.held.pop().close()
         await self.reader.dispose()
         await self.writer.dispose()
         await self.control.dispose()

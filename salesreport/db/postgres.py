@@ -1,8 +1,12 @@
-"""PostgreSQL's writer: a batch of sales (or of returns) and its rollups, in asyncpg's own transaction.
+"""PostgreSQL's writer: a batch of sales (or of returns) and its rollups, on asyncpg directly.
 
 The hot path talks to asyncpg directly (SQLAlchemy would only add work): the
 sales, their keys and the four rollups go in one statement and one round trip,
-fed by arrays (measured in BENCHMARKS.md).
+fed by arrays (measured in BENCHMARKS.md). A batch of sales whose keys are all
+new (the first attempt, see ``batch``) is that one statement alone, committed
+by itself: a key stored before makes it fail whole with a unique violation, and
+the batcher tries again in a transaction that looks the keys up first. Each
+batcher keeps its connection between batches (``write_connection``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ SLOT_LOCKS = 0x5A1E
 
 async def write_batch(database: Database, job: BatchJob, slot: int) -> Any:
     """Run ``job``'s steps (see ``batch``) in one transaction."""
+    if not job.keys_to_find():
+        async with write_connection(database) as (raw, pooled):
+            if not pooled:  # through a pooler, synchronous_commit is set in a transaction
+                rows = job.plan({})
+                ids = await insert_sales(raw, rows, slot, strict=True) if rows else []
+                return job.resolve(ids, {})
     async with write_transaction(database) as raw:
         keys = job.keys_to_find()
         stored = await find_sales(raw, keys, job.live_after) if keys else {}
@@ -46,22 +56,44 @@ async def write_batch(database: Database, job: BatchJob, slot: int) -> Any:
 
 @contextlib.asynccontextmanager
 async def write_transaction(database: Database) -> AsyncIterator[Any]:
-    """An asyncpg transaction on one of the writer's connections.
+    """An asyncpg transaction on one of the writer's connections."""
+    async with write_connection(database) as (raw, pooled), raw.transaction():
+        if pooled:
+            await raw.execute(DURABLE)
+        yield raw
 
-    A connection found dead is dropped from the pool rather than handed out again.
+
+@contextlib.asynccontextmanager
+async def write_connection(database: Database) -> AsyncIterator[tuple[Any, bool]]:
+    """One of the writer's asyncpg connections, and whether it goes through a pooler.
+
+    A batcher writes one batch at a time, so the connection it used is kept for
+    its next batch (``Database.held``) rather than returned to the pool: no
+    checkout, no reset. A connection found dead, or left in an unknown state
+    (a cancelled statement), is closed rather than kept.
     """
-    async with database.writer.connect() as conn:
+    conn = database.held.pop() if database.held else await database.writer.connect()
+    raw: Any = None
+    kept = False
+    try:
         raw = await driver_connection(conn)
         pooled = is_pooled((await conn.get_raw_connection()).info)
         try:
-            async with raw.transaction():
-                if pooled:
-                    await raw.execute(DURABLE)
-                yield raw
-        except BaseException:
-            if raw.is_closed():
-                await conn.invalidate()
+            yield raw, pooled
+        except Exception:
+            kept = _reusable(raw)  # an error the server reported leaves the connection usable
             raise
+        kept = _reusable(raw)
+    finally:
+        if kept:
+            database.held.append(conn)
+        else:  # cancelled mid-statement, dead, or left in a transaction
+            await conn.invalidate()
+            await conn.close()
+
+
+def _reusable(raw: Any) -> bool:
+    return raw is not None and not raw.is_closed() and not raw.is_in_transaction()
 
 
 # Keys live in ``sale_keys`` (``sales`` is partitioned, see ``schema``); its month finds the sale's partition.
@@ -157,16 +189,22 @@ SELECT id, store_id, idempotency_key FROM inserted ORDER BY id
 """
 
 
-async def insert_sales(raw: Any, rows: Sequence[Row], slot: int) -> list[int | None]:
+# The first attempt's statement: a key stored before fails it whole (unique violation).
+_INSERT_STRICT = _INSERT.replace("    ON CONFLICT (store_id, idempotency_key) DO NOTHING\n", "", 1)
+assert _INSERT_STRICT != _INSERT
+
+
+async def insert_sales(raw: Any, rows: Sequence[Row], slot: int, *, strict: bool = False) -> list[int | None]:
     """Insert priced sales, add them to the rollups, return their ids in the order given.
 
     A row whose key is stored already (or by another writer meanwhile) is left
-    out, and its id is None.
+    out, and its id is None; ``strict``: it fails the statement instead.
     """
     order = sorted(range(len(rows)), key=lambda i: key_order(rows[i]))
     ordered = [rows[i] for i in order]
     arrays = [[row[c] for row in ordered] for c in INSERT_COLUMNS if c != "amount"]  # amount: computed in SQL
-    records = await raw.fetch(_INSERT, *arrays, list(range(len(ordered))), _preference(slot))
+    statement = _INSERT_STRICT if strict else _INSERT
+    records = await raw.fetch(statement, *arrays, list(range(len(ordered))), _preference(slot))
     return unsort(order, _ids_in_order(ordered, records))
 
 
