@@ -1,11 +1,12 @@
-"""The no-op ceiling: a Starlette POST endpoint that reads the body and answers 201.
+"""The no-op reference: a bare ASGI app that reads the whole body and answers a fixed 201 JSON.
 
+No framework at all, so that the gap between this and ``POST /sales`` is everything
+the service costs: routing, parsing, validation, the database and the framework.
 Served by Granian with exactly the settings of ``python -m salesreport serve``
 (ASGI, HTTP/1.1, backlog, HTTP/1 settings, workers...): they are captured by
 running the CLI's own serve command with a stand-in for Granian, so that this
-ceiling follows any change there. The gap between this and ``POST /sales`` is
-what the service itself costs. Give it the service's DATABASE_URL (on SQLite,
-``serve`` runs one worker only)::
+reference follows any change there. Give it the service's DATABASE_URL (on
+SQLite, ``serve`` runs one worker only, and so does this)::
 
     DATABASE_URL=postgresql://... python bench/noop.py --host 127.0.0.1 --port 8001 --workers 2
 """
@@ -14,34 +15,57 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
-
 ROOT = Path(__file__).resolve().parent.parent
 
-BODY = b'{"id":1,"status":"stored"}'
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+CREATED = b'{"id":1,"status":"stored"}'
+READY = b'{"status":"ok"}'
 
 
-async def post_sales(request: Request) -> Response:
-    await request.body()
-    return Response(BODY, status_code=201, media_type="application/json")
+def _start(status: int, body: bytes) -> Message:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    return {"type": "http.response.start", "status": status, "headers": headers}
 
 
-async def ready(request: Request) -> Response:
-    return Response(b'{"status":"ok"}', media_type="application/json")
+# Built once: the reference should cost no more per request than the protocol itself.
+ANSWERS = {
+    "POST": (_start(201, CREATED), {"type": "http.response.body", "body": CREATED}),
+    "GET": (_start(200, READY), {"type": "http.response.body", "body": READY}),  # the harness's readiness probe
+}
 
 
-app = Starlette(
-    routes=[
-        Route("/sales", post_sales, methods=["POST"]),
-        Route("/health/ready", ready, methods=["GET"]),
-    ]
-)
+async def lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def app(scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send)
+        return
+    if scope["type"] != "http":
+        return
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            break
+    if message["type"] == "http.disconnect":
+        return
+    start, body = ANSWERS["GET" if scope["method"] == "GET" else "POST"]
+    await send(start)
+    await send(body)
 
 
 def serve_settings(host: str, port: int, workers: int) -> dict[str, Any]:

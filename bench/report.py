@@ -7,6 +7,7 @@ import importlib.metadata
 import os
 import platform
 import re
+import sqlite3
 import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +31,16 @@ TARGET_BATCH_SALES_S = 60_000
 TARGET_REPORT_P99_MS = 5.0
 TARGET_REPORT_SLOWDOWN = 1.5
 TARGET_SIZE = 10_000_000
+TARGET_SQLITE_POST_RPS = 2_000
+# Ratios to references measured in the same run, so that they hold on any machine.
+TARGET_POST_CPU_VS_NOOP = 2.5  # CPU per one-sale POST ÷ the no-op's CPU per request, at most
+TARGET_SALE_CPU_VS_NOOP = 0.15  # CPU per sale of a 100-sale POST ÷ the no-op's CPU per request, at most
+TARGET_POST_RATE_VS_NOOP = 0.5  # one-sale POSTs/s ÷ the no-op's req/s, at least
+TARGET_C1_VS_PGBENCH = 0.3  # one-sale POSTs/s from one connection ÷ pgbench -c1 tps, at least
+TARGET_REPORT_P99_VS_STORES = 1.5  # a report's p99 ÷ GET /stores' p99, from one connection, at most
+TARGET_REPORT_RATE_VS_NOOP = 0.4  # a report's req/s at full concurrency ÷ the no-op's req/s, at least
+
+BASE_REPORTS = ("top-stores", "top-products", "dashboard")
 
 
 @dataclass
@@ -52,7 +63,7 @@ class Stage:
     sales_at_start: int = 0
     sales_at_end: int = 0
     results: dict[str, WrkResult] = field(default_factory=dict)  # 64 connections
-    single: dict[str, WrkResult] = field(default_factory=dict)  # 1 connection
+    single: dict[str, WrkResult] = field(default_factory=dict)  # 1 connection: post-1, stores and the reports
     page: Any = None  # page.PageResult: the dashboard drawn in Chromium, if it is installed
 
 
@@ -97,6 +108,30 @@ class Soak:
 
 
 @dataclass
+class Backend:
+    """One database under the service, with its own references measured in the same run."""
+
+    key: str  # "postgresql" or "sqlite"
+    name: str
+    workers: int  # Granian workers of the service and of its no-op (SQLite: one writer, one worker)
+    database: str  # what DATABASE_URL pointed at
+    noop: WrkResult
+    pgbench: PgbenchResult | None  # None on SQLite: pgbench is a PostgreSQL client
+    pgbench_c1: PgbenchResult | None
+    stages: list[Stage]
+    verification: Verification
+    check_code: int
+    check_output: str
+    server_log: str
+    server_log_problems: int
+    soak: Soak | None = None
+
+    @property
+    def noop_cpu(self) -> float | None:
+        return self.noop.cpu_us_per_request
+
+
+@dataclass
 class Run:
     command: str
     started: datetime
@@ -108,14 +143,7 @@ class Run:
     workers: int
     scenarios: list[Scenario]
     reports: list[Scenario]  # measured from one connection too
-    noop: WrkResult
-    pgbench: PgbenchResult
-    stages: list[Stage]
-    verification: Verification
-    check_code: int
-    check_output: str
-    soak: Soak | None
-    server_log_problems: int
+    backends: list[Backend]
     catalog: str
 
 
@@ -154,6 +182,7 @@ def machine(pg_version: str, wrk: str) -> dict[str, str]:
         "kernel": platform.release(),
         "Python": platform.python_version(),
         "PostgreSQL": pg_version,
+        "SQLite": sqlite3.sqlite_version,
         "Granian / Starlette / msgspec": " / ".join(
             importlib.metadata.version(name) for name in ("granian", "starlette", "msgspec")
         ),
@@ -183,8 +212,18 @@ def ms(value: float | None) -> str:
     return f"{value:.2f} ms" if value < 10 else f"{value:.1f} ms" if value < 100 else f"{value:,.0f} ms"
 
 
-def ratio(value: float, ceiling: float) -> str:
-    return f"{value / ceiling:.2f}×" if ceiling else "—"
+def ratio(value: float | None, ceiling: float | None) -> str:
+    return f"{value / ceiling:.2f}×" if value is not None and ceiling else "—"
+
+
+def quotient(value: float | None, ceiling: float | None) -> float | None:
+    return value / ceiling if value is not None and ceiling else None
+
+
+def cpu(us: float | None) -> str:
+    if us is None:
+        return "—"
+    return f"{us:.1f}" if us < 100 else f"{us:,.0f}"
 
 
 def yes(passed: bool) -> str:
@@ -205,6 +244,21 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _header(run: Run) -> list[str]:
     took = (run.finished - run.started).total_seconds()
+    service = "; ".join(
+        f"{b.name}: `python -m salesreport serve --workers {b.workers}` on {b.database}" for b in run.backends
+    )
+    kinds = {b.key for b in run.backends}
+    databases = []
+    if "postgresql" in kinds:
+        databases.append(
+            "- PostgreSQL: a throwaway cluster on the same machine and disk, "
+            + ", ".join(f"`{k}={v}`" for k, v in PG_SETTINGS.items())
+            + " (durable, as production); every other setting at its default."
+        )
+    if "sqlite" in kinds:
+        databases.append(
+            "- SQLite: a file in a temporary directory, with the service's own settings (the embedded default)."
+        )
     return [
         "# Benchmarks",
         "",
@@ -220,99 +274,256 @@ def _header(run: Run) -> list[str]:
         "",
         "## Setup",
         "",
-        "- PostgreSQL: a throwaway cluster on the same machine and disk, "
-        + ", ".join(f"`{k}={v}`" for k, v in PG_SETTINGS.items())
-        + " (durable, as production); every other setting at its default.",
-        f"- Service: `python -m salesreport serve --workers {run.workers}` (Granian, ASGI, HTTP/1.1), "
-        "`SALESREPORT_LOG_FORMAT=json`, every other `SALESREPORT_*` setting at its default.",
+        *databases,
+        f"- Service: {service} (Granian, ASGI, HTTP/1.1), `SALESREPORT_LOG_FORMAT=json`, every other "
+        "`SALESREPORT_*` setting at its default.",
         f"- Catalog: {run.catalog}, imported with `python -m salesreport import`.",
         "- History: loaded with the server stopped through `salesreport.ingestion.store_history` (the bulk "
         "path, rows from `salesreport.demo.sales`, 50,000 per transaction), then `VACUUM ANALYZE` and "
-        "`CHECKPOINT`. POST scenarios add their sales on top, so each stage gives its count at start and end.",
+        "`CHECKPOINT` (SQLite: `ANALYZE` and a WAL checkpoint). POST scenarios add their sales on top, so each "
+        "stage gives its count at start and end.",
         f"- Load: `wrk -t{run.threads} -c{run.connections} -d{run.duration}s --latency` on 127.0.0.1, scripts "
         "`bench/post.lua` and `bench/get.lua`. Every POSTed sale has its own store/product pair (cycling "
         "through all ids) and an idempotency key unique in the run. Errors are non-2xx answers plus wrk "
         "socket errors (timeouts at 2 s included).",
-        "- Ratios: each figure divided by the ceiling measured in the same run (below).",
+        "- CPU: user + system time (utime + stime in `/proc/PID/stat`) of the server's whole process tree "
+        "(Granian's main process and its workers), read just before and just after each wrk run, divided by "
+        "the requests wrk counted (and by the sales per request). It leaves out wrk's and PostgreSQL's CPU, "
+        "so it depends far less than the rates on what else the machine does.",
+        "- Ratios: each figure divided by the reference measured in the same run with the same backend "
+        "(below): the no-op app's rate and CPU per request, pgbench's rate.",
         "",
     ]
 
 
-def _ceilings(run: Run) -> list[str]:
-    noop, pgb = run.noop, run.pgbench
-    rows = [
-        [
-            "no-op POST: Starlette on Granian, same settings and workers, same wrk script (`bench/noop.py`)",
-            f"{count(noop.rps)} req/s",
-            ms(noop.p50_ms),
-            ms(noop.p99_ms),
-            noop.describe_errors(),
-        ],
-        [
-            f"PostgreSQL durable single-row INSERT per transaction into a table shaped like `sales` "
-            f"(pgbench, {run.connections} clients, -j{run.threads}, {run.duration} s)",
-            f"{count(pgb.tps)} tps",
-            ms(pgb.p50_ms),
-            ms(pgb.p99_ms),
-            str(pgb.failed),
-        ],
+def _noop_title(backend: Backend) -> str:
+    return (
+        f"no-op POST: a bare ASGI app (reads the body, answers a fixed 201 JSON) on Granian, the settings of "
+        f"`serve` and {backend.workers} worker{'s' if backend.workers > 1 else ''}, same wrk script (`bench/noop.py`)"
+    )
+
+
+def _pgbench_row(pgb: PgbenchResult) -> list[str]:
+    return [
+        f"PostgreSQL durable single-row INSERT per transaction into a table shaped like `sales` "
+        f"(pgbench, {pgb.clients} client{'s' if pgb.clients > 1 else ''}, -j{pgb.threads}, {pgb.duration} s)",
+        f"{count(pgb.tps)} tps",
+        ms(pgb.p50_ms),
+        ms(pgb.p99_ms),
+        str(pgb.failed),
+        "—",
     ]
-    return ["## Ceilings of this machine", "", *table(["ceiling", "rate", "p50", "p99", "errors"], rows), ""]
 
 
-def _targets(run: Run) -> list[str]:
+def _ceilings(run: Run) -> list[str]:
+    lines = ["## References measured in this run", ""]
+    for b in run.backends:
+        noop = b.noop
+        rows = [
+            [
+                _noop_title(b),
+                f"{count(noop.rps)} req/s",
+                ms(noop.p50_ms),
+                ms(noop.p99_ms),
+                noop.describe_errors(),
+                cpu(noop.cpu_us_per_request),
+            ]
+        ]
+        for pgb in (b.pgbench, b.pgbench_c1):
+            if pgb is not None:
+                rows.append(_pgbench_row(pgb))
+        if b.pgbench is None:
+            rows.append(
+                ["pgbench: does not apply to SQLite (a PostgreSQL client, no server here)", "—", "—", "—", "—", "—"]
+            )
+        lines += [
+            f"### {b.name}",
+            "",
+            *table(["reference", "rate", "p50", "p99", "errors", "server CPU µs/req"], rows),
+            "",
+        ]
+    return lines
+
+
+def _per_stage(stages: list[Stage], value: Any, fmt: Any) -> tuple[str, list[float | None]]:
+    """'0: x; 1M: y' for the stages that have a figure, and the figures."""
+    figures = [(s, value(s)) for s in stages]
+    figures = [(s, v) for s, v in figures if v is not None]
+    return "; ".join(f"{size(s.size)}: {fmt(v)}" for s, v in figures), [v for _, v in figures]
+
+
+def _row(target: str, measured: str, figures: list[Any], passes: Any) -> list[str]:
+    if not figures:
+        return [target, measured or "not measured", "—"]
+    return [target, measured, yes(all(f is not None and passes(f) for f in figures))]
+
+
+def _backend_targets(run: Run, b: Backend) -> list[list[str]]:
     rows = []
-    post = [(s, s.results["post-1"]) for s in run.stages if "post-1" in s.results]
-    if post:
+    name = f"{b.name}: "
+    stages = b.stages
+    post = [(s, s.results["post-1"]) for s in stages if "post-1" in s.results]
+    if b.key == "postgresql" and post:
         measured = "; ".join(
             f"{size(s.size)}: {count(r.rps)} req/s, p99 {ms(r.p99_ms)}, {r.errors} errors" for s, r in post
         )
         met = all(r.rps >= TARGET_POST_RPS and r.p99_ms <= TARGET_POST_P99_MS and r.errors == 0 for _, r in post)
         rows.append(
             [
-                f"POST 1 sale ≥ {count(TARGET_POST_RPS)} req/s, p99 ≤ {TARGET_POST_P99_MS:g} ms, no errors",
+                f"{name}POST 1 sale ≥ {count(TARGET_POST_RPS)} req/s, p99 ≤ {TARGET_POST_P99_MS:g} ms, no errors",
                 measured,
                 yes(met),
             ]
         )
-    batch = [(s, s.results["post-100"]) for s in run.stages if "post-100" in s.results]
-    if batch:
+    if b.key == "sqlite":
+        measured = "; ".join(f"{size(s.size)}: {count(r.rps)} req/s, {r.errors} errors" for s, r in post)
+        met = bool(post) and all(r.rps >= TARGET_SQLITE_POST_RPS and r.errors == 0 for _, r in post)
+        rows.append(
+            [
+                f"{name}embedded default ≥ {count(TARGET_SQLITE_POST_RPS)} single-sale POSTs/s, no errors",
+                measured or "not measured",
+                yes(met) if post else "—",
+            ]
+        )
+    batch = [(s, s.results["post-100"]) for s in stages if "post-100" in s.results]
+    if b.key == "postgresql" and batch:
         measured = "; ".join(f"{size(s.size)}: {count(r.sales_per_s)} sales/s" for s, r in batch)
         met = all(r.sales_per_s >= TARGET_BATCH_SALES_S for _, r in batch)
-        rows.append([f"POST 100 sales ≥ {count(TARGET_BATCH_SALES_S)} sales/s", measured, yes(met)])
-    first, last = run.stages[0], run.stages[-1]
-    caveat = "" if last.size >= TARGET_SIZE else f" (largest size measured: {size(last.size)}; run with --big)"
-    for report in run.reports:
-        single = last.single.get(report.key)
-        if single:
-            rows.append(
-                [
-                    f"{report.title}: p99 ≤ {TARGET_REPORT_P99_MS:g} ms from one connection at 10M sales",
-                    f"{size(last.size)}: p99 {ms(single.p99_ms)}{caveat}",
-                    yes(single.p99_ms <= TARGET_REPORT_P99_MS),
-                ]
+        rows.append([f"{name}POST 100 sales ≥ {count(TARGET_BATCH_SALES_S)} sales/s", measured, yes(met)])
+
+    measured, figures = _per_stage(
+        stages, lambda s: quotient(_cpu_req(s.results.get("post-1")), b.noop_cpu), lambda v: f"{v:.2f}×"
+    )
+    rows.append(
+        _row(
+            f"{name}CPU per one-sale POST ≤ {TARGET_POST_CPU_VS_NOOP:g}× the no-op's CPU per request",
+            measured,
+            figures,
+            lambda v: v <= TARGET_POST_CPU_VS_NOOP,
+        )
+    )
+    measured, figures = _per_stage(
+        stages, lambda s: quotient(_cpu_sale(s.results.get("post-100")), b.noop_cpu), lambda v: f"{v:.3f}×"
+    )
+    rows.append(
+        _row(
+            f"{name}CPU per sale of 100-sale POSTs ≤ {TARGET_SALE_CPU_VS_NOOP:g}× the no-op's CPU per request",
+            measured,
+            figures,
+            lambda v: v <= TARGET_SALE_CPU_VS_NOOP,
+        )
+    )
+    measured, figures = _per_stage(
+        stages, lambda s: quotient(_rate(s.results.get("post-1")), b.noop.rps), lambda v: f"{v:.2f}×"
+    )
+    rows.append(
+        _row(
+            f"{name}one-sale POSTs/s ≥ {TARGET_POST_RATE_VS_NOOP:g}× the no-op's req/s",
+            measured,
+            figures,
+            lambda v: v >= TARGET_POST_RATE_VS_NOOP,
+        )
+    )
+    target = f"{name}one-sale POSTs/s from one connection ≥ {TARGET_C1_VS_PGBENCH:g}× pgbench -c1 tps"
+    if b.pgbench_c1 is None:
+        rows.append([target, "does not apply: pgbench is a PostgreSQL client", "—"])
+    else:
+        tps = b.pgbench_c1.tps
+        measured, figures = _per_stage(
+            stages, lambda s: quotient(_rate(s.single.get("post-1")), tps), lambda v: f"{v:.2f}×"
+        )
+        rows.append(_row(target, measured, figures, lambda v: v >= TARGET_C1_VS_PGBENCH))
+    for report in [r for r in run.reports if r.key in BASE_REPORTS]:
+        measured, figures = _per_stage(
+            stages,
+            lambda s, key=report.key: quotient(_p99(s.single.get(key)), _p99(s.single.get("stores"))),
+            lambda v: f"{v:.2f}×",
+        )
+        rows.append(
+            _row(
+                f"{name}{report.title}: p99 ≤ {TARGET_REPORT_P99_VS_STORES:g}× GET /stores' p99, one connection",
+                measured,
+                figures,
+                lambda v: v <= TARGET_REPORT_P99_VS_STORES,
             )
-        at0, atn = first.results.get(report.key), last.results.get(report.key)
-        if at0 and atn and len(run.stages) > 1:
-            slowdown = at0.rps / atn.rps if atn.rps else float("inf")
-            rows.append(
-                [
-                    f"{report.title}: req/s at 10M within {TARGET_REPORT_SLOWDOWN:g}× of 0 sales",
-                    f"{count(at0.rps)} → {count(atn.rps)} req/s ({slowdown:.2f}×){caveat}",
-                    yes(slowdown <= TARGET_REPORT_SLOWDOWN),
-                ]
+        )
+        measured, figures = _per_stage(
+            stages,
+            lambda s, key=report.key: quotient(_rate(s.results.get(key)), b.noop.rps),
+            lambda v: f"{v:.2f}×",
+        )
+        rows.append(
+            _row(
+                f"{name}{report.title}: req/s at {run.connections} connections ≥ {TARGET_REPORT_RATE_VS_NOOP:g}× "
+                "the no-op's req/s",
+                measured,
+                figures,
+                lambda v: v >= TARGET_REPORT_RATE_VS_NOOP,
             )
-    rows.append(["SQLite embedded default ≥ 2,000 single-sale POSTs/s", "not measured by `make bench`", "—"])
+        )
+    if b.key == "postgresql" and stages:
+        first, last = stages[0], stages[-1]
+        caveat = "" if last.size >= TARGET_SIZE else f" (largest size measured: {size(last.size)}; run with --big)"
+        for report in run.reports:
+            single = last.single.get(report.key)
+            if single:
+                rows.append(
+                    [
+                        f"{name}{report.title}: p99 ≤ {TARGET_REPORT_P99_MS:g} ms from one connection at 10M sales",
+                        f"{size(last.size)}: p99 {ms(single.p99_ms)}{caveat}",
+                        yes(single.p99_ms <= TARGET_REPORT_P99_MS),
+                    ]
+                )
+            at0, atn = first.results.get(report.key), last.results.get(report.key)
+            if at0 and atn and len(stages) > 1:
+                slowdown = at0.rps / atn.rps if atn.rps else float("inf")
+                rows.append(
+                    [
+                        f"{name}{report.title}: req/s at 10M within {TARGET_REPORT_SLOWDOWN:g}× of 0 sales",
+                        f"{count(at0.rps)} → {count(atn.rps)} req/s ({slowdown:.2f}×){caveat}",
+                        yes(slowdown <= TARGET_REPORT_SLOWDOWN),
+                    ]
+                )
+    return rows
+
+
+def _cpu_req(r: WrkResult | None) -> float | None:
+    return r.cpu_us_per_request if r else None
+
+
+def _cpu_sale(r: WrkResult | None) -> float | None:
+    return r.cpu_us_per_sale if r else None
+
+
+def _rate(r: WrkResult | None) -> float | None:
+    return r.rps if r else None
+
+
+def _p99(r: WrkResult | None) -> float | None:
+    return r.p99_ms if r else None
+
+
+def _targets(run: Run) -> list[str]:
+    rows = [row for b in run.backends for row in _backend_targets(run, b)]
+    if not any(b.key == "sqlite" for b in run.backends):
+        rows.append(
+            ["SQLite: embedded default ≥ 2,000 single-sale POSTs/s", "not measured (--backend postgresql)", "—"]
+        )
     return ["## Targets", "", *table(["target", "measured", ""], rows), ""]
 
 
-def _stage(run: Run, stage: Stage) -> list[str]:
-    noop, tps = run.noop.rps, run.pgbench.tps
+def _stage(run: Run, b: Backend, stage: Stage) -> list[str]:
+    noop, noop_cpu = b.noop.rps, b.noop_cpu
+    tps = b.pgbench.tps if b.pgbench else None
     rows = []
     for scenario in run.scenarios:
         r = stage.results.get(scenario.key)
         if r is None:
             continue
+        if b.pgbench is None:
+            vs_pgbench = "n/a (SQLite)" if scenario.batch == 1 else "—"
+        else:
+            vs_pgbench = ratio(r.rps, tps) if scenario.batch == 1 else "—"
         rows.append(
             [
                 scenario.title,
@@ -321,8 +532,12 @@ def _stage(run: Run, stage: Stage) -> list[str]:
                 ms(r.p50_ms),
                 ms(r.p99_ms),
                 r.describe_errors(),
+                cpu(r.cpu_us_per_request),
+                cpu(r.cpu_us_per_sale),
+                ratio(r.cpu_us_per_request, noop_cpu),
+                ratio(r.cpu_us_per_sale, noop_cpu) if scenario.is_post else "—",
                 ratio(r.rps, noop),
-                ratio(r.rps, tps) if scenario.batch == 1 else "—",
+                vs_pgbench,
             ]
         )
     if stage.loaded and stage.load_seconds:
@@ -333,27 +548,78 @@ def _stage(run: Run, stage: Stage) -> list[str]:
     else:
         loaded = ""
     lines = [
-        f"## {size(stage.size)} sales stored",
+        f"## {b.name}: {size(stage.size)} sales stored",
         "",
         f"{loaded}{count(stage.sales_at_start)} sales stored at the start of the stage, "
         f"{count(stage.sales_at_end)} at its end.",
         "",
         *table(
-            ["scenario", "req/s", "sales/s", "p50", "p99", "errors", "vs no-op POST", "vs pgbench"],
+            [
+                "scenario",
+                "req/s",
+                "sales/s",
+                "p50",
+                "p99",
+                "errors",
+                "CPU µs/req",
+                "CPU µs/sale",
+                "CPU/req vs no-op",
+                "CPU/sale vs no-op/req",
+                "req/s vs no-op",
+                "vs pgbench",
+            ],
             rows,
         ),
         "",
     ]
     if stage.single:
-        single_rows = [
-            [s.title, count(r.rps), ms(r.p50_ms), ms(r.p99_ms), ms(r.max_ms), r.describe_errors()]
-            for s in run.reports
-            if (r := stage.single.get(s.key))
-        ]
+        stores = stage.single.get("stores")
+        tps1 = b.pgbench_c1.tps if b.pgbench_c1 else None
+        single_rows = []
+        titles = {s.key: s.title for s in run.scenarios}
+        keys = ["post-1", "stores", *(s.key for s in run.reports)]
+        titles |= {s.key: s.title for s in run.reports}
+        for key in keys:
+            r = stage.single.get(key)
+            if r is None:
+                continue
+            vs_pgbench = "—"
+            if key == "post-1":
+                vs_pgbench = ratio(r.rps, tps1) if tps1 else "n/a (SQLite)"
+            single_rows.append(
+                [
+                    titles[key],
+                    count(r.rps),
+                    ms(r.p50_ms),
+                    ms(r.p99_ms),
+                    ms(r.max_ms),
+                    r.describe_errors(),
+                    cpu(r.cpu_us_per_request),
+                    ratio(r.p99_ms, stores.p99_ms if stores else None) if r.sales_per_request == 0 else "—",
+                    vs_pgbench,
+                ]
+            )
         lines += [
-            f"From one connection (`wrk -t1 -c1 -d{run.duration}s`):",
+            f"From one connection (`wrk -t1 -c1 -d{run.duration}s`"
+            + ("; pgbench -c1 -j1 for the reference" if b.pgbench_c1 else "")
+            + "). The "
+            "CPU per request of a single connection includes whatever else the service does meanwhile (its "
+            "background tasks), spread over few requests; with 50 dashboards open it includes their polls:",
             "",
-            *table(["report", "req/s", "p50", "p99", "max", "errors"], single_rows),
+            *table(
+                [
+                    "scenario",
+                    "req/s",
+                    "p50",
+                    "p99",
+                    "max",
+                    "errors",
+                    "CPU µs/req",
+                    "p99 vs GET /stores",
+                    "vs pgbench -c1",
+                ],
+                single_rows,
+            ),
             "",
         ]
     if stage.page is not None:
@@ -367,8 +633,8 @@ def _stage(run: Run, stage: Stage) -> list[str]:
     return lines
 
 
-def _verification(run: Run) -> list[str]:
-    v = run.verification
+def _verification(b: Backend) -> list[str]:
+    v = b.verification
     rows = [
         ["wrk runs of POST /sales (stages and soak)", count(v.post_runs)],
         ["acknowledged (2xx) requests, counted by wrk", count(v.wrk_acked_requests)],
@@ -390,24 +656,23 @@ def _verification(run: Run) -> list[str]:
         if v.passed
         else "MISMATCH"
     )
-    check = run.check_output.strip().splitlines()[-1] if run.check_output.strip() else ""
+    check = b.check_output.strip().splitlines()[-1] if b.check_output.strip() else ""
     return [
-        "## Sales stored = sales acknowledged",
+        f"## {b.name}: sales stored = sales acknowledged",
         "",
         *table(["", ""], rows),
         "",
         f"Result: **{'passed' if v.passed else 'FAILED'}**: {verdict}.",
         "",
-        "## `python -m salesreport check`",
+        f"`python -m salesreport check`: exit code {b.check_code} "
+        f"({'passed' if b.check_code == 0 else 'FAILED'}): `{check}`",
         "",
-        f"Exit code {run.check_code} ({'passed' if run.check_code == 0 else 'FAILED'}): `{check}`",
-        "",
-        f"Server log: {run.server_log_problems} lines at warning level or worse (`bench/out/server.log`).",
+        f"Server log: {b.server_log_problems} lines at warning level or worse (`bench/out/{b.server_log}`).",
         "",
     ]
 
 
-def _soak(soak: Soak) -> list[str]:
+def _soak(b: Backend, soak: Soak) -> list[str]:
     r = soak.result
     rows = []
     for label, samples in soak.rss.items():
@@ -424,10 +689,10 @@ def _soak(soak: Soak) -> list[str]:
             ]
         )
     return [
-        f"## Soak: POST of one sale for {soak.seconds} s",
+        f"## {b.name}: soak, POST of one sale for {soak.seconds} s",
         "",
-        f"{count(r.rps)} req/s, p50 {ms(r.p50_ms)}, p99 {ms(r.p99_ms)}, errors {r.describe_errors()}; "
-        f"RSS sampled every {soak.interval:g} s from /proc/PID/status (VmRSS).",
+        f"{count(r.rps)} req/s, p50 {ms(r.p50_ms)}, p99 {ms(r.p99_ms)}, errors {r.describe_errors()}, "
+        f"{cpu(r.cpu_us_per_request)} CPU µs/req; RSS sampled every {soak.interval:g} s from /proc/PID/status (VmRSS).",
         "",
         *table(["process", "RSS at start (MiB)", "peak (MiB)", "end (MiB)", "end − start (MiB)"], rows),
         "",
@@ -436,11 +701,12 @@ def _soak(soak: Soak) -> list[str]:
 
 def render(run: Run) -> str:
     lines = _header(run) + _ceilings(run) + _targets(run)
-    for stage in run.stages:
-        lines += _stage(run, stage)
-    lines += _verification(run)
-    if run.soak:
-        lines += _soak(run.soak)
+    for b in run.backends:
+        for stage in b.stages:
+            lines += _stage(run, b, stage)
+        lines += _verification(b)
+        if b.soak:
+            lines += _soak(b, b.soak)
     return "\n".join(lines)
 
 

@@ -1,15 +1,19 @@
-"""``make bench``: the service under load on a throwaway PostgreSQL, written to BENCHMARKS.md.
+"""``make bench``: the service under load on a throwaway PostgreSQL and on SQLite, written to BENCHMARKS.md.
 
-One run:
-1. starts a durable PostgreSQL cluster (fsync and synchronous_commit on) in a temporary directory,
-   migrates it and imports a catalog of 200 stores and 1,000 products;
-2. measures the machine's ceilings: a no-op POST endpoint (bench/noop.py) and pgbench's single-row
-   INSERT rate;
-3. for each data size (0 and 1M sales, 10M with --big): loads history through the bulk path with the
-   server stopped, starts ``python -m salesreport serve`` as production would, and drives it with
-   wrk from 64 connections (POST of 1 and of 100 sales, the reports, the catalog), plus the reports
-   from one connection;
-4. optionally soaks the single-sale POST while sampling each worker's memory (--soak 300);
+One run, for each backend (--backend: both by default, PostgreSQL first):
+1. PostgreSQL: starts a durable cluster (fsync and synchronous_commit on) in a temporary directory;
+   SQLite: a file in a temporary directory. Migrates it and imports a catalog of 200 stores and
+   1,000 products;
+2. measures the references of the same run: a bare ASGI no-op POST app (bench/noop.py) on the same
+   Granian settings and workers, and on PostgreSQL pgbench's single-row INSERT rate from as many
+   clients as wrk has connections and from one;
+3. for each data size (PostgreSQL: 0 and 1M sales, 10M with --big; SQLite: 0, 1M with --big): loads
+   history through the bulk path with the server stopped, starts ``python -m salesreport serve`` as
+   production would, and drives it with wrk from 64 connections (POST of 1 and of 100 sales, the
+   reports, the catalog), plus the reports, GET /stores and one-sale POSTs from one connection;
+   every wrk run also records the CPU the server's process tree used;
+4. optionally soaks the single-sale POST of the first backend while sampling each worker's memory
+   (--soak 300);
 5. checks that every acknowledged sale was stored and that ``python -m salesreport check`` agrees;
 6. writes BENCHMARKS.md (keeping its "## Notes" section) and removes everything it started.
 
@@ -27,6 +31,7 @@ import re
 import shlex
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -42,7 +47,7 @@ import page
 import report
 import services
 import wrkrun
-from report import Run, Scenario, Soak, Stage, Verification
+from report import Backend, Run, Scenario, Soak, Stage, Verification
 from services import Postgres, Server, log
 
 from salesreport import demo
@@ -54,6 +59,7 @@ STORES = 200
 PRODUCTS = 1000
 ZONES = demo.ZONES
 DATABASE = "salesreport"
+BACKENDS = {"postgresql": "PostgreSQL", "sqlite": "SQLite"}
 
 
 def scenarios() -> list[Scenario]:
@@ -87,12 +93,35 @@ def parse_sizes(text: str) -> list[int]:
 def options(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="bench/run.py",
-        description="Benchmark the sales service on a throwaway PostgreSQL and write BENCHMARKS.md.",
+        description="Benchmark the sales service on a throwaway PostgreSQL and on SQLite and write BENCHMARKS.md.",
     )
     p.add_argument("--duration", type=int, default=15, help="seconds per wrk run and for pgbench (default 15)")
-    p.add_argument("--sizes", type=parse_sizes, default=[0, 1_000_000], help="sales stored per stage (default 0,1M)")
-    p.add_argument("--big", action="store_true", help="add a 10M-sales stage (loading takes several minutes)")
-    p.add_argument("--workers", type=int, default=2, help="Granian workers for the service and no-op (default 2)")
+    p.add_argument(
+        "--sizes", type=parse_sizes, default=[0, 1_000_000], help="sales stored per PostgreSQL stage (default 0,1M)"
+    )
+    p.add_argument(
+        "--big",
+        action="store_true",
+        help="add a 10M-sales PostgreSQL stage and a 1M SQLite one (loading takes several minutes)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["both", *BACKENDS],
+        default="both",
+        help="the databases to measure the service on (default both: PostgreSQL, then SQLite)",
+    )
+    p.add_argument(
+        "--sqlite-sizes",
+        type=parse_sizes,
+        default=[0],
+        help="sales stored per SQLite stage (default 0; --big adds 1M)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="Granian workers for the service and no-op on PostgreSQL (default 2; SQLite serves with one)",
+    )
     p.add_argument("--connections", type=int, default=64, help="wrk connections and pgbench clients (default 64)")
     p.add_argument("--threads", type=int, default=2, help="wrk threads and pgbench -j (default 2)")
     p.add_argument("--warmup", type=int, default=2, help="seconds of GET /products before each stage (default 2)")
@@ -111,6 +140,8 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md", help="default: BENCHMARKS.md")
     args = p.parse_args(argv)
     args.sizes = sorted(set(args.sizes) | ({10_000_000} if args.big else set()))
+    args.sqlite_sizes = sorted(set(args.sqlite_sizes) | ({1_000_000} if args.big else set()))
+    args.backends = list(BACKENDS) if args.backend == "both" else [args.backend]
     if args.duration < 1 or args.connections < 1 or args.threads < 1 or args.workers < 1:
         p.error("--duration, --connections, --threads and --workers must be positive")
     return args
@@ -149,6 +180,7 @@ def write_catalog(workdir: Path) -> tuple[Path, Path]:
 class Bench:
     args: argparse.Namespace
     workdir: Path
+    kind: str = "postgresql"  # the backend being measured: a key of BACKENDS
     cluster: Postgres | None = None
     bouncer: services.pg.Bouncer | None = None
     server: Server | None = None
@@ -160,10 +192,30 @@ class Bench:
     # -- plumbing
 
     @property
+    def sqlite_file(self) -> Path:
+        return self.workdir / "salesreport.db"
+
+    @property
     def database_url(self) -> str:
-        """What the service is given: the cluster's URL, or PgBouncer's in front of it."""
+        """What the service is given: a SQLite file, the cluster's URL, or PgBouncer's in front of it."""
+        if self.kind == "sqlite":
+            return f"sqlite+aiosqlite:///{self.sqlite_file}"
         assert self.cluster is not None
         return (self.bouncer or self.cluster).url(DATABASE)
+
+    @property
+    def workers(self) -> int:
+        # serve runs one worker on SQLite (one writer): its no-op reference gets the same.
+        return self.args.workers if self.kind == "postgresql" else 1
+
+    @property
+    def out_prefix(self) -> str:
+        """Of the raw output files, so that the second backend does not overwrite the first one's."""
+        return "" if self.kind == "postgresql" else f"{self.kind}-"
+
+    @property
+    def server_log(self) -> str:
+        return f"{self.out_prefix}server.log"
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "DATABASE_URL": self.database_url, "SALESREPORT_LOG_FORMAT": "json"}
@@ -177,36 +229,54 @@ class Bench:
             raise RuntimeError(f"{shlex.join(map(str, done.args))} failed ({done.returncode}):\n{done.stderr}")
         return done.stdout
 
+    def sqlite(self) -> sqlite3.Connection:
+        # WAL: reading while the service writes is fine; the timeout covers a checkpoint in progress.
+        return sqlite3.connect(self.sqlite_file, timeout=30)
+
     def sales_count(self) -> int:
+        if self.kind == "sqlite":
+            with contextlib.closing(self.sqlite()) as conn:
+                return int(conn.execute("SELECT count(*) FROM sales").fetchone()[0])
         assert self.cluster is not None
         return int(self.cluster.query("SELECT count(*) FROM sales", DATABASE))
 
     # -- setup
 
     def setup(self) -> None:
-        log("starting PostgreSQL (fsync=on, synchronous_commit=on, shared_buffers=1GB, max_connections=300)")
-        self.cluster = services.start_postgres()
-        self.cluster.query(f"CREATE DATABASE {DATABASE}")
-        log(f"PostgreSQL {self.cluster.version()} on port {self.cluster.port}")
-        if self.args.pgbouncer:
-            self.bouncer = services.start_pgbouncer(self.cluster, self.args.pgbouncer)
-            log(f"PgBouncer (transaction pooling, {self.args.pgbouncer} server connections) on {self.bouncer.port}")
+        if self.kind == "postgresql":
+            log("starting PostgreSQL (fsync=on, synchronous_commit=on, shared_buffers=1GB, max_connections=300)")
+            self.cluster = services.start_postgres()
+            self.cluster.query(f"CREATE DATABASE {DATABASE}")
+            log(f"PostgreSQL {self.cluster.version()} on port {self.cluster.port}")
+            if self.args.pgbouncer:
+                self.bouncer = services.start_pgbouncer(self.cluster, self.args.pgbouncer)
+                log(f"PgBouncer (transaction pooling, {self.args.pgbouncer} server connections) on {self.bouncer.port}")
+        else:
+            log(f"SQLite {sqlite3.sqlite_version}: {self.sqlite_file}")
         log("migrating")
         self.must(self.salesreport("migrate"))
-        self.products_csv, self.stores_csv = write_catalog(self.workdir)
+        if self.products_csv is None or self.stores_csv is None:
+            self.products_csv, self.stores_csv = write_catalog(self.workdir)
         out = self.must(
             self.salesreport("import", "--products", str(self.products_csv), "--stores", str(self.stores_csv))
         )
         log(out.strip())
+
+    def database_description(self) -> str:
+        if self.kind == "sqlite":
+            return f"a SQLite {sqlite3.sqlite_version} file"
+        assert self.cluster is not None
+        via = f" through PgBouncer ({self.args.pgbouncer} server connections)" if self.bouncer else ""
+        return f"PostgreSQL {self.cluster.version()}{via}"
 
     # -- servers
 
     def start_service(self) -> None:
         port = services.free_port()
         argv = [sys.executable, "-m", "salesreport", "serve", "--host", "127.0.0.1", "--port", str(port)]
-        argv += ["--workers", str(self.args.workers)]
+        argv += ["--workers", str(self.workers)]
         log(f"starting the service: {' '.join(argv[1:])}")
-        self.server = services.start_server("service", argv, port, self.env(), OUT / "server.log")
+        self.server = services.start_server("service", argv, port, self.env(), OUT / self.server_log)
 
     def stop_service(self) -> None:
         if self.server is not None:
@@ -214,32 +284,39 @@ class Bench:
             services.stop_server(self.server)
             self.server = None
 
-    # -- ceilings
+    # -- references
 
-    def ceilings(self) -> tuple[wrkrun.WrkResult, services.PgbenchResult]:
-        assert self.cluster is not None
+    def references(self) -> tuple[wrkrun.WrkResult, services.PgbenchResult | None, services.PgbenchResult | None]:
+        """The no-op app's rate and CPU; on PostgreSQL, pgbench from wrk's connections and from one."""
         a = self.args
-        log(f"ceiling: pgbench single-row INSERT, {a.connections} clients, {a.duration} s")
-        pgb = services.run_pgbench(self.cluster, self.workdir, a.duration, a.connections, a.threads)
-        (OUT / "pgbench.txt").write_text(pgb.output)
-        log(f"  {pgb.tps:,.0f} tps")
+        pgb = pgb1 = None
+        if self.kind == "postgresql":
+            assert self.cluster is not None
+            log(f"reference: pgbench single-row INSERT, {a.connections} clients, {a.duration} s")
+            pgb = services.run_pgbench(self.cluster, self.workdir, a.duration, a.connections, a.threads)
+            (OUT / "pgbench.txt").write_text(pgb.output)
+            log(f"  {pgb.tps:,.0f} tps")
+            log(f"reference: pgbench single-row INSERT, 1 client, {a.duration} s")
+            pgb1 = services.run_pgbench(self.cluster, self.workdir, a.duration, 1, 1)
+            (OUT / "pgbench-c1.txt").write_text(pgb1.output)
+            log(f"  {pgb1.tps:,.0f} tps, p50 {pgb1.p50_ms or 0:.2f} ms, p99 {pgb1.p99_ms or 0:.2f} ms")
         port = services.free_port()
-        argv = [sys.executable, str(BENCH / "noop.py"), "--port", str(port), "--workers", str(a.workers)]
-        log("ceiling: no-op POST on Starlette + Granian")
-        noop = services.start_server("no-op", argv, port, self.env(), OUT / "noop.log")
+        argv = [sys.executable, str(BENCH / "noop.py"), "--port", str(port), "--workers", str(self.workers)]
+        log(f"reference: no-op POST, bare ASGI on Granian, {self.workers} worker(s)")
+        noop = services.start_server("no-op", argv, port, self.env(), OUT / f"{self.out_prefix}noop.log")
         try:
-            self.wrk(noop.url, "get-warmup", path="/health/ready", duration=a.warmup)
-            result = self.wrk(noop.url, "noop", path="/sales", batch=1, track=False)
+            self.wrk(noop, "noop-warmup", path="/health/ready", duration=a.warmup)
+            result = self.wrk(noop, "noop", path="/sales", batch=1, track=False)
         finally:
             services.stop_server(noop)
-        log(f"  {result.rps:,.0f} req/s")
-        return result, pgb
+        log(f"  {summary(result)}")
+        return result, pgb, pgb1
 
     # -- wrk
 
     def wrk(
         self,
-        base: str,
+        server: Server,
         name: str,
         *,
         path: str,
@@ -249,26 +326,27 @@ class Bench:
         duration: int | None = None,
         track: bool = True,
     ) -> wrkrun.WrkResult:
-        """One wrk run; POST runs write their acknowledged requests for the final verification."""
+        """One wrk run, with the CPU the server's processes used during it; POST runs write their
+        acknowledged requests for the final verification."""
         a = self.args
-        if self.server is not None and self.server.proc.poll() is not None:
-            raise RuntimeError(
-                f"the service exited unexpectedly ({self.server.proc.returncode}); see {self.server.log_path}"
-            )
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.name} exited unexpectedly ({server.proc.returncode}); see {server.log_path}")
         prefix = f"{self.run_id}{len(self.post_runs)}x"
-        acks = self.workdir / f"acks-{len(self.post_runs)}.tsv" if batch and track else None
+        acks = self.workdir / f"acks-{self.kind}-{len(self.post_runs)}.tsv" if batch and track else None
+        cpu_before = services.cpu_seconds(server.proc.pid)
         result = wrkrun.run(
-            base + path,
+            server.url + path,
             duration=duration or a.duration,
             connections=connections or a.connections,
             threads=threads or a.threads,
-            log_path=OUT / f"wrk-{name}.txt",
+            log_path=OUT / f"wrk-{self.out_prefix}{name}.txt",
             batch=batch,
             prefix=prefix,
             acks=acks,
             stores=STORES,
             products=PRODUCTS,
         )
+        result.cpu_s = services.cpu_seconds(server.proc.pid) - cpu_before
         if acks is not None:
             self.post_runs.append(result)
         return result
@@ -276,7 +354,6 @@ class Bench:
     # -- stages
 
     def load_history(self, count: int, seed: int) -> float:
-        assert self.cluster is not None
         assert self.products_csv is not None
         assert self.stores_csv is not None
         log(f"loading {count:,} sales through store_history")
@@ -285,9 +362,16 @@ class Bench:
         argv += ["--products", str(self.products_csv), "--stores", str(self.stores_csv)]
         subprocess.run(argv, cwd=ROOT, env=self.env(), check=True)
         elapsed = time.perf_counter() - started
-        log("VACUUM ANALYZE and CHECKPOINT")
-        self.cluster.query("VACUUM ANALYZE", DATABASE)
-        self.cluster.query("CHECKPOINT", DATABASE)
+        if self.kind == "sqlite":
+            log("ANALYZE and a WAL checkpoint")
+            with contextlib.closing(self.sqlite()) as conn:
+                conn.execute("ANALYZE")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        else:
+            assert self.cluster is not None
+            log("VACUUM ANALYZE and CHECKPOINT")
+            self.cluster.query("VACUUM ANALYZE", DATABASE)
+            self.cluster.query("CHECKPOINT", DATABASE)
         return elapsed
 
     def stage(self, size: int, index: int, all_scenarios: list[Scenario], reports: list[Scenario]) -> Stage:
@@ -299,19 +383,23 @@ class Bench:
             load_seconds = self.load_history(missing, seed=index + 3)
         if self.server is None:
             self.start_service()
-        assert self.server is not None
-        url = self.server.url
+        server = self.server
+        assert server is not None
+        url = server.url
         stage = Stage(size=size, loaded=missing, load_seconds=load_seconds)
         tag = report.size(size)
         if a.warmup:
-            self.wrk(url, f"{tag}-warmup", path="/products", duration=a.warmup)
+            self.wrk(server, f"{tag}-warmup", path="/products", duration=a.warmup)
         stage.sales_at_start = self.sales_count()
-        log(f"stage {tag}: {stage.sales_at_start:,} sales stored")
+        log(f"{BACKENDS[self.kind]} stage {tag}: {stage.sales_at_start:,} sales stored")
         # Reads first, so that they see the stage's size; then the POSTs, which add sales.
         for scenario in [s for s in all_scenarios if not s.is_post]:
             self.measure(stage, scenario)
-        for rep in [r for r in reports if not r.key.endswith("+50pages")]:
-            one = self.wrk(url, f"{tag}-{rep.key}-c1", path=rep.path, connections=1, threads=1)
+        # GET /stores from one connection: the reports' p99 is compared with it.
+        singles = [s for s in all_scenarios if s.key == "stores"]
+        singles += [r for r in reports if not r.key.endswith("+50pages")]
+        for rep in singles:
+            one = self.wrk(server, f"{tag}-{rep.key}-c1", path=rep.path, connections=1, threads=1)
             stage.single[rep.key] = one
             log(f"  {rep.title}, 1 connection: {summary(one)}")
         dashboard = next((s for s in all_scenarios if s.key == "dashboard"), None)
@@ -320,7 +408,7 @@ class Bench:
             fragment = dashboard.path + "&fragment=1"
             for rep in [r for r in reports if r.key in ("top-stores", "top-products")]:
                 with page.OpenPages(url, fragment) as pages:
-                    one = self.wrk(url, f"{tag}-{rep.key}-c1-50pages", path=rep.path, connections=1, threads=1)
+                    one = self.wrk(server, f"{tag}-{rep.key}-c1-50pages", path=rep.path, connections=1, threads=1)
                 key = f"{rep.key}+50pages"
                 stage.single[key] = one
                 log(f"  {rep.title}, 1 connection, 50 dashboards open ({pages.requests} polls): {summary(one)}")
@@ -332,6 +420,11 @@ class Bench:
                 )
         for scenario in [s for s in all_scenarios if s.is_post]:
             self.measure(stage, scenario)
+        for scenario in [s for s in all_scenarios if s.key == "post-1"]:
+            # What one till sees: each sale waits for its own commit, nothing to batch it with.
+            one = self.wrk(server, f"{tag}-post-1-c1", path=scenario.path, batch=1, connections=1, threads=1)
+            stage.single[scenario.key] = one
+            log(f"  {scenario.title}, 1 connection: {summary(one)}")
         time.sleep(1)  # let the last batches commit
         stage.sales_at_end = self.sales_count()
         return stage
@@ -339,7 +432,7 @@ class Bench:
     def measure(self, stage: Stage, scenario: Scenario) -> None:
         assert self.server is not None
         name = f"{report.size(stage.size)}-{scenario.key}"
-        result = self.wrk(self.server.url, name, path=scenario.path, batch=scenario.batch)
+        result = self.wrk(self.server, name, path=scenario.path, batch=scenario.batch)
         stage.results[scenario.key] = result
         log(f"  {scenario.title}: {summary(result)}")
 
@@ -368,7 +461,7 @@ class Bench:
         sampler = threading.Thread(target=sample, name="rss-sampler", daemon=True)
         sampler.start()
         try:
-            result = self.wrk(self.server.url, "soak-post-1", path="/sales", batch=1, duration=a.soak)
+            result = self.wrk(self.server, "soak-post-1", path="/sales", batch=1, duration=a.soak)
         finally:
             stop.set()
             sampler.join()
@@ -377,14 +470,20 @@ class Bench:
 
     # -- verification
 
-    def verify(self) -> Verification:
-        """Match the acknowledged requests (keys read back from 2xx answers) with the rows stored."""
-        assert self.cluster is not None
-        acked = self.workdir / "acked.tsv"
+    def acked_file(self) -> Path:
+        acked = self.workdir / f"acked-{self.kind}.tsv"
         with acked.open("wb") as out:
             for result in self.post_runs:
                 if result.acks and result.acks.exists():
                     out.write(result.acks.read_bytes())
+        return acked
+
+    def verify(self) -> Verification:
+        """Match the acknowledged requests (keys read back from 2xx answers) with the rows stored."""
+        if self.kind == "sqlite":
+            return self.verify_sqlite()
+        assert self.cluster is not None
+        acked = self.acked_file()
         sizes = sorted({r.sales_per_request for r in self.post_runs} or {1})
         sql = self.workdir / "verify.sql"
         sql.write_text(
@@ -434,18 +533,91 @@ SELECT
             total_sales=total,
         )
 
+    def verify_sqlite(self) -> Verification:
+        """verify()'s matching, in Python: SQLite has none of the SQL it uses (split_part, \\copy...)."""
+        acked: list[tuple[str, int]] = []
+        for line in self.acked_file().read_text().splitlines():
+            rid, _, n = line.partition("\t")
+            if rid:
+                acked.append((rid, int(n)))
+        sizes = {r.sales_per_request for r in self.post_runs} or {1}
+        with contextlib.closing(self.sqlite()) as conn:
+            stored: dict[str, int] = dict(
+                conn.execute(
+                    "SELECT substr(idempotency_key, 1, instr(idempotency_key, '.') - 1), count(*) FROM sales "
+                    "WHERE idempotency_key LIKE ? GROUP BY 1",
+                    (f"{self.run_id}%",),
+                ).fetchall()
+            )
+            history = int(conn.execute("SELECT count(*) FROM sales WHERE idempotency_key IS NULL").fetchone()[0])
+            total = int(conn.execute("SELECT count(*) FROM sales").fetchone()[0])
+        acked_rids = {rid for rid, _ in acked}
+        unacked = [n for rid, n in stored.items() if rid not in acked_rids]
+        return Verification(
+            post_runs=len(self.post_runs),
+            connections=self.args.connections,
+            wrk_acked_requests=sum(r.ok for r in self.post_runs),
+            acked_requests=len(acked),
+            acked_sales=sum(n for _, n in acked),
+            duplicate_acks=len(acked) - len(acked_rids),
+            stored_requests=len(stored),
+            stored_sales=sum(stored.values()),
+            missing_sales=sum(max(n - stored.get(rid, 0), 0) for rid, n in acked),
+            mismatched_requests=sum(1 for rid, n in acked if stored.get(rid) != n),
+            partial_requests=sum(1 for n in stored.values() if n not in sizes),
+            unacked_requests=len(unacked),
+            unacked_sales=sum(unacked),
+            history_sales=history,
+            total_sales=total,
+        )
+
     def check(self) -> tuple[int, str]:
         log("python -m salesreport check")
         done = self.salesreport("check")
         output = (done.stdout + done.stderr).strip()
-        (OUT / "check.txt").write_text(output + "\n")
+        (OUT / f"{self.out_prefix}check.txt").write_text(output + "\n")
         return done.returncode, output
+
+    # -- one backend
+
+    def measure_backend(
+        self, kind: str, sizes: list[int], all_scenarios: list[Scenario], reports: list[Scenario], soak: bool
+    ) -> Backend:
+        self.kind = kind
+        self.post_runs = []
+        self.setup()
+        noop, pgb, pgb1 = self.references()
+        stages = [self.stage(size, i, all_scenarios, reports) for i, size in enumerate(sizes)]
+        soaked = self.soak() if soak else None
+        self.stop_service()  # graceful: the batchers drain before the counts
+        verification = self.verify()
+        check_code, check_output = self.check()
+        return Backend(
+            key=kind,
+            name=BACKENDS[kind],
+            workers=self.workers,
+            database=self.database_description(),
+            noop=noop,
+            pgbench=pgb,
+            pgbench_c1=pgb1,
+            stages=stages,
+            verification=verification,
+            check_code=check_code,
+            check_output=check_output,
+            server_log=self.server_log,
+            server_log_problems=server_log_problems(OUT / self.server_log),
+            soak=soaked,
+        )
 
     # -- clean-up
 
     def cleanup(self) -> None:
         with contextlib.suppress(Exception):
             self.stop_service()
+        self.stop_postgres()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def stop_postgres(self) -> None:
         if self.bouncer is not None:
             with contextlib.suppress(OSError):
                 shutil.copyfile(self.bouncer.root / "pgbouncer.log", OUT / "pgbouncer.log")
@@ -461,12 +633,13 @@ SELECT
                 log(f"could not stop PostgreSQL cleanly: {exc}")
                 shutil.rmtree(self.cluster.root, ignore_errors=True)
             self.cluster = None
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def summary(r: wrkrun.WrkResult) -> str:
-    sales = f", {r.sales_per_s:,.0f} sales/s" if r.sales_per_request else ""
-    return f"{r.rps:,.0f} req/s{sales}, p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms, errors {r.describe_errors()}"
+    sales = f", {r.sales_per_s:,.0f} sales/s" if r.sales_per_request > 1 else ""
+    per_request = r.cpu_us_per_request
+    cpu = f", CPU {per_request:,.0f} µs/req" if per_request is not None else ""
+    return f"{r.rps:,.0f} req/s{sales}, p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms, errors {r.describe_errors()}{cpu}"
 
 
 # structlog JSON lines at warning level or above, Granian's own warnings and errors, tracebacks.
@@ -515,24 +688,27 @@ def main(argv: list[str] | None = None) -> int:
         for s in all_scenarios
         if s.key in ("top-stores", "top-products")
     ]
+    machine = report.machine("not measured (--backend sqlite)", wrkrun.version(wrk_path))
+    backends: list[Backend] = []
     with terminate_as_interrupt():
         try:
-            bench.setup()
-            assert bench.cluster is not None
-            pg_version = bench.cluster.version()
-            machine = report.machine(pg_version, wrkrun.version(wrk_path))
-            machine["service's database endpoint"] = (
-                f"PgBouncer {services.pgbouncer_version()}, pool_mode = transaction, "
-                f"default_pool_size = {args.pgbouncer}"
-                if args.pgbouncer
-                else "PostgreSQL directly"
-            )
-            noop, pgb = bench.ceilings()
-            stages = [bench.stage(size, i, all_scenarios, reports) for i, size in enumerate(args.sizes)]
-            soak = bench.soak() if args.soak > 0 else None
-            bench.stop_service()  # graceful: the batchers drain before the counts
-            verification = bench.verify()
-            check_code, check_output = bench.check()
+            for kind in args.backends:
+                sizes = args.sizes if kind == "postgresql" else args.sqlite_sizes
+                backend = bench.measure_backend(
+                    kind, sizes, all_scenarios, reports, soak=args.soak > 0 and not backends
+                )
+                if kind == "postgresql":
+                    assert bench.cluster is not None
+                    machine["PostgreSQL"] = bench.cluster.version()
+                    machine["service's database endpoint"] = (
+                        f"PgBouncer {services.pgbouncer_version()}, pool_mode = transaction, "
+                        f"default_pool_size = {args.pgbouncer}"
+                        if args.pgbouncer
+                        else "PostgreSQL directly"
+                    )
+                    # An idle cluster still checkpoints and vacuums: not while SQLite is measured.
+                    bench.stop_postgres()
+                backends.append(backend)
         except KeyboardInterrupt:
             log("interrupted: cleaning up")
             return 130
@@ -550,25 +726,18 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         scenarios=all_scenarios,
         reports=reports,
-        noop=noop,
-        pgbench=pgb,
-        stages=stages,
-        verification=verification,
-        check_code=check_code,
-        check_output=check_output,
-        soak=soak,
-        server_log_problems=server_log_problems(OUT / "server.log"),
+        backends=backends,
         catalog=f"{STORES} stores in {len(ZONES)} time zones, {PRODUCTS:,} products",
     )
     report.write(args.output, report.render(run))
     log(f"wrote {args.output}")
-    v = run.verification
-    log(
-        f"stored = acknowledged: {'passed' if v.passed else 'FAILED'} "
-        f"({v.acked_sales:,} acknowledged, {v.stored_sales:,} stored, {v.unacked_sales:,} in flight at cut-off); "
-        f"check: exit {check_code}"
-    )
-    return 0 if v.passed and check_code == 0 else 1
+    for b in backends:
+        v = b.verification
+        log(
+            f"{b.name}: stored = acknowledged: {'passed' if v.passed else 'FAILED'} ({v.acked_sales:,} acknowledged, "
+            f"{v.stored_sales:,} stored, {v.unacked_sales:,} in flight at cut-off); check: exit {b.check_code}"
+        )
+    return 0 if all(b.verification.passed and b.check_code == 0 for b in backends) else 1
 
 
 if __name__ == "__main__":

@@ -214,9 +214,9 @@ def stop_server(server: Server, timeout: float = 30) -> None:
         server.log_file = None
 
 
-def children(pid: int) -> list[int]:
-    """The direct children of a process (Granian's workers), from /proc."""
-    found = []
+def _parents() -> dict[int, int]:
+    """Every process's parent, from /proc (one scan)."""
+    parents = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -226,9 +226,43 @@ def children(pid: int) -> list[int]:
             continue
         # The command name may hold spaces and parentheses: the fields follow the last ')'.
         fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return sorted(found)
+        parents[int(entry.name)] = int(fields[1])
+    return parents
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of a process (Granian's workers), from /proc."""
+    return sorted(child for child, parent in _parents().items() if parent == pid)
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (Granian's main process, its workers and anything they run)."""
+    parents = _parents()
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        tree += frontier
+    return tree
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU used so far by a process tree (utime + stime of each, all threads included).
+
+    A worker that exits between two readings takes its ticks with it: Granian only
+    respawns crashed workers, which the server log shows.
+    """
+    ticks = 0
+    for member in process_tree(pid):
+        try:
+            stat = Path(f"/proc/{member}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of proc(5)
+    return ticks / CLOCK_TICKS
 
 
 def rss_kib(pid: int) -> int | None:
@@ -268,6 +302,9 @@ VALUES (:store, :product, 1, 1234, 1234, now(), now(), 202601, :client_id || '-'
 
 @dataclass
 class PgbenchResult:
+    clients: int
+    threads: int
+    duration: int
     tps: float
     transactions: int
     failed: int
@@ -277,13 +314,16 @@ class PgbenchResult:
 
 
 def run_pgbench(cluster: Postgres, workdir: Path, duration: int, clients: int, threads: int) -> PgbenchResult:
-    """PostgreSQL's own rate of durable single-row INSERT transactions, from its C client."""
+    """PostgreSQL's own rate of durable single-row INSERT transactions, from its C client, with
+    ``clients`` connections (one for the single-connection reference, as many as wrk's for the ceiling)."""
     cluster.query("CREATE DATABASE ceiling")
     cluster.query(PGBENCH_SCHEMA, database="ceiling")
     script = workdir / "insert.sql"
     script.write_text(PGBENCH_SCRIPT)
-    logs = workdir / "pgbench-log"
-    logs.mkdir(exist_ok=True)
+    # Per client count, so that a second run does not read the first one's transactions.
+    logs = workdir / f"pgbench-log-c{clients}"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir()
     argv = cluster.client(
         "pgbench", "-n", "-f", str(script), "-c", str(clients), "-j", str(threads), "-T", str(duration),
         "-l", f"--log-prefix={logs}/tx", database="ceiling",
@@ -301,7 +341,7 @@ def run_pgbench(cluster: Postgres, workdir: Path, duration: int, clients: int, t
         cuts = statistics.quantiles(latencies, n=100)
         p50, p99 = cuts[49] / 1000, cuts[98] / 1000
     cluster.query("DROP DATABASE ceiling")
-    return PgbenchResult(tps, transactions, failed, p50, p99, output)
+    return PgbenchResult(clients, threads, duration, tps, transactions, failed, p50, p99, output)
 
 
 def _search(pattern: str, text: str) -> str | None:

@@ -31,6 +31,8 @@ class WrkResult:
     max_ms: float
     sales_per_request: int = 0  # 0 for GETs
     acks: Path | None = None  # acknowledged POST requests, one "request-id<TAB>sales" line each
+    # CPU seconds (user + system) the server's process tree used during the run; None if not measured.
+    cpu_s: float | None = None
     text: str = field(default="", repr=False)
 
     @property
@@ -40,6 +42,20 @@ class WrkResult:
     @property
     def sales_per_s(self) -> float:
         return self.ok * self.sales_per_request / self.duration_s if self.duration_s else 0.0
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        """Answers counted by wrk; the few left in flight at the cut-off are a rounding error."""
+        if self.cpu_s is None or not self.requests:
+            return None
+        return self.cpu_s * 1e6 / self.requests
+
+    @property
+    def cpu_us_per_sale(self) -> float | None:
+        per_request = self.cpu_us_per_request
+        if per_request is None or not self.sales_per_request:
+            return None
+        return per_request / self.sales_per_request
 
     @property
     def errors(self) -> int:
