@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -46,8 +47,10 @@ class Key:
     hash: str
 
 
+@functools.lru_cache(maxsize=256)
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an address, or "localhost") is this machine's loopback."""
+    """Whether ``host`` (an address, or "localhost") is this machine's loopback (remembered: each
+    request asks, and its peers are few)."""
     if host == "localhost":
         return True
     try:
@@ -56,6 +59,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=256)
 def names_loopback(host_header: str) -> bool:
     """Whether a ``Host`` header (a name or address, and maybe a port) names this machine's loopback."""
     try:

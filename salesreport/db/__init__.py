@@ -23,7 +23,16 @@ from .catalog import (
     schema_revision,
     set_retired,
 )
-from .engines import Database, connect, driver_connection, is_unavailable, sqlstate, upsert, writer_slot
+from .engines import (
+    Database,
+    connect,
+    driver_connection,
+    is_partition_race,
+    is_unavailable,
+    sqlstate,
+    upsert,
+    writer_slot,
+)
 from .postgres import write_batch as _write_postgres
 from .postgres import write_returns as _write_returns_postgres
 from .rollups import Rollups, add_to_rollups, insert_sales_bulk, store_history
@@ -79,6 +88,7 @@ __all__ = [
     "driver_connection",
     "get_version",
     "insert_sales_bulk",
+    "is_partition_race",
     "is_unavailable",
     "list_prices",
     "list_products",

@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..config import Settings
-from . import pooling
+from . import partitions, pooling
 from .schema import SLOTS
 
 if TYPE_CHECKING:
@@ -177,6 +177,14 @@ def sqlstate(exc: BaseException) -> str | None:
     """The SQLSTATE of a driver error, raw or wrapped by SQLAlchemy."""
     state = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "orig", None), "sqlstate", None)
     return state if isinstance(state, str) else None
+
+
+def is_partition_race(exc: BaseException) -> bool:
+    """Whether ``exc`` is a sale routed to the DEFAULT partition while its month's partition was being
+    made (``partitions``): its check fails once the other transaction commits; written again, the
+    sale goes to the new partition."""
+    table = getattr(exc, "table_name", None) or getattr(getattr(exc, "orig", None), "table_name", None)
+    return sqlstate(exc) == "23514" and table == partitions.DEFAULT
 
 
 def is_unavailable(exc: BaseException) -> bool:

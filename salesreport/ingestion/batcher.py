@@ -212,7 +212,8 @@ class Batcher:
                 self._metrics.commit.observe(time.perf_counter() - started)
                 return outcomes
             except Exception as exc:
-                if (isinstance(exc, Raced) or db.sqlstate(exc) in _RETRYABLE_SQLSTATES) and attempt < _ATTEMPTS:
+                retry = isinstance(exc, Raced) or db.sqlstate(exc) in _RETRYABLE_SQLSTATES or db.is_partition_race(exc)
+                if retry and attempt < _ATTEMPTS:
                     # Another writer stored one of these keys after we looked:
                     # the next attempt looks them up and judges them.
                     log.info("batch raced another writer, retrying", attempt=attempt)
