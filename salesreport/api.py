@@ -20,13 +20,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import config, db, drain, metrics, reports
+from . import config, db, drain, logs, metrics, reports
 from .auth import Key, KeyRing, Unauthenticated, is_loopback, names_loopback
 from .changes import Changes
 from .db.replica import Reads, Source
 from .export import encode_report, wants_csv
 from .front import Front
 from .health import head_revision, health_live, health_ready
+from .hotpath import HotRoute
 from .ingestion import (
     Batcher,
     Catalog,
@@ -423,11 +424,12 @@ async def openapi(request: Request) -> Response:
 
 # --- the app -----------------------------------------------------------------------
 
+SALES = Route("/sales", post_sales, methods=["POST"])
 routes = [
     Route("/products", get_products, methods=["GET"]),
     Route("/products/{id}", get_product, methods=["GET"]),
     Route("/stores", get_stores, methods=["GET"]),
-    Route("/sales", post_sales, methods=["POST"]),
+    SALES,
     Route("/sales/{id}", get_sale, methods=["GET"]),
     Route("/returns", post_returns, methods=["POST"]),
     Route("/reports/top-stores", get_top_stores, methods=["GET"]),
@@ -449,7 +451,7 @@ routes = [
 def create_app(settings: config.Settings | None = None, *, clock: Callable[[], datetime] | None = None) -> Starlette:
     """The ASGI app. ``clock`` (default: the wall clock, in UTC) is every "now" of a request."""
     settings = settings or config.load()
-    config.configure_logging(settings.log_format)
+    logs.configure_logging(settings.log_format)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -514,11 +516,12 @@ def create_app(settings: config.Settings | None = None, *, clock: Callable[[], d
             await reads.close()
             await database.dispose()
             metrics.worker_stopped()
+            logs.access.flush()
 
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(Front)],
+        middleware=[Middleware(Front, hot=HotRoute(SALES))],
         exception_handlers={
             ProblemError: on_problem,
             HTTPException: on_http_exception,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -170,56 +169,3 @@ def _log_format() -> str:
     if raw not in ("json", "console"):
         raise SystemExit(f"SALESREPORT_LOG_FORMAT must be json or console, got {raw!r}")
     return raw
-
-
-def configure_logging(log_format: str) -> None:
-    """Structured logs on stdout: JSON lines in production, readable in a terminal."""
-    import logging
-
-    import msgspec
-    import structlog
-
-    shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
-    text_renderer: Any
-    if log_format == "json":
-        # msgspec renders a line several times faster than json.dumps.
-        encode = msgspec.json.Encoder(enc_hook=repr).encode  # anything unusual is logged as its repr
-        renderer: Any = structlog.processors.JSONRenderer(serializer=lambda event, **_: encode(event))
-        factory: Any = structlog.BytesLoggerFactory()
-        text_renderer = structlog.processors.JSONRenderer()
-    else:
-        renderer = text_renderer = structlog.dev.ConsoleRenderer(colors=False)
-        factory = _Lines
-    structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
-        logger_factory=factory,
-        cache_logger_on_first_use=True,
-    )
-    # Libraries log through the standard library: render them the same way.
-    handler = logging.StreamHandler()
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, text_renderer],
-        )
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-
-
-class _Lines:
-    """Writes each line in one call (workers share stdout) to the stdout of the moment."""
-
-    def __init__(self, *_args: Any) -> None:
-        pass
-
-    def msg(self, message: str) -> None:
-        sys.stdout.write(message + "\n")
-        sys.stdout.flush()
-
-    log = debug = info = warn = warning = error = err = critical = exception = fatal = failure = msg

@@ -7,18 +7,17 @@ import re
 import time
 from typing import TYPE_CHECKING
 
-import structlog
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
+from .hotpath import HotRoute
+from .logs import access
 from .problems import PROBLEM
 from .schemas import Problem, encoder
 
 if TYPE_CHECKING:
     from .service import Service
-
-log = structlog.get_logger("salesreport.api")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -38,8 +37,10 @@ class Front:
     connection, so that clients move to another instance before it stops.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, hot: HotRoute | None = None) -> None:
+        """``hot``: a route taken here, before Starlette's router (see ``hotpath``)."""
         self.app = app
+        self.hot = hot
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,14 +67,15 @@ class Front:
             if svc is not None and svc.draining and scope["path"] != "/health/live":
                 response = Response(_SHUTTING_DOWN, 503, {"Retry-After": "1"}, PROBLEM)
                 await response(scope, receive, send_with_id)
+            elif self.hot is not None and self.hot.matches(scope):
+                await self.hot(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             metrics.record_request(scope["method"], getattr(route, "path", None), status, elapsed)
-            log.info(
-                "request",
+            access.line(
                 request_id=request_id,
                 method=scope["method"],
                 path=scope["path"],

@@ -7,16 +7,16 @@ import json
 import pytest
 import structlog
 
-from salesreport import config
+from salesreport import config, logs
 
 
 def test_json_logs_are_one_object_per_line(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
-    config.configure_logging("json")
+    logs.configure_logging("json")
     try:
         structlog.get_logger("t").info("hello", odd=object(), n=1)
         out = capsysbinary.readouterr().out.decode()
     finally:
-        config.configure_logging("console")
+        logs.configure_logging("console")
     line = json.loads(out.strip().splitlines()[-1])
     assert line["event"] == "hello"
     assert line["n"] == 1
