@@ -74,10 +74,13 @@ class Changes:
         self.worker = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
         self._commits = 0
         self._polling: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self._last: dict[str, int] = {}  # the counters at the last read, to tell a change
 
     def start(self) -> None:
         if self._url.get_backend_name() == "sqlite":
             self._sqlite = sqlite3.connect(self._url.database or "", check_same_thread=False)
+            self._task = asyncio.create_task(self._watch_sqlite(), name="salesreport-changes")
         else:
             self._task = asyncio.create_task(self._run(), name="salesreport-changes")
 
@@ -86,7 +89,7 @@ class Changes:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            if self.revision is not None:
+            if self.revision is not None and self._sqlite is None:
                 with contextlib.suppress(Exception):  # it would be forgotten after SERVING anyway
                     async with asyncio.timeout(2), self._database.writer.begin() as conn:
                         await conn.execute(sa.delete(db.workers).where(db.workers.c.id == self.worker))
@@ -111,6 +114,29 @@ class Changes:
     def committed(self) -> None:
         """This worker committed a batch: what the reports show changed (before its requests are answered)."""
         self._commits += 1
+        self.wake()
+
+    def news(self) -> asyncio.Event:
+        """An event set at the next change of the counters, of this worker's data or of its state (take
+        it before reading what may change, then wait for it: a change in between is not missed)."""
+        return self._changed
+
+    def wake(self) -> None:
+        """Set the event of ``news`` (a change, or the worker begins to drain)."""
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    def _moved(self, found: dict[str, int]) -> None:
+        if found != self._last:
+            self._last = found
+            self.wake()
+
+    async def _watch_sqlite(self) -> None:
+        while True:
+            assert self._sqlite is not None
+            with contextlib.suppress(sqlite3.Error):  # the next look tries again
+                self._moved(dict(self._sqlite.execute("SELECT name, version FROM versions").fetchall()))
+            await asyncio.sleep(POLL)
 
     async def stamp(self) -> Stamp | None:
         """What the reports' data and the catalog are at, now; None if it cannot be known (the database
@@ -146,6 +172,7 @@ class Changes:
         for name in db.VERSIONED:
             self.seen(name, found.get(name, 0), started)
         self.seen(db.DATA, db.data_version(found), started)
+        self._moved(found)
 
     async def _run(self) -> None:
         failing = False

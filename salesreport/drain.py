@@ -51,6 +51,9 @@ class Drainable(Protocol):
     @property
     def settings(self) -> _Settings: ...
 
+    def wake(self) -> None:
+        """Wake the requests that wait for news: they answer now, and their connections close."""
+
 
 def _stop() -> None:
     """Run the server's own stop handler: the one it registered for SIGINT, and for SIGTERM too."""
@@ -81,6 +84,7 @@ def install(svc: Drainable) -> Callable[[], None]:
         nonlocal stopping
         if not svc.draining:
             svc.draining = True
+            svc.wake()
             log.info("draining before shutdown", seconds=svc.settings.drain_seconds)
             stopping = loop.call_later(svc.settings.drain_seconds, _stop)
 

@@ -49,6 +49,10 @@ class Service:
         self.reports = Cache(self.clock, replayed=lambda: self.reads.replayed)
         self.pages = Cache(self.clock, replayed=lambda: self.reads.replayed, settle=SETTLE_SECONDS)
 
+    def wake(self) -> None:
+        """Wake the requests that wait for news (the dashboards' live polls): the worker begins to drain."""
+        self.catalog.changes.wake()
+
 
 def service(request: Request) -> Service:
     svc: Service = request.app.state.service

@@ -396,3 +396,88 @@ async def test_odd_sign_in_origins_and_lengths_are_refused(
     for length in ("abc", "1e3", "-1"):
         odd = await client.post("/signin", content=b"key=x", headers={**form, "content-length": length})
         assert odd.status_code == 400, length
+
+
+# --- the live poll, held while the page is unchanged ----------------------------------------------------
+
+
+@pytest.fixture
+def quick_live(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Answer a held poll as soon as the page changed (no gathering), and give up after 30 s."""
+    from salesreport.web import pages
+
+    monkeypatch.setattr(pages, "LIVE_GATHER_S", 0.0)
+    monkeypatch.setattr(pages, "LIVE_WAIT_S", 30.0)
+
+
+async def _held(client: httpx.AsyncClient, tag: str) -> asyncio.Task[httpx.Response]:
+    """A live poll of the month's page that the server holds: it has not answered after the event loop
+    ran everything else that was ready."""
+    poll = asyncio.ensure_future(
+        client.get("/", params={"month": MONTH, "fragment": "1", "wait": "1"}, headers={"if-none-match": tag})
+    )
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not poll.done(), poll.result().status_code if poll.done() else None
+    return poll
+
+
+async def test_a_held_poll_answers_when_a_sale_changes_the_page(
+    client: httpx.AsyncClient, settings: config.Settings, quick_live: None
+) -> None:
+    await some_sales(client, settings)
+    client.app.state.service.pages.settle = 0.0  # type: ignore[attr-defined]  # every change, at once
+    first = await client.get("/", params={"month": MONTH, "fragment": "1"})
+    poll = await _held(client, first.headers["etag"])
+    await sell(client, {"product_id": 3, "store_id": 3, "sold_at": f"{MONTH}-11T10:00:00Z"})
+    changed = await asyncio.wait_for(poll, 10)
+    assert changed.status_code == 200 and changed.headers["etag"] != first.headers["etag"]
+    assert "350 5th Ave" in changed.text
+
+
+async def test_a_held_poll_answers_304_when_its_time_is_up_or_the_worker_drains(
+    client: httpx.AsyncClient, settings: config.Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from salesreport.web import pages
+
+    await some_sales(client, settings)
+    tag = (await client.get("/", params={"month": MONTH, "fragment": "1"})).headers["etag"]
+    monkeypatch.setattr(pages, "LIVE_WAIT_S", 0.05)
+    timed_out = await client.get(
+        "/", params={"month": MONTH, "fragment": "1", "wait": "1"}, headers={"if-none-match": tag}
+    )
+    assert timed_out.status_code == 304 and timed_out.headers["etag"] == tag
+    monkeypatch.setattr(pages, "LIVE_WAIT_S", 30.0)
+    poll = await _held(client, tag)
+    svc = client.app.state.service  # type: ignore[attr-defined]
+    svc.draining = True
+    svc.wake()  # what SIGTERM does (see drain)
+    drained = await asyncio.wait_for(poll, 10)
+    assert drained.status_code == 304 and drained.headers["connection"] == "close"
+
+
+async def test_a_held_poll_of_a_revoked_key_ends_at_once(
+    client: httpx.AsyncClient, settings: config.Settings, quick_live: None
+) -> None:
+    await some_sales(client, settings)
+    owner_id, owner = await create(settings, "owner")
+    await client.post("/signin", data={"key": owner})
+    tag = (await client.get("/", params={"month": MONTH, "fragment": "1"})).headers["etag"]
+    poll = await _held(client, tag)
+    await revoke(settings, owner_id)
+    ended = await asyncio.wait_for(poll, 10)
+    assert ended.status_code == 401 and 'name="key"' in ended.text
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_held_poll_on_one_worker_answers_a_sale_on_another(
+    settings: config.Settings, clock: Clock, quick_live: None
+) -> None:
+    async with app_client(settings, clock) as a, app_client(settings, clock) as b:
+        await some_sales(a, settings)
+        b.app.state.service.pages.settle = 0.0  # type: ignore[attr-defined]
+        tag = (await b.get("/", params={"month": MONTH, "fragment": "1"})).headers["etag"]
+        poll = await _held(b, tag)
+        await sell(a, {"product_id": 3, "store_id": 3, "sold_at": f"{MONTH}-11T10:00:00Z"})
+        changed = await asyncio.wait_for(poll, 10)
+        assert changed.status_code == 200 and "350 5th Ave" in changed.text

@@ -10,6 +10,7 @@ until the first key exists); then an owner signed in with a session cookie.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -199,18 +200,44 @@ async def _serve(
         return (fragment, context, '"' + hashlib.blake2b(fragment.encode(), digest_size=12).hexdigest() + '"'), source
 
     svc = service(request)
+    changes = svc.catalog.changes
+    news = changes.news()
     # Signed in or open: the page's frame says which (a sign-out button), and the first key changes it.
     (fragment, context, tag), source = await cached(request, svc.pages, (*key, svc.keys.protected), page)
-    headers = {**SECURITY_HEADERS, **freshness_headers(svc, source)}
     if request.query_params.get("fragment") == "1":
+        known = request.headers.get("if-none-match")
+        if known == tag and request.query_params.get("wait") == "1":
+            # The live poll: held until the page changes (or LIVE_WAIT_S), so that an open page costs
+            # nothing while nothing changes.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + LIVE_WAIT_S
+            while tag == known and not svc.draining and loop.time() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(deadline):
+                        await news.wait()
+                if svc.draining or loop.time() >= deadline:
+                    break
+                refused = await _viewer(request)  # a revoked key, a closed session: at once
+                if refused is not None:
+                    return refused
+                # Changes that come together are shown together (and the page is rendered once).
+                await asyncio.sleep(max(0.0, min(LIVE_GATHER_S, deadline - loop.time())))
+                news = changes.news()
+                (fragment, context, tag), source = await cached(request, svc.pages, (*key, svc.keys.protected), page)
+        headers = {**SECURITY_HEADERS, **freshness_headers(svc, source), "ETag": tag}
         # no-store: a poll is never written to the browser's cache (the script sends If-None-Match itself).
-        headers["ETag"] = tag
-        if request.headers.get("if-none-match") == tag:
+        if known == tag:
             return Response(status_code=304, headers=headers)
         return Response(fragment, media_type="text/html; charset=utf-8", headers=headers)
+    headers = {**SECURITY_HEADERS, **freshness_headers(svc, source)}
     html = _templates.get_template("page.html").render(**context, fragment=Markup(fragment), etag=tag)
     return _remember_language(request, Response(html, media_type="text/html; charset=utf-8", headers=headers))
 
+
+# How long a live poll is held while its page is unchanged (less than the proxies' timeouts: HAProxy's
+# ``timeout server`` is 30 s), and how long after a change it waits for more before answering.
+LIVE_WAIT_S = 20.0
+LIVE_GATHER_S = 2.0
 
 # Figures this far behind or more say so on the page (a page that said so always would change every
 # second, and its live poll would never be answered 304).

@@ -5,7 +5,9 @@
   if (!main || !main.dataset.fragment) return;
   const form = document.getElementById("month-form");
   const input = form && form.querySelector("input[type=month]");
-  const every = 3000;  // with the server's 1 s cache: a sale shows within about 4 s
+  // The live poll is held by the server until the page changes (about 20 s at most): an open page
+  // costs nothing while nothing changes. After an error, or an answer that came back at once, it waits.
+  const pause = 3000;
   let tag = main.dataset.etag || "";
   let inflight = null;
 
@@ -18,30 +20,56 @@
     return href ? 'a[href="' + CSS.escape(href) + '"]' : null;
   }
 
-  async function load(url, force) {
-    if (inflight) {
-      if (!force) return;  // a poll waits for the one under way; a month switch replaces it
-      inflight.abort();
-    }
+  // Load the page's fragment and swap it in if it changed: "ok", "error" or "aborted" (a month switch
+  // replaces the poll under way, and a hidden tab gives its connection back).
+  function load(url, force) {
+    if (inflight) inflight.controller.abort();
     const controller = new AbortController();
-    inflight = controller;
+    const promise = fetchAndSwap(url, force, controller);
+    inflight = { controller: controller, promise: promise };
+    return promise;
+  }
+
+  async function fetchAndSwap(url, force, controller) {
     try {
       const headers = tag && !force ? { "If-None-Match": tag } : {};
       const response = await fetch(url, { credentials: "same-origin", cache: "no-store", headers, signal: controller.signal });
-      if (response.status === 401) { window.location.reload(); return; }
-      if (response.status === 304 || !response.ok) return;
+      if (response.status === 401) { window.location.reload(); return "aborted"; }
+      if (response.status === 304) return "ok";
+      if (!response.ok) return "error";
       const html = await response.text();
-      if (controller.signal.aborted) return;
+      if (controller.signal.aborted) return "aborted";
       const focused = focusKey();
       main.innerHTML = html;
       tag = response.headers.get("ETag") || "";
       const title = document.getElementById("page-title");
       if (title) document.title = title.textContent;
       if (focused) { const again = main.querySelector(focused); if (again) again.focus(); }
+      return "ok";
     } catch (error) {
-      // Aborted, or offline for a moment: the next poll tries again.
+      return controller.signal.aborted ? "aborted" : "error";  // offline for a moment: try again soon
     } finally {
-      if (inflight === controller) inflight = null;
+      if (inflight && inflight.controller === controller) inflight = null;
+    }
+  }
+
+  function sleep(ms) { return new Promise(function (done) { window.setTimeout(done, ms); }); }
+
+  async function follow() {
+    for (;;) {
+      if (inflight) {  // a month switch under way: the poll follows it
+        await inflight.promise;
+        continue;
+      }
+      if (document.hidden) {
+        await new Promise(function (done) { document.addEventListener("visibilitychange", done, { once: true }); });
+        continue;
+      }
+      const url = new URL(main.dataset.fragment, window.location.href);
+      url.searchParams.set("wait", "1");
+      const started = Date.now();
+      const outcome = await load(url.pathname + url.search, false);
+      if (outcome === "error" || (outcome === "ok" && Date.now() - started < 1000)) await sleep(pause);
     }
   }
 
@@ -80,5 +108,6 @@
     // Back and forward: the page the address names, as it would load.
     window.addEventListener("popstate", function () { window.location.reload(); });
   }
-  window.setInterval(function () { if (!document.hidden) load(main.dataset.fragment, false); }, every);
+  document.addEventListener("visibilitychange", function () { if (document.hidden && inflight) inflight.controller.abort(); });
+  follow();
 })();
