@@ -9,8 +9,10 @@ network (HTML, CSS, script), from the Resource Timing API.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,41 +69,57 @@ def measure(url: str, path: str, runs: int = 10) -> PageResult | None:
 
 
 class OpenPages:
-    """``pages`` dashboards left open: each fetches its live fragment every ``every`` seconds, as the
-    page's script does, from a thread of its own, until the block ends."""
+    """``pages`` dashboards left open, from a thread of their own until the block ends: each holds a live
+    poll of its fragment as the page's script does (``wait=1`` with its ETag: the server answers when the
+    page changed, or after about 20 s), and after an answer that came back at once waits ``pause``."""
 
-    def __init__(self, url: str, path: str, pages: int = 50, every: float = 3.0) -> None:
-        self.url, self.path, self.pages, self.every = url, path, pages, every
+    def __init__(self, url: str, path: str, pages: int = 50, pause: float = 3.0) -> None:
+        self.url, self.path, self.pages, self.pause = url, path, pages, pause
         self.requests = 0
         self.failures = 0
-        self._stop = threading.Event()
+        self._started = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._main: asyncio.Task[None] | None = None
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
     def __enter__(self) -> OpenPages:
         self._thread.start()
+        self._started.wait(10)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+        if self._loop is not None and self._main is not None:
+            self._loop.call_soon_threadsafe(self._main.cancel)  # the held polls end with it
+        self._thread.join(timeout=60)
 
     async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._main = asyncio.current_task()
+        self._started.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._poll()
+
+    async def _poll(self) -> None:
         import httpx
 
-        async with httpx.AsyncClient(base_url=self.url, timeout=10) as http:
+        async with httpx.AsyncClient(base_url=self.url, timeout=60) as http:
 
             async def one(offset: float) -> None:
                 await asyncio.sleep(offset)
                 tag = ""
-                while not self._stop.is_set():
+                while True:
+                    started = time.monotonic()
                     try:
-                        # As a browser revalidates the page's fetch ("no-cache"): by its ETag.
-                        response = await http.get(self.path, headers={"if-none-match": tag} if tag else {})
+                        held = {"if-none-match": tag} if tag else {}
+                        response = await http.get(self.path + "&wait=1", headers=held)
                         self.requests += 1
                         self.failures += response.status_code not in (200, 304)
                         tag = response.headers.get("etag", tag)
                     except httpx.HTTPError:
                         self.failures += 1
-                    await asyncio.sleep(self.every)
+                        await asyncio.sleep(self.pause)
+                        continue
+                    if time.monotonic() - started < 1:
+                        await asyncio.sleep(self.pause)
 
-            await asyncio.gather(*(one(self.every * i / self.pages) for i in range(self.pages)))
+            await asyncio.gather(*(one(3.0 * i / self.pages) for i in range(self.pages)))
