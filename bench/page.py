@@ -71,12 +71,16 @@ def measure(url: str, path: str, runs: int = 10) -> PageResult | None:
 class OpenPages:
     """``pages`` dashboards left open, from a thread of their own until the block ends: each holds a live
     poll of its fragment as the page's script does (``wait=1`` with its ETag: the server answers when the
-    page changed, or after about 20 s), and after an answer that came back at once waits ``pause``."""
+    page changed, or after about 20 s), and after an answer that came back at once waits ``pause``.
+    Entering the block returns once every page holds its poll (the steady state: what open pages cost
+    after they were loaded)."""
 
     def __init__(self, url: str, path: str, pages: int = 50, pause: float = 3.0) -> None:
         self.url, self.path, self.pages, self.pause = url, path, pages, pause
         self.requests = 0
         self.failures = 0
+        self.holding = 0  # polls sent with an ETag and not answered yet
+        self._settled = threading.Event()
         self._started = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._main: asyncio.Task[None] | None = None
@@ -85,6 +89,8 @@ class OpenPages:
     def __enter__(self) -> OpenPages:
         self._thread.start()
         self._started.wait(10)
+        if not self._settled.wait(60):
+            raise RuntimeError(f"only {self.holding} of {self.pages} open pages hold their poll after 60 s")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -111,7 +117,13 @@ class OpenPages:
                     started = time.monotonic()
                     try:
                         held = {"if-none-match": tag} if tag else {}
-                        response = await http.get(self.path + "&wait=1", headers=held)
+                        self.holding += bool(tag)
+                        if self.holding == self.pages:
+                            self._settled.set()
+                        try:
+                            response = await http.get(self.path + "&wait=1", headers=held)
+                        finally:
+                            self.holding -= bool(tag)
                         self.requests += 1
                         self.failures += response.status_code not in (200, 304)
                         tag = response.headers.get("etag", tag)
@@ -122,4 +134,4 @@ class OpenPages:
                     if time.monotonic() - started < 1:
                         await asyncio.sleep(self.pause)
 
-            await asyncio.gather(*(one(3.0 * i / self.pages) for i in range(self.pages)))
+            await asyncio.gather(*(one(self.pause * i / self.pages) for i in range(self.pages)))

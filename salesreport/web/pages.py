@@ -237,7 +237,7 @@ async def _serve(
 # How long a live poll is held while its page is unchanged (less than the proxies' timeouts: HAProxy's
 # ``timeout server`` is 30 s), and how long after a change it waits for more before answering.
 LIVE_WAIT_S = 20.0
-LIVE_GATHER_S = 2.0
+LIVE_GATHER_S = 3.0
 
 # Figures this far behind or more say so on the page (a page that said so always would change every
 # second, and its live poll would never be answered 304).
