@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -125,16 +125,16 @@ async def authenticate(request: Request, roles: tuple[str, ...] = API_ROLES) -> 
 # Headers that proxies add. A proxy on this machine that adds none of them
 # (a bare TCP relay, an SSH tunnel) cannot be told from a local client: this
 # check is a safety net, and the real safeguard is to create keys.
-_PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip", "via", "x-client-ip")
+_PROXY_HEADERS = {b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip", b"via", b"x-client-ip"}
 
 
 def _local(request: Request) -> bool:
     """Whether the request comes straight from this machine (not through a proxy), sent to a loopback
     name: a page that a browser here loaded from elsewhere and whose name was then pointed at 127.0.0.1
     (DNS rebinding) still sends its own name as Host."""
-    headers = request.headers
-    if any(name in headers for name in _PROXY_HEADERS):
+    if any(name in _PROXY_HEADERS for name, _ in request.scope["headers"]):
         return False
+    headers = request.headers
     return request.client is not None and is_loopback(request.client.host) and names_loopback(headers.get("host", ""))
 
 
@@ -202,23 +202,33 @@ async def read_body(request: Request) -> bytes:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise ProblemError(415, "Unsupported Media Type", "send the sales as Content-Type: application/json")
-    too_large = ProblemError(413, "Content Too Large", f"the body must be at most {MAX_BODY} bytes")
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY:
-        raise too_large
+        raise _too_large()
     chunks = []
     size = 0
     timeout = service(request).settings.body_timeout
+    receive = request.receive
     try:
         async with asyncio.timeout(timeout):
-            async for chunk in request.stream():
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":  # the client went away: nobody to answer
+                    raise ClientDisconnect()
+                chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > MAX_BODY:
-                    raise too_large
+                    raise _too_large()
                 chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
     except TimeoutError:
         raise ProblemError(408, "Request Timeout", f"the body did not arrive within {timeout:g} s") from None
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large() -> ProblemError:
+    return ProblemError(413, "Content Too Large", f"the body must be at most {MAX_BODY} bytes")
 
 
 async def _parsed(

@@ -52,6 +52,7 @@ class Front:
         started = time.perf_counter()
         status = 500
         svc: Service | None = getattr(scope["app"].state, "service", None)
+        scope["salesreport.service"] = svc
 
         async def send_with_id(message: Message) -> None:
             nonlocal status

@@ -55,7 +55,9 @@ class Service:
 
 
 def service(request: Request) -> Service:
-    svc: Service = request.app.state.service
+    svc: Service | None = request.scope.get("salesreport.service")  # set by ``front.Front``
+    if svc is None:
+        svc = request.scope["salesreport.service"] = request.app.state.service
     return svc
 
 

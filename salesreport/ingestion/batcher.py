@@ -72,6 +72,7 @@ class Batcher:
         self._in_flight: list[Request] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._reaper: asyncio.TimerHandle | None = None
         self._closing = False
         self._metrics = metrics.WriterMetrics(what)
 
@@ -89,6 +90,9 @@ class Batcher:
         waiting = [*self._in_flight, *self._queue]
         self._in_flight = []
         self._queue.clear()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         self._queued_sales = 0
         self._metrics.queue.set(0)
         for request in waiting:
@@ -133,24 +137,36 @@ class Batcher:
             raise Unavailable(f"the {self.what} writer is not running", retry_after=5)
         if self._queued_sales + len(items) > self.queue_max_sales:
             raise Unavailable(f"too many {self.what} waiting to be written", retry_after=1)
-        request = Request(items, is_array, received_at, request_id)
-        request.future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        request = Request(items, is_array, received_at, request_id, deadline=loop.time() + self.write_timeout)
+        request.future = loop.create_future()
         self._queue.append(request)
         self._queued_sales += len(items)
         self._metrics.queue.set(self._queued_sales)
         self._wakeup.set()
-        try:
-            # Shielded: if the client goes away, its sales are still written (or not) whole, and its retry is a replay.
-            async with asyncio.timeout(self.write_timeout):
-                stored: Stored = await asyncio.shield(request.future)
-        except TimeoutError:
-            request.abandoned = True  # if no batch took it yet, none will
-            raise Unavailable(
-                f"the {self.what} were not written within {self.write_timeout:g} s; "
-                "retry with the same idempotency keys",
-                retry_after=2,
-            ) from None
+        if self._reaper is None:
+            self._reaper = loop.call_at(request.deadline, self._reap)
+        # Shielded: if the client goes away, its sales are still written (or not) whole, and its retry is a replay.
+        stored: Stored = await asyncio.shield(request.future)
         return stored
+
+    def _reap(self) -> None:
+        """Answer 503 to the requests whose deadline passed (one timer for all of them: the oldest's)."""
+        self._reaper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        late = Unavailable(
+            f"the {self.what} were not written within {self.write_timeout:g} s; retry with the same idempotency keys",
+            retry_after=2,
+        )
+        waiting = [*self._in_flight, *self._queue]
+        for request in waiting:
+            if request.deadline <= now and not request.future.done():
+                request.abandoned = True  # if no batch took it yet, none will
+                request.future.set_exception(late)
+        pending = [r.deadline for r in waiting if not r.future.done()]
+        if pending:
+            self._reaper = loop.call_at(min(pending), self._reap)
 
     async def _run(self) -> None:
         while True:

@@ -26,6 +26,8 @@ class Request:
     is_array: bool
     received_at: datetime
     request_id: str | None = None
+    # When its client is answered 503 if no batch has written it (the event loop's clock).
+    deadline: float = 0.0
     # Given up by its client (deadline passed) before a batch took it.
     abandoned: bool = False
     future: Any = None  # asyncio.Future[Stored], set by the batcher
