@@ -50,7 +50,8 @@ class Database:
     # Readers of the streaming replica, if one is configured (``replica`` says when to use it).
     replica: AsyncEngine | None = None
     # The batchers' connections between two batches (see ``postgres.write_connection``).
-    held: list[AsyncConnection] = field(default_factory=list)
+    # Each: SQLAlchemy's connection, asyncpg's under it, and whether it goes through a pooler.
+    held: list[tuple[AsyncConnection, Any, bool]] = field(default_factory=list)
 
     @property
     def dialect(self) -> str:
@@ -58,7 +59,7 @@ class Database:
 
     async def dispose(self) -> None:
         while self.held:
-            await self.held.pop().close()
+            await self.held.pop()[0].close()
         await self.reader.dispose()
         await self.writer.dispose()
         await self.control.dispose()

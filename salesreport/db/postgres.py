@@ -72,12 +72,16 @@ async def write_connection(database: Database) -> AsyncIterator[tuple[Any, bool]
     checkout, no reset. A connection found dead, or left in an unknown state
     (a cancelled statement), is closed rather than kept.
     """
-    conn = database.held.pop() if database.held else await database.writer.connect()
-    raw: Any = None
+    if database.held:
+        conn, raw, pooled = database.held.pop()
+    else:
+        conn = await database.writer.connect()
+        raw = None
     kept = False
     try:
-        raw = await driver_connection(conn)
-        pooled = is_pooled((await conn.get_raw_connection()).info)
+        if raw is None:
+            raw = await driver_connection(conn)
+            pooled = is_pooled((await conn.get_raw_connection()).info)
         try:
             yield raw, pooled
         except Exception:
@@ -86,7 +90,7 @@ async def write_connection(database: Database) -> AsyncIterator[tuple[Any, bool]
         kept = _reusable(raw)
     finally:
         if kept:
-            database.held.append(conn)
+            database.held.append((conn, raw, pooled))
         else:  # cancelled mid-statement, dead, or left in a transaction
             await conn.invalidate()
             await conn.close()
