@@ -61,16 +61,22 @@ class Cache(Generic[T]):
         self.reads = 0  # entries read from the database, for tests and benchmarks
 
     async def get(
-        self, key: Hashable, stamp: Stamp | None, read: Callable[[], Awaitable[tuple[T, Source]]]
+        self,
+        key: Hashable,
+        stamp: Stamp | None,
+        read: Callable[[], Awaitable[tuple[T, Source]]],
+        *,
+        settled: bool = True,
     ) -> tuple[T, Source]:
         """The value under ``key`` and where it was read: kept, or ``read`` now. ``stamp``: what the
-        data is at now (None: unknown, so nothing is kept or answered from memory)."""
+        data is at now (None: unknown, so nothing is kept or answered from memory); ``settled``: an
+        entry older than the stamp may be answered within ``settle``."""
         if stamp is None:
             self.reads += 1
             return await read()
         entry = self._entries.get(key)
-        if entry is not None and self._current(entry, stamp):
-            if entry.source.replica:
+        if entry is not None and self._current(entry, stamp, settled):
+            if entry.source.replica or entry.stamp != stamp:
                 return entry.value, entry.source
             # Nothing changed since it was read, as of the stamp's last check (at most BOUND ago).
             return entry.value, Source(False, max(entry.source.as_of or self.now(), self.now() - _BOUND))
@@ -83,8 +89,17 @@ class Cache(Generic[T]):
             task.add_done_callback(lambda done: None if done.cancelled() else done.exception())
         return await asyncio.shield(task)
 
-    def _current(self, entry: _Entry[T], stamp: Stamp) -> bool:
-        if self.clock() - entry.read_at <= self.settle:
+    def behind(self, key: Hashable, stamp: Stamp | None) -> float | None:
+        """If the entry under ``key`` is answered only because it is within ``settle`` (it is older
+        than ``stamp``): the seconds until it is read again; None otherwise."""
+        entry = self._entries.get(key)
+        if stamp is None or entry is None or entry.stamp == stamp:
+            return None
+        left = entry.read_at + self.settle - self.clock()
+        return left if left > 0 else None
+
+    def _current(self, entry: _Entry[T], stamp: Stamp, settled: bool = True) -> bool:
+        if settled and self.clock() - entry.read_at <= self.settle:
             return True
         if entry.source.replica and (entry.replayed is None or entry.replayed != self.replayed()):
             return False

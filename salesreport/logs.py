@@ -17,6 +17,8 @@ import msgspec
 import structlog
 
 log = structlog.get_logger("salesreport.api")
+# What a pipe writes whole (POSIX: at least 512; 4096 on Linux).
+PIPE_BUF = 4096
 
 
 def configure_logging(log_format: str) -> None:
@@ -95,12 +97,24 @@ class AccessLog:
             self._scheduled = True
 
     def flush(self) -> None:
-        """Write the lines still pending."""
+        """Write the lines still pending: whole lines, in writes of at most ``PIPE_BUF`` bytes, which a
+        pipe keeps whole (the workers of a server share stdout) unless a line alone is longer."""
         self._scheduled = False
-        if self._pending:
-            lines, self._pending = b"".join(self._pending), []
-            sys.stdout.buffer.write(lines)
-            sys.stdout.buffer.flush()
+        if not self._pending:
+            return
+        lines, self._pending = self._pending, []
+        out = sys.stdout.buffer
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            if chunk and size + len(line) > PIPE_BUF:
+                out.write(b"".join(chunk))
+                out.flush()
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        out.write(b"".join(chunk))
+        out.flush()
 
 
 access = AccessLog()

@@ -71,14 +71,29 @@ async def read(
 
 
 async def cached(
-    request: Request, cache: Cache[T], key: Hashable, work: Callable[[], Awaitable[tuple[T, Source]]]
+    request: Request,
+    cache: Cache[T],
+    key: Hashable,
+    work: Callable[[], Awaitable[tuple[T, Source]]],
+    *,
+    settled: bool = True,
 ) -> tuple[T, Source]:
     """``work``'s value (a read and what is made of it) from ``cache`` while the data it shows is
     unchanged (see ``cache``); read again otherwise."""
     svc = service(request)
     stamp = await svc.catalog.changes.stamp()
+    return await cache.get(_cache_key(svc, key), stamp, work, settled=settled)
+
+
+async def behind(request: Request, cache: Cache[T], key: Hashable) -> float | None:
+    """See ``Cache.behind``: the seconds until an entry kept past a change is read again, if it is."""
+    svc = service(request)
+    return cache.behind(_cache_key(svc, key), await svc.catalog.changes.stamp())
+
+
+def _cache_key(svc: Service, key: Hashable) -> Hashable:
     # Reads moving between the replica and the primary change what a read finds: kept apart.
-    return await cache.get((key, svc.reads.reports_on_replica), stamp, work)
+    return key, svc.reads.reports_on_replica
 
 
 def freshness_headers(svc: Service, source: Source) -> dict[str, str]:

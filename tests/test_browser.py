@@ -263,7 +263,7 @@ def test_signing_in_and_out(protected: Server, browser: Any) -> None:
     listed = _cli(protected.env, "keys", "list").splitlines()
     second_id = max(int(line.split()[0]) for line in listed)
     _cli(protected.env, "keys", "revoke", str(second_id))
-    page.reload()
+    # The open page notices by itself: its held live poll is answered 401, and it loads the sign-in form.
     playwright.expect(page.get_by_label("API key")).to_be_visible()
     context.close()
 

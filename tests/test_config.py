@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import structlog
@@ -136,3 +137,39 @@ def test_a_read_replica_is_a_postgresql_url_beside_a_postgresql_primary(monkeypa
     monkeypatch.setenv("DATABASE_URL", "sqlite:///sales.db")
     with pytest.raises(SystemExit, match="needs a PostgreSQL DATABASE_URL"):
         config.load()
+
+
+def test_access_lines_are_written_whole_in_writes_a_pipe_keeps_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lines of one event-loop turn go out together, in writes of at most PIPE_BUF bytes that end at
+    a line's end: workers sharing stdout never splice each other's lines."""
+    import asyncio
+    import io
+
+    writes: list[bytes] = []
+
+    class Recorder(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: Any) -> int:
+            writes.append(bytes(data))
+            return len(data)
+
+    class Stdout:
+        buffer = io.BufferedWriter(Recorder())
+
+    monkeypatch.setattr("sys.stdout", Stdout())
+    access = logs.AccessLog()
+    access.json = True
+
+    async def turn() -> None:
+        for i in range(200):
+            access.line(request_id=f"r{i}", method="POST", path="/sales", status=201, ms=1.0, key_id=None)
+        await asyncio.sleep(0)  # the turn ends: the lines are written
+        assert writes
+
+    asyncio.run(turn())
+    assert all(len(w) <= logs.PIPE_BUF and w.endswith(b"\n") for w in writes)
+    lines = b"".join(writes).decode().splitlines()
+    assert [json.loads(line)["request_id"] for line in lines] == [f"r{i}" for i in range(200)]
+    assert len(writes) < 20  # not a write per line

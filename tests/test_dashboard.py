@@ -481,3 +481,42 @@ async def test_a_held_poll_on_one_worker_answers_a_sale_on_another(
         await sell(a, {"product_id": 3, "store_id": 3, "sold_at": f"{MONTH}-11T10:00:00Z"})
         changed = await asyncio.wait_for(poll, 10)
         assert changed.status_code == 200 and "350 5th Ave" in changed.text
+
+
+async def test_a_poll_that_comes_after_a_change_is_not_held_on_the_page_before_it(
+    client: httpx.AsyncClient, settings: config.Settings, quick_live: None
+) -> None:
+    """A sale lands while the page is kept for its settle time, before the browser's next poll: the poll
+    is answered with the new page once that time is over, not held until the next change."""
+    await some_sales(client, settings)
+    client.app.state.service.pages.settle = 0.2  # type: ignore[attr-defined]
+    first = await client.get("/", params={"month": MONTH, "fragment": "1"})
+    await sell(client, {"product_id": 3, "store_id": 3, "sold_at": f"{MONTH}-11T10:00:00Z"})
+    poll = client.get(
+        "/", params={"month": MONTH, "fragment": "1", "wait": "1"}, headers={"if-none-match": first.headers["etag"]}
+    )
+    changed = await asyncio.wait_for(poll, 10)  # held until the next change (LIVE_WAIT_S is 30 s) if wrong
+    assert changed.status_code == 200 and "350 5th Ave" in changed.text
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_worker_never_answers_a_newer_page_with_an_older_one(settings: config.Settings, clock: Clock) -> None:
+    """Worker A shows a sale; the browser's next poll, with A's new ETag, reaches worker B, which keeps
+    its page from before the sale for its settle time: B reads again rather than go back."""
+    async with app_client(settings, clock) as a, app_client(settings, clock) as b:
+        await some_sales(a, settings)
+        b.app.state.service.pages.clock = lambda: 0.0  # type: ignore[attr-defined]  # B's settle never ends
+        params = {"month": MONTH, "fragment": "1"}
+        old = await b.get("/", params=params)
+        changes = b.app.state.service.catalog.changes  # type: ignore[attr-defined]
+        before = await changes.stamp()
+        await sell(a, {"product_id": 3, "store_id": 3, "sold_at": f"{MONTH}-11T10:00:00Z"})
+        new = await a.get("/", params=params)
+        assert new.headers["etag"] != old.headers["etag"]
+
+        async def b_knows() -> bool:
+            return await changes.stamp() != before
+
+        await eventually(b_knows, what="worker B has read the counters since the sale")
+        answer = await b.get("/", params=params, headers={"if-none-match": new.headers["etag"]})
+        assert answer.status_code == 304, answer.text[:200]

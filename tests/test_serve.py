@@ -216,6 +216,10 @@ class DrainSettings:
 class Svc:
     settings: DrainSettings
     draining: bool = False
+    woken: int = 0
+
+    def wake(self) -> None:
+        self.woken += 1
 
 
 async def until(condition: Callable[[], bool], within: float = 5) -> None:
@@ -252,6 +256,7 @@ def test_sigterm_drains_then_runs_the_servers_handler() -> None:
         termed = time.monotonic()
         signal.raise_signal(signal.SIGTERM)
         await until(lambda: svc.draining)
+        assert svc.woken == 1  # the requests that wait for news answer now
         assert not stops, "the server's handler ran before the drain"
         await until(lambda: bool(stops))
         assert stops[0] - termed >= 0.29

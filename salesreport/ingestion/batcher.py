@@ -198,8 +198,9 @@ class Batcher:
 
     async def _write(self, batch: list[Request]) -> None:
         outcomes = await self._outcomes(batch)
-        if any(isinstance(outcome, Stored) and outcome.created for outcome in outcomes):
-            # Before any request is answered: a report asked for after the answer is read again.
+        if any(isinstance(outcome, Stored) for outcome in outcomes):
+            # Before any request is answered: a report asked for after the answer is read again (a
+            # replay too: its sale may be another worker's, stored a moment ago).
             self.catalog.changes.committed()
         for request, outcome in zip(batch, outcomes, strict=True):
             if not isinstance(outcome, Exception):

@@ -26,7 +26,7 @@ from ..auth import Key, Unauthenticated
 from ..db.replica import Source
 from ..problems import ProblemError, database_errors
 from ..schemas import MonthRevenue, TopProduct, parse_id, parse_month
-from ..service import cached, freshness_headers, read, service
+from ..service import behind, cached, freshness_headers, read, service
 from ..zones import zone
 from . import i18n, views
 from .assets import URLS
@@ -201,29 +201,41 @@ async def _serve(
 
     svc = service(request)
     changes = svc.catalog.changes
-    news = changes.news()
     # Signed in or open: the page's frame says which (a sign-out button), and the first key changes it.
-    (fragment, context, tag), source = await cached(request, svc.pages, (*key, svc.keys.protected), page)
+    full = (*key, svc.keys.protected)
+    news = changes.news()
+    (fragment, context, tag), source = await cached(request, svc.pages, full, page)
     if request.query_params.get("fragment") == "1":
         known = request.headers.get("if-none-match")
+        if known is not None and known != tag and await behind(request, svc.pages, full) is not None:
+            # The browser has a newer page (from another worker, or read before a change this one
+            # keeps for its settle second): never answer it with an older one.
+            (fragment, context, tag), source = await cached(request, svc.pages, full, page, settled=False)
         if known == tag and request.query_params.get("wait") == "1":
             # The live poll: held until the page changes (or LIVE_WAIT_S), so that an open page costs
             # nothing while nothing changes.
             loop = asyncio.get_running_loop()
             deadline = loop.time() + LIVE_WAIT_S
             while tag == known and not svc.draining and loop.time() < deadline:
+                # A change came before this poll did, while the page is kept for its settle second:
+                # look again when that second is over rather than wait for the next change.
+                later = await behind(request, svc.pages, full)
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout_at(deadline):
+                    async with asyncio.timeout_at(deadline if later is None else min(deadline, loop.time() + later)):
                         await news.wait()
                 if svc.draining or loop.time() >= deadline:
                     break
                 refused = await _viewer(request)  # a revoked key, a closed session: at once
                 if refused is not None:
                     return refused
-                # Changes that come together are shown together (and the page is rendered once).
-                await asyncio.sleep(max(0.0, min(LIVE_GATHER_S, deadline - loop.time())))
+                if later is None:
+                    # Changes that come together are shown together (and the page is rendered once).
+                    await asyncio.sleep(max(0.0, min(LIVE_GATHER_S, deadline - loop.time())))
+                    refused = await _viewer(request)
+                    if refused is not None:
+                        return refused
                 news = changes.news()
-                (fragment, context, tag), source = await cached(request, svc.pages, (*key, svc.keys.protected), page)
+                (fragment, context, tag), source = await cached(request, svc.pages, full, page)
         headers = {**SECURITY_HEADERS, **freshness_headers(svc, source), "ETag": tag}
         # no-store: a poll is never written to the browser's cache (the script sends If-None-Match itself).
         if known == tag:
