@@ -27,7 +27,7 @@ from .db.replica import Reads, Source
 from .export import encode_report, wants_csv
 from .front import Front
 from .health import head_revision, health_live, health_ready
-from .hotpath import HotRoute
+from .hotpath import HotRoutes
 from .ingestion import (
     Batcher,
     Catalog,
@@ -434,12 +434,11 @@ async def openapi(request: Request) -> Response:
 
 # --- the app -----------------------------------------------------------------------
 
-SALES = Route("/sales", post_sales, methods=["POST"])
 routes = [
     Route("/products", get_products, methods=["GET"]),
     Route("/products/{id}", get_product, methods=["GET"]),
     Route("/stores", get_stores, methods=["GET"]),
-    SALES,
+    Route("/sales", post_sales, methods=["POST"]),
     Route("/sales/{id}", get_sale, methods=["GET"]),
     Route("/returns", post_returns, methods=["POST"]),
     Route("/reports/top-stores", get_top_stores, methods=["GET"]),
@@ -531,7 +530,7 @@ def create_app(settings: config.Settings | None = None, *, clock: Callable[[], d
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(Front, hot=HotRoute(SALES))],
+        middleware=[Middleware(Front, hot=HotRoutes(routes))],
         exception_handlers={
             ProblemError: on_problem,
             HTTPException: on_http_exception,

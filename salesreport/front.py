@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
-from .hotpath import HotRoute
+from .hotpath import HotRoutes
 from .logs import access
 from .problems import PROBLEM
 from .schemas import Problem, encoder
@@ -37,8 +37,8 @@ class Front:
     connection, so that clients move to another instance before it stops.
     """
 
-    def __init__(self, app: ASGIApp, hot: HotRoute | None = None) -> None:
-        """``hot``: a route taken here, before Starlette's router (see ``hotpath``)."""
+    def __init__(self, app: ASGIApp, hot: HotRoutes | None = None) -> None:
+        """``hot``: routes taken here, before Starlette's router (see ``hotpath``)."""
         self.app = app
         self.hot = hot
 
@@ -68,8 +68,8 @@ class Front:
             if svc is not None and svc.draining and scope["path"] != "/health/live":
                 response = Response(_SHUTTING_DOWN, 503, {"Retry-After": "1"}, PROBLEM)
                 await response(scope, receive, send_with_id)
-            elif self.hot is not None and self.hot.matches(scope):
-                await self.hot(scope, receive, send_with_id)
+            elif self.hot is not None and (route := self.hot.find(scope)) is not None:
+                await self.hot.serve(route, scope, receive, send_with_id)
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
