@@ -204,7 +204,7 @@ def test_russian_and_english(server: Server, browser: Any) -> None:
     page = context.new_page()
     page.goto(f"{server.url}/?month={MONTH}")
     assert page.locator("html").get_attribute("lang") == "ru"
-    assert page.locator("h1").inner_text() == "июнь 2026"
+    assert page.locator("h1").inner_text() == "Июнь 2026"
     assert "₽" in page.locator("#top-stores").inner_text()
     page.get_by_role("link", name="English").click()
     playwright.expect(page.locator("h1")).to_have_text("June 2026")

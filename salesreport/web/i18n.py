@@ -144,12 +144,18 @@ class Texts:
         return format_percent((new - old) / abs(old), format="+#,##0.0%;-#,##0.0%", locale=self.lang)
 
     def month(self, month: str) -> str:
+        """The month as a heading: "June 2026", "Июнь 2026" (CLDR's stand-alone names are lower-case
+        in Russian, as inside a sentence; a heading starts with a capital)."""
         year, number = (int(part) for part in month.split("-"))
-        return format_date(date(year, number, 1), "LLLL yyyy", locale=self.lang)
+        text = format_date(date(year, number, 1), "LLLL yyyy", locale=self.lang)
+        return text[:1].upper() + text[1:]
 
     def month_short(self, month: str) -> str:
+        """The month under a chart's bar: its short stand-alone name ("Jun", "июнь"). The bars are twelve
+        months in a row, and the table beside them names each in full; a two-digit year ("Jun 26")
+        reads as a day, and a numeric one ("6/2026") does not fit under a bar."""
         year, number = (int(part) for part in month.split("-"))
-        return format_date(date(year, number, 1), "LLL yy", locale=self.lang)
+        return format_date(date(year, number, 1), "LLL", locale=self.lang)
 
     def time(self, instant: datetime, zone: tzinfo) -> str:
         return format_time(instant.astimezone(zone), "medium", locale=self.lang)
