@@ -72,14 +72,15 @@ class OpenPages:
     """``pages`` dashboards left open, from a thread of their own until the block ends: each holds a live
     poll of its fragment as the page's script does (``wait=1`` with its ETag: the server answers when the
     page changed, or after about 20 s), and after an answer that came back at once waits ``pause``.
-    Entering the block returns once every page holds its poll (the steady state: what open pages cost
-    after they were loaded)."""
+    Entering the block returns once every page has sent a poll with its ETag (the steady state: what
+    open pages cost after they were loaded)."""
 
     def __init__(self, url: str, path: str, pages: int = 50, pause: float = 3.0) -> None:
         self.url, self.path, self.pages, self.pause = url, path, pages, pause
         self.requests = 0
         self.failures = 0
         self.holding = 0  # polls sent with an ETag and not answered yet
+        self._following: set[int] = set()  # pages that have sent one
         self._settled = threading.Event()
         self._started = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -90,7 +91,7 @@ class OpenPages:
         self._thread.start()
         self._started.wait(10)
         if not self._settled.wait(60):
-            raise RuntimeError(f"only {self.holding} of {self.pages} open pages hold their poll after 60 s")
+            raise RuntimeError(f"only {len(self._following)} of {self.pages} open pages poll by ETag after 60 s")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -110,7 +111,7 @@ class OpenPages:
 
         async with httpx.AsyncClient(base_url=self.url, timeout=60) as http:
 
-            async def one(offset: float) -> None:
+            async def one(number: int, offset: float) -> None:
                 await asyncio.sleep(offset)
                 tag = ""
                 while True:
@@ -118,8 +119,10 @@ class OpenPages:
                     try:
                         held = {"if-none-match": tag} if tag else {}
                         self.holding += bool(tag)
-                        if self.holding == self.pages:
-                            self._settled.set()
+                        if tag:
+                            self._following.add(number)
+                            if len(self._following) == self.pages:
+                                self._settled.set()
                         try:
                             response = await http.get(self.path + "&wait=1", headers=held)
                         finally:
@@ -134,4 +137,4 @@ class OpenPages:
                     if time.monotonic() - started < 1:
                         await asyncio.sleep(self.pause)
 
-            await asyncio.gather(*(one(self.pause * i / self.pages) for i in range(self.pages)))
+            await asyncio.gather(*(one(i, self.pause * i / self.pages) for i in range(self.pages)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -229,8 +230,11 @@ async def _serve(
                 if refused is not None:
                     return refused
                 if later is None:
-                    # Changes that come together are shown together (and the page is rendered once).
-                    await asyncio.sleep(max(0.0, min(LIVE_GATHER_S, deadline - loop.time())))
+                    # Changes that come together are shown together (and the page is rendered once);
+                    # the polls that one change woke are answered over the second half of the
+                    # gathering, not in one burst in front of every other request.
+                    gather = random.uniform(LIVE_GATHER_S / 2, LIVE_GATHER_S)
+                    await asyncio.sleep(max(0.0, min(gather, deadline - loop.time())))
                     refused = await _viewer(request)
                     if refused is not None:
                         return refused
@@ -247,7 +251,8 @@ async def _serve(
 
 
 # How long a live poll is held while its page is unchanged (less than the proxies' timeouts: HAProxy's
-# ``timeout server`` is 30 s), and how long after a change it waits for more before answering.
+# ``timeout server`` is 30 s), and how long after a change it waits for more before answering (half
+# of it to all of it, at random).
 LIVE_WAIT_S = 20.0
 LIVE_GATHER_S = 3.0
 
