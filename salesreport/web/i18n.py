@@ -3,6 +3,7 @@ format (Babel, from CLDR: ``1 234 567,50 ₽`` in Russian, ``RUB 1,234,567.50`` 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -113,6 +114,22 @@ def choose(request: Request) -> str:
     return best.language if best is not None and best.language in LANGUAGES else "en"
 
 
+# A page shows some sixty figures and is rendered again each time its data changes, mostly with the
+# same figures: each is formatted by Babel once (about 90 µs each), then remembered.
+@functools.lru_cache(maxsize=8192)
+def _money(lang: str, currency: str, amount: str) -> str:
+    # Exact: the decimal string of the report, never a float, and its two decimals whatever the
+    # currency's own number of digits (the API's figures are in hundredths).
+    value = Decimal(amount)
+    pattern = "¤¤\xa0#,##0.00" if lang == "en" else None  # the locale's own, with two decimals
+    return format_currency(value, currency, format=pattern, locale=lang, currency_digits=False)
+
+
+@functools.lru_cache(maxsize=8192)
+def _number(lang: str, value: int) -> str:
+    return format_decimal(value, locale=lang)
+
+
 @dataclass(frozen=True)
 class Texts:
     """Words and formats of one language, for the templates."""
@@ -124,17 +141,13 @@ class Texts:
         return WORDS[self.lang][key].format(**values)
 
     def money(self, amount: str) -> str:
-        # Exact: the decimal string of the report, never a float, and its two decimals whatever the
-        # currency's own number of digits (the API's figures are in hundredths).
-        value = Decimal(amount)
-        pattern = "¤¤\xa0#,##0.00" if self.lang == "en" else None  # the locale's own, with two decimals
-        return format_currency(value, self.currency, format=pattern, locale=self.lang, currency_digits=False)
+        return _money(self.lang, self.currency, amount)
 
     def number(self, value: int) -> str:
-        return format_decimal(value, locale=self.lang)
+        return _number(self.lang, value)
 
     def number_text(self, value: str) -> str:
-        return format_decimal(int(value), locale=self.lang)
+        return _number(self.lang, int(value))
 
     def change(self, now: str, before: str) -> str | None:
         """The change from ``before`` to ``now`` in percent, signed; None when there was nothing before."""
