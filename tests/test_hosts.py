@@ -41,7 +41,8 @@ CHECKS = "inter 200ms fall 2 rise 2"
 # The README: a revoked key, a new key or a catalog change reach every worker "at once" (milliseconds);
 # this bounds a failure on a loaded machine, not the time it takes.
 AT_ONCE = 3.0
-# The README: the server keeps a rendered page 1 s, and a browser polls every 3 s: a sale shows within 4 s.
+# The README: a rendered page is kept at least 1 s while sales come in, and a held poll is answered at most
+# 3 s after a change: a sale shows within about 3.5 s (this test reads the page itself, without holding).
 PAGE_WITHIN = 4.0
 # The longest a POS terminal may go without an acknowledgement while a host is killed: a functional
 # bound (the other host takes over), not a speed benchmark.
