@@ -79,7 +79,6 @@ class OpenPages:
         self.url, self.path, self.pages, self.pause = url, path, pages, pause
         self.requests = 0
         self.failures = 0
-        self.holding = 0  # polls sent with an ETag and not answered yet
         self._following: set[int] = set()  # pages that have sent one
         self._settled = threading.Event()
         self._started = threading.Event()
@@ -118,15 +117,11 @@ class OpenPages:
                     started = time.monotonic()
                     try:
                         held = {"if-none-match": tag} if tag else {}
-                        self.holding += bool(tag)
                         if tag:
                             self._following.add(number)
                             if len(self._following) == self.pages:
                                 self._settled.set()
-                        try:
-                            response = await http.get(self.path + "&wait=1", headers=held)
-                        finally:
-                            self.holding -= bool(tag)
+                        response = await http.get(self.path + "&wait=1", headers=held)
                         self.requests += 1
                         self.failures += response.status_code not in (200, 304)
                         tag = response.headers.get("etag", tag)

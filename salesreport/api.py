@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
@@ -16,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -52,7 +51,7 @@ from .problems import (
     unavailable,
 )
 from .schemas import FieldError, MonthRevenue, TopProduct, TopStore, format_month, parse_id, parse_month
-from .service import Service, cached, freshness_headers, read, service
+from .service import Service, cached, freshness_headers, read, receive_body, service
 from .upkeep import Upkeep
 from .web import pages
 from .web.assets import static
@@ -205,26 +204,7 @@ async def read_body(request: Request) -> bytes:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY:
         raise _too_large()
-    chunks = []
-    size = 0
-    timeout = service(request).settings.body_timeout
-    receive = request.receive
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":  # the client went away: nobody to answer
-                    raise ClientDisconnect()
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > MAX_BODY:
-                    raise _too_large()
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-    except TimeoutError:
-        raise ProblemError(408, "Request Timeout", f"the body did not arrive within {timeout:g} s") from None
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return await receive_body(request, MAX_BODY, _too_large, "body")
 
 
 def _too_large() -> ProblemError:

@@ -133,9 +133,8 @@ class Changes:
 
     async def _watch_sqlite(self) -> None:
         while True:
-            assert self._sqlite is not None
             with contextlib.suppress(sqlite3.Error):  # the next look tries again
-                self._moved(dict(self._sqlite.execute("SELECT name, version FROM versions").fetchall()))
+                self._moved(self._sqlite_versions())
             await asyncio.sleep(POLL)
 
     async def stamp(self) -> Stamp | None:
@@ -144,7 +143,7 @@ class Changes:
         the requests that need it)."""
         if self._sqlite is not None:
             try:
-                found = dict(self._sqlite.execute("SELECT name, version FROM versions").fetchall())
+                found = self._sqlite_versions()
             except sqlite3.Error:
                 return None
             return db.data_version(found), found.get("catalog", 0), self._commits
@@ -157,6 +156,10 @@ class Changes:
             except Exception:
                 return None
         return self._versions[db.DATA][0], self._versions["catalog"][0], self._commits
+
+    def _sqlite_versions(self) -> dict[str, int]:
+        assert self._sqlite is not None
+        return dict(self._sqlite.execute("SELECT name, version FROM versions").fetchall())
 
     def seen(self, name: str, version: int, started: float) -> None:
         """A read of ``name``'s counter that began at ``started`` (``clock``) found ``version``."""

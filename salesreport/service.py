@@ -10,14 +10,14 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from . import config, db
 from .auth import KeyRing
 from .cache import Cache
 from .db.replica import Reads, Source
 from .ingestion import Batcher, Catalog
-from .problems import database_errors
+from .problems import ProblemError, database_errors
 from .web.views import SETTLE_SECONDS
 
 T = TypeVar("T")
@@ -68,6 +68,31 @@ async def read(
     reached answers 503."""
     with database_errors("read failed"):
         return await service(request).reads.read(work, own_writes=own_writes)
+
+
+async def receive_body(request: Request, limit: int, too_large: Callable[[], ProblemError], what: str) -> bytes:
+    """The request's body, read straight from ``receive``: at most ``limit`` bytes (``too_large()``
+    beyond), all of it within the body timeout (408 otherwise, naming ``what``)."""
+    chunks = []
+    size = 0
+    timeout = service(request).settings.body_timeout
+    receive = request.receive
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":  # the client went away: nobody to answer
+                    raise ClientDisconnect()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise too_large()
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+    except TimeoutError:
+        raise ProblemError(408, "Request Timeout", f"the {what} did not arrive within {timeout:g} s") from None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def cached(

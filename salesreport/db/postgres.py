@@ -38,29 +38,34 @@ SLOT_LOCKS = 0x5A1E
 
 async def write_batch(database: Database, job: BatchJob, slot: int) -> Any:
     """Run ``job``'s steps (see ``batch``) in one transaction."""
-    if not job.keys_to_find():
-        async with write_connection(database) as (raw, pooled):
-            if not pooled:  # through a pooler, synchronous_commit is set in a transaction
-                rows = job.plan({})
-                ids = await insert_sales(raw, rows, slot, strict=True) if rows else []
-                return job.resolve(ids, {})
-    async with write_transaction(database) as raw:
-        keys = job.keys_to_find()
-        stored = await find_sales(raw, keys, job.live_after) if keys else {}
-        rows = job.plan(stored)
-        ids = await insert_sales(raw, rows, slot) if rows else []
-        lost = job.lost(ids)
-        winners = await find_sales(raw, lost, job.live_after) if lost else {}
-        return job.resolve(ids, winners)
+    keys = job.keys_to_find()
+    async with write_connection(database) as (raw, pooled):
+        if not keys and not pooled:  # through a pooler, synchronous_commit is set in a transaction
+            rows = job.plan({})
+            ids = await insert_sales(raw, rows, slot, strict=True) if rows else []
+            return job.resolve(ids, {})
+        async with _transaction(raw, pooled):
+            stored = await find_sales(raw, keys, job.live_after) if keys else {}
+            rows = job.plan(stored)
+            ids = await insert_sales(raw, rows, slot) if rows else []
+            lost = job.lost(ids)
+            winners = await find_sales(raw, lost, job.live_after) if lost else {}
+            return job.resolve(ids, winners)
 
 
 @contextlib.asynccontextmanager
 async def write_transaction(database: Database) -> AsyncIterator[Any]:
     """An asyncpg transaction on one of the writer's connections."""
-    async with write_connection(database) as (raw, pooled), raw.transaction():
+    async with write_connection(database) as (raw, pooled), _transaction(raw, pooled):
+        yield raw
+
+
+@contextlib.asynccontextmanager
+async def _transaction(raw: Any, pooled: bool) -> AsyncIterator[None]:
+    async with raw.transaction():
         if pooled:
             await raw.execute(DURABLE)
-        yield raw
+        yield
 
 
 @contextlib.asynccontextmanager

@@ -27,7 +27,7 @@ from ..auth import Key, Unauthenticated
 from ..db.replica import Source
 from ..problems import ProblemError, database_errors
 from ..schemas import MonthRevenue, TopProduct, parse_id, parse_month
-from ..service import behind, cached, freshness_headers, read, service
+from ..service import behind, cached, freshness_headers, read, receive_body, service
 from ..zones import zone
 from . import i18n, views
 from .assets import URLS
@@ -365,17 +365,7 @@ async def _form_body(request: Request) -> bytes:
         raise ProblemError(400, "Bad Request", "Content-Length must be a number of bytes")
     if length is not None and int(length) > MAX_FORM:
         raise too_large
-    body = b""
-    timeout = service(request).settings.body_timeout
-    try:
-        async with asyncio.timeout(timeout):
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_FORM:
-                    raise too_large
-    except TimeoutError:
-        raise ProblemError(408, "Request Timeout", f"the form did not arrive within {timeout:g} s") from None
-    return body
+    return await receive_body(request, MAX_FORM, lambda: too_large, "form")
 
 
 async def sign_out(request: Request) -> Response:
