@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -84,7 +85,7 @@ async def main(n: int, callers: int, path: str) -> str:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    line = asyncio.run(
+    line = uvloop.run(  # the loop ``serve`` runs the app on
         main(
             int(args[0]) if args else 8000,
             int(args[1]) if len(args) > 1 else 64,

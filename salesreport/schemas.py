@@ -5,6 +5,7 @@ The OpenAPI document is generated from these structs (see ``openapi.py``).
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -173,6 +174,8 @@ class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
 _MONEY_IN = re.compile(r"^[0-9]{1,15}(\.[0-9]{1,2})?$")
 
 
+# Remembered: a batch formats the same few prices over and over (three figures per sale it answers).
+@functools.lru_cache(maxsize=4096)
 def format_money(cents: int) -> str:
     sign = "-" if cents < 0 else ""
     whole, frac = divmod(abs(cents), 100)
@@ -219,6 +222,9 @@ def format_month(month: int) -> str:
     return f"{month // 100:04d}-{month % 100:02d}"
 
 
+# Remembered: the sales of one request without ``sold_at`` share one instant, and a zone's conversion is
+# the costly part.
+@functools.lru_cache(maxsize=1024)
 def month_of(instant: datetime, zone: Any) -> int:
     local = instant.astimezone(zone)
     return local.year * 100 + local.month

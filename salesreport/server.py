@@ -44,7 +44,7 @@ def tls_files(cert: str | None, key: str | None) -> tuple[Path, Path] | None:
 def granian(address: str, port: int, workers: int, tls: tuple[Path, Path] | None) -> None:
     """Serve the app with Granian until it is stopped (SIGTERM, SIGINT)."""
     from granian import Granian
-    from granian.constants import HTTPModes, Interfaces
+    from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
 
     Granian(
@@ -53,6 +53,8 @@ def granian(address: str, port: int, workers: int, tls: tuple[Path, Path] | None
         address=address,
         port=port,
         interface=Interfaces.ASGI,
+        # uvloop, not asyncio's own loop: asyncpg's round trips cost half the CPU (BENCHMARKS.md, "Notes").
+        loop=Loops.uvloop,
         workers=workers,
         http=HTTPModes.http1,
         backlog=2048,

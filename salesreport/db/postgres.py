@@ -138,8 +138,9 @@ async def find_sales(raw: Any, keys: Collection[Key], live_after: datetime) -> d
 _INSERT = f"""
 WITH input AS (
     SELECT nextval('sales_id_seq') AS id, t.* FROM (
-        SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::timestamptz[],
-                             $6::timestamptz[], $7::int[], $8::text[], $9::bigint[], $10::int[])
+        SELECT * FROM unnest($1::text::bigint[], $2::text::bigint[], $3::text::int[], $4::text::bigint[],
+                             $5::text::timestamptz[], $6::text::timestamptz[], $7::text::int[], $8::text[],
+                             $9::text::bigint[], $10::text::int[])
             AS t(store_id, product_id, quantity, unit_price, sold_at, received_at, month, idempotency_key,
                  catalog_price, ord)
         ORDER BY ord
@@ -211,10 +212,37 @@ async def insert_sales(raw: Any, rows: Sequence[Row], slot: int, *, strict: bool
     """
     order = sorted(range(len(rows)), key=lambda i: key_order(rows[i]))
     ordered = [rows[i] for i in order]
-    arrays = [[row[c] for row in ordered] for c in INSERT_COLUMNS if c != "amount"]  # amount: computed in SQL
+    arrays = _arrays(ordered, [c for c in INSERT_COLUMNS if c != "amount"])  # amount: computed in SQL
     statement = _INSERT_STRICT if strict else _INSERT
-    records = await raw.fetch(statement, *arrays, list(range(len(ordered))), _preference(slot))
+    records = await raw.fetch(statement, *arrays, _preference(slot))
     return unsort(order, _ids_in_order(ordered, records))
+
+
+def _arrays(rows: Sequence[Row], columns: Sequence[str]) -> list[Any]:
+    """The statement's input, a parameter per column and one for the rows' order: the keys as a list,
+    every other column as the text of a PostgreSQL array (``{1,2,3}``).
+
+    asyncpg's own encoding of a list checks every element against three abstract base classes, and
+    converts every instant on its own: a batch's numbers and instants cost four times more that way
+    than joined as text (BENCHMARKS.md, "Notes"). The instants of a request's sales are mostly one
+    object (the time it arrived), written once. All are numbers or aware instants, never NULL.
+    """
+    arrays: list[Any] = []
+    for column in columns:
+        values = [row[column] for row in rows]
+        if column == "idempotency_key":
+            arrays.append(values)
+        elif isinstance(values[0], datetime):
+            texts: dict[int, str] = {}
+            for value in values:
+                if id(value) not in texts:
+                    assert value.tzinfo is not None
+                    texts[id(value)] = value.isoformat()
+            arrays.append("{" + ",".join([texts[id(value)] for value in values]) + "}")
+        else:
+            arrays.append("{" + ",".join(map(str, values)) + "}")
+    arrays.append("{" + ",".join(map(str, range(len(rows)))) + "}")
+    return arrays
 
 
 # --- returns -------------------------------------------------------------------
@@ -265,8 +293,9 @@ async def lock_sales(raw: Any, ids: Collection[int]) -> dict[int, Row]:
 # The rollup sums are ``rollups.Rollups.add_returns`` in SQL.
 _INSERT_RETURNS = f"""
 WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::int[], $5::bigint[], $6::timestamptz[],
-                         $7::timestamptz[], $8::int[], $9::text[], $10::int[])
+    SELECT * FROM unnest($1::text::bigint[], $2::text::bigint[], $3::text::bigint[], $4::text::int[],
+                         $5::text::bigint[], $6::text::timestamptz[], $7::text::timestamptz[], $8::text::int[],
+                         $9::text[], $10::text::int[])
         AS t(sale_id, store_id, product_id, quantity, unit_price, returned_at, received_at, month,
              idempotency_key, ord)
 ), inserted AS (
@@ -328,8 +357,8 @@ async def insert_returns(raw: Any, rows: Sequence[Row], slot: int) -> list[int |
     (None for a row whose key another writer took meanwhile)."""
     order = sorted(range(len(rows)), key=lambda i: key_order(rows[i]))
     ordered = [rows[i] for i in order]
-    arrays = [[row[c] for row in ordered] for c in RETURN_INSERT_COLUMNS if c != "amount"]
-    records = await raw.fetch(_INSERT_RETURNS, *arrays, list(range(len(ordered))), _preference(slot))
+    arrays = _arrays(ordered, [c for c in RETURN_INSERT_COLUMNS if c != "amount"])
+    records = await raw.fetch(_INSERT_RETURNS, *arrays, _preference(slot))
     return unsort(order, _ids_in_order(ordered, records))
 
 

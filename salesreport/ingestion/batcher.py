@@ -202,12 +202,13 @@ class Batcher:
             # Before any request is answered: a report asked for after the answer is read again (a
             # replay too: its sale may be another worker's, stored a moment ago).
             self.catalog.changes.committed()
+        written = [outcome.new for outcome in outcomes if isinstance(outcome, Stored)]
+        if written:
+            # Counted whether or not their requests still wait (one may have timed out meanwhile).
+            new = sum(sum(flags) for flags in written)
+            self._metrics.stored.inc(new)
+            self._metrics.replays.inc(sum(map(len, written)) - new)
         for request, outcome in zip(batch, outcomes, strict=True):
-            if not isinstance(outcome, Exception):
-                # Written whether or not its request still waits (it may have timed out meanwhile).
-                new = sum(outcome.new)
-                self._metrics.stored.inc(new)
-                self._metrics.replays.inc(len(outcome.new) - new)
             if request.future.done():
                 continue
             if isinstance(outcome, Exception):
