@@ -86,7 +86,8 @@ class AccessLog:
         if not self.json:
             log.info("request", **fields)
             return
-        fields.update(event="request", level="info", timestamp=datetime.now(UTC).isoformat().replace("+00:00", "Z"))
+        # msgspec writes an instant in UTC as structlog's lines have it ("...T19:31:42.855716Z").
+        fields.update(event="request", level="info", timestamp=datetime.now(UTC))
         self._pending.append(self._encode(fields) + b"\n")
         if not self._scheduled:
             try:

@@ -225,15 +225,16 @@ def _arrays(rows: Sequence[Row], columns: Sequence[str]) -> list[Any]:
     asyncpg's own encoding of a list checks every element against three abstract base classes, and
     converts every instant on its own: a batch's numbers and instants cost four times more that way
     than joined as text (BENCHMARKS.md, "Notes"). The instants of a request's sales are mostly one
-    object (the time it arrived), written once. All are numbers or aware instants, never NULL.
+    object (the time it arrived), written once. All are numbers or aware instants, never NULL (the
+    rows, and so their objects, live until the call returns).
     """
     arrays: list[Any] = []
+    texts: dict[int, str] = {}  # by object: a sale's time of sale is mostly its request's time of arrival
     for column in columns:
         values = [row[column] for row in rows]
         if column == "idempotency_key":
             arrays.append(values)
         elif isinstance(values[0], datetime):
-            texts: dict[int, str] = {}
             for value in values:
                 if id(value) not in texts:
                     assert value.tzinfo is not None
