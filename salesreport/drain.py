@@ -6,13 +6,17 @@ SIGTERM the worker first drains for ``settings.drain_seconds`` (``draining``
 is set: see ``api.Front``), and only then lets Granian stop it.
 
 How, without asyncio's private table of signal handlers: a Granian 2.8 worker
-registers one and the same handler, on its event loop, for SIGINT and for
-SIGTERM (``granian/_signals.py``, ``set_loop_signals``: lines 7-8 and 28-31;
+registers one handler, on its event loop, for SIGINT and for SIGTERM
+(``granian/_signals.py``, ``set_loop_signals``: lines 7-8 and 28-31;
 called for the ASGI worker in ``granian/server/mp.py`` line 210, before the
 app's lifespan starts at line 224). So ``install`` replaces the SIGTERM one
 with ``loop.add_signal_handler`` and, when the drain is over, raises SIGINT in
 its own process: that runs Granian's handler, the very function SIGTERM would
 have run. SIGINT itself (Ctrl-C) still stops the worker at once, as before.
+What ``signal.getsignal`` returns for the two signals is the loop's own
+dispatcher: asyncio's loop gives the same function for both, uvloop (which
+``serve`` runs) a new bound method each time, equal but not the same object;
+so the two are compared with ``==``.
 
 Nothing public hands out Granian's handler or its shutdown event: the event is
 a local of the worker function (``mp.py`` lines 210-222); ``on_shutdown``
@@ -69,7 +73,7 @@ def install(svc: Drainable) -> Callable[[], None]:
     term = signal.getsignal(signal.SIGTERM)
     if not callable(term):
         return lambda: None  # nothing stops on SIGTERM but the default: not under a server
-    if term is not signal.getsignal(signal.SIGINT):
+    if term != signal.getsignal(signal.SIGINT):
         log.warning(
             "SIGTERM will stop this worker without a drain: the server does not handle SIGINT as it handles "
             "SIGTERM (Granian 2.8 does)",

@@ -46,7 +46,9 @@ class Front:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((value for name, value in scope["headers"] if name == b"x-request-id"), b"").decode("latin-1")
+        # The last one given, as a proxy that appends its own after the client's has it.
+        headers = scope["headers"]
+        given = next((value for name, value in reversed(headers) if name == b"x-request-id"), b"").decode("latin-1")
         # Not a secret, so not from the kernel's generator (a system call per request).
         request_id = given if _REQUEST_ID.match(given) else f"{random.getrandbits(64):016x}"
         scope["salesreport.request_id"] = request_id

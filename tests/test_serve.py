@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 import structlog
+import uvloop
 
 from salesreport import drain
 from tests import pg
@@ -229,8 +230,15 @@ async def until(condition: Callable[[], bool], within: float = 5) -> None:
         await asyncio.sleep(0.01)
 
 
+# asyncio's own loop, and uvloop (the one ``serve`` runs): each hands ``signal`` a dispatcher of its own.
+LOOPS = [pytest.param(asyncio.new_event_loop, id="asyncio"), pytest.param(uvloop.new_event_loop, id="uvloop")]
+
+
 def run_with_server_handlers(
-    sigterm: bool, sigint: bool, test: Callable[[list[float]], Coroutine[Any, Any, None]]
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+    sigterm: bool,
+    sigint: bool,
+    test: Callable[[list[float]], Coroutine[Any, Any, None]],
 ) -> None:
     """Run the coroutine function ``test`` on a fresh loop where a stand-in "server" handles the given signals.
 
@@ -238,18 +246,21 @@ def run_with_server_handlers(
     records when it ran.
     """
     stops: list[float] = []
-    loop = asyncio.new_event_loop()
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    loop = new_loop()
     try:
         for sig, handled in ((signal.SIGTERM, sigterm), (signal.SIGINT, sigint)):
             if handled:
                 loop.add_signal_handler(sig, lambda: stops.append(time.monotonic()))
         loop.run_until_complete(test(stops))
     finally:
-        loop.close()  # removes the loop's signal handlers: SIGTERM and SIGINT are as before
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        loop.close()
+        for sig, handler in before.items():  # uvloop's close leaves its own dispatcher in place
+            signal.signal(sig, handler)
 
 
-def test_sigterm_drains_then_runs_the_servers_handler() -> None:
+@pytest.mark.parametrize("new_loop", LOOPS)
+def test_sigterm_drains_then_runs_the_servers_handler(new_loop: Callable[[], asyncio.AbstractEventLoop]) -> None:
     async def test(stops: list[float]) -> None:
         svc = Svc(DrainSettings(drain_seconds=0.3))
         restore = drain.install(svc)
@@ -269,10 +280,13 @@ def test_sigterm_drains_then_runs_the_servers_handler() -> None:
         signal.raise_signal(signal.SIGTERM)
         await until(lambda: len(stops) == 2, within=0.25)
 
-    run_with_server_handlers(sigterm=True, sigint=True, test=test)
+    run_with_server_handlers(new_loop, sigterm=True, sigint=True, test=test)
 
 
-def test_no_drain_and_a_warning_where_sigint_is_not_the_servers_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("new_loop", LOOPS)
+def test_no_drain_and_a_warning_where_sigint_is_not_the_servers_handler(
+    new_loop: Callable[[], asyncio.AbstractEventLoop], monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = structlog.testing.CapturingLogger()
     monkeypatch.setattr(drain, "log", calls)
 
@@ -284,19 +298,20 @@ def test_no_drain_and_a_warning_where_sigint_is_not_the_servers_handler(monkeypa
         assert not svc.draining
         restore()
 
-    run_with_server_handlers(sigterm=True, sigint=False, test=test)
+    run_with_server_handlers(new_loop, sigterm=True, sigint=False, test=test)
     assert [call.method_name for call in calls.calls] == ["warning"]
     assert "without a drain" in calls.calls[0].args[0]
 
 
-def test_nothing_changes_where_no_server_handles_sigterm() -> None:
+@pytest.mark.parametrize("new_loop", LOOPS)
+def test_nothing_changes_where_no_server_handles_sigterm(new_loop: Callable[[], asyncio.AbstractEventLoop]) -> None:
     async def test(stops: list[float]) -> None:
         restore = drain.install(Svc(DrainSettings(drain_seconds=0.1)))
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
         restore()
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
-    run_with_server_handlers(sigterm=False, sigint=False, test=test)
+    run_with_server_handlers(new_loop, sigterm=False, sigint=False, test=test)
 
 
 def test_a_port_in_use_is_refused_even_by_a_reuseport_listener(sqlite_url: str, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Collection, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from .batch import (
@@ -237,8 +237,9 @@ def _arrays(rows: Sequence[Row], columns: Sequence[str]) -> list[Any]:
         elif isinstance(values[0], datetime):
             for value in values:
                 if id(value) not in texts:
-                    assert value.tzinfo is not None
-                    texts[id(value)] = value.isoformat()
+                    if value.tzinfo is None:  # would be read in the session's time zone
+                        raise ValueError(f"a naive instant: {value!r}")
+                    texts[id(value)] = value.astimezone(UTC).isoformat()
             arrays.append("{" + ",".join([texts[id(value)] for value in values]) + "}")
         else:
             arrays.append("{" + ",".join(map(str, values)) + "}")
