@@ -142,6 +142,20 @@ def postgres_engine(url: str | sa.URL, pool_size: int = 5, *, command_timeout: f
     return engine
 
 
+async def one_snapshot(conn: AsyncConnection) -> AsyncConnection:
+    """``conn`` (fresh from a reader's pool, nothing run on it yet), its reads from now on in one
+    transaction that sees the data as of its first one.
+
+    The readers run in autocommit, each statement seeing what was committed when it began: a page made
+    of several reads would otherwise show a sale committed between two of them in one table and not in
+    the next (in the month's revenue, say, but not among its top stores). PostgreSQL's REPEATABLE READ
+    keeps the first statement's snapshot, and so does SQLite's read transaction (``BEGIN``, see
+    ``_sqlite_engine``); the transaction is rolled back when the connection goes back to its pool.
+    """
+    level = "REPEATABLE READ" if conn.dialect.name == "postgresql" else "SERIALIZABLE"
+    return await conn.execution_options(isolation_level=level)
+
+
 async def driver_connection(conn: AsyncConnection) -> Any:
     """The driver's own connection under SQLAlchemy's (asyncpg's, on PostgreSQL)."""
     raw = (await conn.get_raw_connection()).driver_connection
