@@ -73,11 +73,17 @@ async def _probe(svc: Service) -> str | None:
 
 
 async def _not_ready(svc: Service) -> str | None:
-    try:
-        async with svc.db.reader.connect() as conn:
-            revision = await db.schema_revision(conn)
-    except Exception as exc:
-        return f"the database cannot be read: {_kind(exc)}"
+    for attempt in (1, 2):
+        try:
+            async with svc.db.reader.connect() as conn:
+                revision = await db.schema_revision(conn)
+            break
+        except Exception as exc:
+            # After a restart of the database the pool's connections are dead: the first one found so
+            # drops them all (SQLAlchemy's invalidation), and a new one tells whether it is back.
+            if attempt == 1 and db.is_unavailable(exc):
+                continue
+            return f"the database cannot be read: {_kind(exc)}"
     if revision != svc.head_revision:
         return f"the database schema is at revision {revision}, this code needs {svc.head_revision}: run migrate"
     try:
