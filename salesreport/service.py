@@ -62,12 +62,16 @@ def service(request: Request) -> Service:
 
 
 async def read(
-    request: Request, work: Callable[[AsyncConnection], Awaitable[T]], *, own_writes: bool = False
+    request: Request,
+    work: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    own_writes: bool = False,
+    snapshot: bool = False,
 ) -> tuple[T, Source]:
     """Run ``work`` on a read connection (see ``db.replica.Reads.read``); a database that cannot be
     reached answers 503."""
     with database_errors("read failed"):
-        return await service(request).reads.read(work, own_writes=own_writes)
+        return await service(request).reads.read(work, own_writes=own_writes, snapshot=snapshot)
 
 
 async def receive_body(request: Request, limit: int, too_large: Callable[[], ProblemError], what: str) -> bytes:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from salesreport import config
+from salesreport import config, reports
 from tests.conftest import Clock, app_client, eventually, seed
 from tests.test_auth import create, revoke
 
@@ -467,6 +467,25 @@ async def test_a_held_poll_of_a_revoked_key_ends_at_once(
     await revoke(settings, owner_id)
     ended = await asyncio.wait_for(poll, 10)
     assert ended.status_code == 401 and 'name="key"' in ended.text
+
+
+async def test_a_pages_reads_see_one_moment(client: httpx.AsyncClient, settings: config.Settings) -> None:
+    """A sale committed between two of a page's reads shows in neither (it shows in the next page),
+    where two reads without ``snapshot`` would disagree."""
+    await some_sales(client, settings)
+    svc = client.app.state.service  # type: ignore[attr-defined]
+    month = int(MONTH.replace("-", ""))
+    sold = iter([3, 2])  # stores without a sale in the month
+
+    async def work(conn: Any) -> tuple[list[Any], list[Any]]:
+        before = await reports.top_stores(conn, month)
+        await sell(client, {"product_id": 3, "store_id": next(sold), "sold_at": f"{MONTH}-11T10:00:00Z"})
+        return before, await reports.top_stores(conn, month)
+
+    (before, after), _ = await svc.reads.read(work, snapshot=True)
+    assert before == after
+    (before, after), _ = await svc.reads.read(work)
+    assert 3 in [s.id for s in before] and {s.id for s in after} - {s.id for s in before} == {2}
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

@@ -135,8 +135,9 @@ def postgres_engine(url: str | sa.URL, pool_size: int = 5, *, command_timeout: f
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
-        autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
-        if not autocommit and pooling.is_pooled(conn.connection.info):
+        options = conn.get_execution_options()
+        writes = options.get("isolation_level") != "AUTOCOMMIT" and not options.get("postgresql_readonly")
+        if writes and pooling.is_pooled(conn.connection.info):
             conn.exec_driver_sql(pooling.DURABLE)
 
     return engine
@@ -149,11 +150,14 @@ async def one_snapshot(conn: AsyncConnection) -> AsyncConnection:
     The readers run in autocommit, each statement seeing what was committed when it began: a page made
     of several reads would otherwise show a sale committed between two of them in one table and not in
     the next (in the month's revenue, say, but not among its top stores). PostgreSQL's REPEATABLE READ
-    keeps the first statement's snapshot, and so does SQLite's read transaction (``BEGIN``, see
-    ``_sqlite_engine``); the transaction is rolled back when the connection goes back to its pool.
+    keeps the first statement's snapshot (read only: through a pooler, no ``DURABLE`` setting either),
+    and so does SQLite's read transaction (``BEGIN``, see ``_sqlite_engine``); the transaction is
+    rolled back when the connection goes back to its pool. Used by ``replica.Reads.read`` on the
+    primary only.
     """
-    level = "REPEATABLE READ" if conn.dialect.name == "postgresql" else "SERIALIZABLE"
-    return await conn.execution_options(isolation_level=level)
+    if conn.dialect.name == "postgresql":
+        return await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    return await conn.execution_options(isolation_level="SERIALIZABLE")
 
 
 async def driver_connection(conn: AsyncConnection) -> Any:

@@ -36,7 +36,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .. import metrics
-from .engines import Database, is_unavailable, sqlstate
+from .engines import Database, is_unavailable, one_snapshot, sqlstate
 
 log = structlog.get_logger("salesreport.replica")
 
@@ -125,32 +125,41 @@ class Reads:
     # --- reads -----------------------------------------------------------------------
 
     async def read(
-        self, work: Callable[[AsyncConnection], Awaitable[T]], *, own_writes: bool = False
+        self, work: Callable[[AsyncConnection], Awaitable[T]], *, own_writes: bool = False, snapshot: bool = False
     ) -> tuple[T, Source]:
         """Run ``work`` on a read connection: the replica's for reports, while it is close enough
         behind; the primary's when ``own_writes`` (unless it cannot be reached). If the database
-        chosen cannot be reached, ``work`` runs on the other one; if neither can, the error is raised."""
+        chosen cannot be reached, ``work`` runs on the other one; if neither can, the error is raised.
+
+        ``snapshot``: on the primary, ``work``'s reads see the data as of one moment (see
+        ``engines.one_snapshot``). Not on a replica: there a transaction left open between two reads
+        is ended, connection and all, when the replay needs a lock it holds, which would read as the
+        replica lost; its reads stay one snapshot each."""
         replica = self.primary_unreachable if own_writes else self.reports_on_replica
         try:
-            return await self._on(work, replica=replica)
+            return await self._on(work, replica=replica, snapshot=snapshot)
         except Exception as exc:
             if not self._worth_the_other(exc, replica=replica):
                 raise
             if is_unavailable(exc):
                 self._lost(replica=replica, error=exc)
-        return await self._on(work, replica=not replica)
+        return await self._on(work, replica=not replica, snapshot=snapshot)
 
     def _worth_the_other(self, exc: BaseException, *, replica: bool) -> bool:
         if replica:
             return is_unavailable(exc) or sqlstate(exc) in _RECOVERY_CONFLICTS
         return self.replica_up and is_unavailable(exc)
 
-    async def _on(self, work: Callable[[AsyncConnection], Awaitable[T]], *, replica: bool) -> tuple[T, Source]:
+    async def _on(
+        self, work: Callable[[AsyncConnection], Awaitable[T]], *, replica: bool, snapshot: bool = False
+    ) -> tuple[T, Source]:
         engine = self.database.replica if replica else self.database.reader
         assert engine is not None
         # The primary's data is as of the moment the read began; the replica's, as last measured.
         as_of = self.as_of if replica else self.clock()
         async with engine.connect() as conn:
+            if snapshot and not replica:
+                await one_snapshot(conn)
             value = await work(conn)
         return value, Source(replica, as_of)
 

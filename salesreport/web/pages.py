@@ -131,7 +131,7 @@ async def dashboard(request: Request) -> Response:
     svc = service(request)
 
     async def build() -> tuple[tuple[str, dict[str, Any]], Source]:
-        view, source = await read(request, lambda conn: views.month_view(conn, month))
+        view, source = await read(request, lambda conn: views.month_view(conn, month), snapshot=True)
         context = {
             "freshness": _freshness(request, texts, source),
             "t": texts,
@@ -171,7 +171,7 @@ async def store_page(request: Request) -> Response:
     lang = texts.lang
 
     async def build() -> tuple[tuple[str, dict[str, Any]], Source]:
-        view, source = await read(request, lambda conn: views.store_view(conn, store.id, month))
+        view, source = await read(request, lambda conn: views.store_view(conn, store.id, month), snapshot=True)
         context = {
             "freshness": _freshness(request, texts, source),
             "t": texts,

@@ -13,7 +13,7 @@ from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .. import db, reports
+from .. import reports
 from ..schemas import MonthRevenue, TopProduct, TopStore, format_month
 
 SETTLE_SECONDS = 1.0
@@ -61,7 +61,6 @@ def previous_month(month: int) -> int:
 
 
 async def month_view(conn: AsyncConnection, month: int) -> MonthView:
-    conn = await db.one_snapshot(conn)  # its four reads agree with each other
     stores = await reports.top_stores(conn, month)
     ranks = await reports.store_ranks(conn, previous_month(month))
     products = await reports.top_products(conn, month)
@@ -70,7 +69,6 @@ async def month_view(conn: AsyncConnection, month: int) -> MonthView:
 
 
 async def store_view(conn: AsyncConnection, store_id: int, month: int) -> StoreView:
-    conn = await db.one_snapshot(conn)
     products = await reports.top_products(conn, month, reports.LIMIT, store_id)
     series = await reports.revenue_by_month(conn, month, 12, store_id)
     return StoreView(format_month(month), products, series)
