@@ -198,12 +198,11 @@ class Batcher:
 
     async def _write(self, batch: list[Request]) -> None:
         outcomes = await self._outcomes(batch)
-        if any(isinstance(outcome, Stored) for outcome in outcomes):
+        written = [outcome.new for outcome in outcomes if isinstance(outcome, Stored)]
+        if written:
             # Before any request is answered: a report asked for after the answer is read again (a
             # replay too: its sale may be another worker's, stored a moment ago).
             self.catalog.changes.committed()
-        written = [outcome.new for outcome in outcomes if isinstance(outcome, Stored)]
-        if written:
             # Counted whether or not their requests still wait (one may have timed out meanwhile).
             new = sum(sum(flags) for flags in written)
             self._metrics.stored.inc(new)
