@@ -148,14 +148,19 @@ class KeyRing:
                 await self._task
         await self._flush_use()
 
-    async def refresh(self) -> None:
-        """Reload the keys if they may have changed; raises if the database is down."""
-        if not self.changes.stale("keys", self.version):
+    async def refresh(self, *, recheck: bool = False) -> None:
+        """Reload the keys if they may have changed; raises if the database is down.
+
+        ``recheck``: read the keys' counter even if the copy is fresh (it may be up to
+        ``changes.BOUND`` old), unless a read began after this call did.
+        """
+        asked = self.changes.clock() if recheck else None
+        if not self.changes.stale("keys", self.version, since=asked):
             return
         if self.reads is not None and self.reads.keeps(self.version >= 0):
             return
         async with self._lock:
-            if not self.changes.stale("keys", self.version):
+            if not self.changes.stale("keys", self.version, since=asked):
                 return
             started = self.changes.clock()
             try:
@@ -174,6 +179,11 @@ class KeyRing:
             self.protected = bool(rows)
             self.version = version
             self.changes.seen("keys", version, started)
+
+    def knows(self, token: str) -> bool:
+        """Whether ``token`` is a key of this copy (revoked or not)."""
+        hashed = digest(token.strip())
+        return hashed in self.by_hash or hashed in self.revoked
 
     def active(self, key_id: int) -> Key | None:
         """The key with this id, unless it was revoked (what a dashboard session names)."""

@@ -96,8 +96,11 @@ class Changes:
         if self._sqlite is not None:
             self._sqlite.close()
 
-    def stale(self, name: str, loaded: int) -> bool:
-        """Whether ``name`` may have changed since version ``loaded`` was read (-1: never read)."""
+    def stale(self, name: str, loaded: int, *, since: float | None = None) -> bool:
+        """Whether ``name`` may have changed since version ``loaded`` was read (-1: never read).
+
+        ``since`` (``clock``): also when no read of the counter began at or after that moment.
+        """
         if loaded < 0:
             # Never loaded, though perhaps being loaded: the caller must wait for that load, not
             # take an empty copy (no keys would mean an open service) for a fresh one.
@@ -109,7 +112,7 @@ class Changes:
                 return True
             return (row[0] if row else 0) != loaded
         version, read_at = self._versions.get(name, (0, -math.inf))
-        return self.clock() - read_at > BOUND or version != loaded
+        return self.clock() - read_at > BOUND or version != loaded or (since is not None and read_at < since)
 
     def committed(self) -> None:
         """This worker committed a batch: what the reports show changed (before its requests are answered)."""

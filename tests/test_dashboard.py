@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import itertools
 import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -456,12 +457,31 @@ async def test_a_held_poll_answers_304_when_its_time_is_up_or_the_worker_drains(
     assert drained.status_code == 304 and drained.headers["connection"] == "close"
 
 
+async def test_an_owner_signs_in_with_a_key_created_a_moment_ago(
+    client: httpx.AsyncClient, settings: config.Settings
+) -> None:
+    """The worker's copy of the keys vouches for itself for up to ``changes.BOUND``; a sign-in with a key
+    it does not know reads the keys' counter again rather than refuse a key created in that time."""
+    svc = client.app.state.service  # type: ignore[attr-defined]
+    changes = svc.keys.changes
+    await changes.close()  # no poller: only the requests read the counters
+    ticks = itertools.count()
+    changes.clock = lambda: 1000.0 + next(ticks) * 1e-6  # far less than BOUND passes
+    _, first = await create(settings, "owner")
+    assert (await client.post("/signin", data={"key": first})).status_code == 303  # the first key: the copy was empty
+    client.cookies.clear()
+    _, owner = await create(settings, "owner")
+    signed = await client.post("/signin", data={"key": owner})
+    assert signed.status_code == 303, signed.text
+    assert (await client.get("/", params={"month": MONTH})).status_code == 200
+
+
 async def test_a_held_poll_of_a_revoked_key_ends_at_once(
     client: httpx.AsyncClient, settings: config.Settings, quick_live: None
 ) -> None:
     await some_sales(client, settings)
     owner_id, owner = await create(settings, "owner")
-    await client.post("/signin", data={"key": owner})
+    assert (await client.post("/signin", data={"key": owner})).status_code == 303
     tag = (await client.get("/", params={"month": MONTH, "fragment": "1"})).headers["etag"]
     poll = await _held(client, tag)
     await revoke(settings, owner_id)

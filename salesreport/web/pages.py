@@ -327,7 +327,9 @@ async def sign_in(request: Request) -> Response:
         target = "/"
     svc = service(request)
     with database_errors("cannot load API keys"):
-        await svc.keys.refresh()
+        # A key created a moment ago may not be in this worker's copy yet (other processes' changes
+        # reach it within ``changes.BOUND``): an owner who signs in with it at once is not refused.
+        await svc.keys.refresh(recheck=not svc.keys.knows(token))
     try:
         key = svc.keys.authenticate(f"Bearer {token}")
     except Unauthenticated:
