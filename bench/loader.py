@@ -3,7 +3,7 @@
 ``demo --sales N`` refuses a database that already has a catalog, so the
 benchmark loads its history with this instead: the same generator
 (``salesreport.demo.sales``) and the same code path as ``_demo`` in
-``salesreport/cli.py``, priced from the catalog CSVs that were imported::
+``salesreport/cli/data.py``, priced from the catalog CSVs that were imported::
 
     DATABASE_URL=postgresql://... python bench/loader.py \
         --products products.csv --stores stores.csv --sales 1000000

@@ -3,7 +3,7 @@
 Granian stops a worker on SIGTERM and closes its idle keep-alive connections
 at once: a request a client sends on one just then would get no answer. So on
 SIGTERM the worker first drains for ``settings.drain_seconds`` (``draining``
-is set: see ``api.Front``), and only then lets Granian stop it.
+is set: see ``front.Front``), and only then lets Granian stop it.
 
 How, without asyncio's private table of signal handlers: a Granian 2.8 worker
 registers one handler, on its event loop, for SIGINT and for SIGTERM

@@ -80,7 +80,7 @@ async def session_key(request: Request) -> Key | None:
 
 async def _viewer(request: Request) -> Response | None:
     """None if the caller may see the pages; otherwise the page to show instead (sign-in, 401)."""
-    from ..api import _local  # one rule for the open mode, the API's
+    from ..api.access import _local  # one rule for the open mode, the API's
 
     keys = service(request).keys
     with database_errors("cannot load API keys"):
