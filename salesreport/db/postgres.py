@@ -199,9 +199,12 @@ SELECT id, store_id, idempotency_key FROM inserted ORDER BY id
 """
 
 
-# The first attempt's statement: a key stored before fails it whole (unique violation).
-_INSERT_STRICT = _INSERT.replace("    ON CONFLICT (store_id, idempotency_key) DO NOTHING\n", "", 1)
-assert _INSERT_STRICT != _INSERT
+# The first attempt's statement: a key stored before fails it whole (unique violation), so every row
+# is inserted, and its ids come back as one array (a record per row costs the client ~0.4 µs more).
+_INSERT_STRICT = _INSERT.replace("    ON CONFLICT (store_id, idempotency_key) DO NOTHING\n", "", 1).replace(
+    "SELECT id, store_id, idempotency_key FROM inserted ORDER BY id", "SELECT array_agg(id ORDER BY id) FROM inserted"
+)
+assert _INSERT_STRICT.count("ON CONFLICT") == _INSERT.count("ON CONFLICT") - 1 and "array_agg" in _INSERT_STRICT
 
 
 async def insert_sales(raw: Any, rows: Sequence[Row], slot: int, *, strict: bool = False) -> list[int | None]:
@@ -213,8 +216,11 @@ async def insert_sales(raw: Any, rows: Sequence[Row], slot: int, *, strict: bool
     order = sorted(range(len(rows)), key=lambda i: key_order(rows[i]))
     ordered = [rows[i] for i in order]
     arrays = _arrays(ordered, [c for c in INSERT_COLUMNS if c != "amount"])  # amount: computed in SQL
-    statement = _INSERT_STRICT if strict else _INSERT
-    records = await raw.fetch(statement, *arrays, _preference(slot))
+    if strict:
+        ids: list[int | None] = await raw.fetchval(_INSERT_STRICT, *arrays, _preference(slot))
+        assert len(ids) == len(rows)
+        return unsort(order, ids)
+    records = await raw.fetch(_INSERT, *arrays, _preference(slot))
     return unsort(order, _ids_in_order(ordered, records))
 
 
