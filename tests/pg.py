@@ -150,7 +150,8 @@ class Bouncer:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
 
-def start_bouncer(binary: Path, cluster: Cluster, *, pool_size: int = 4) -> Bouncer:
+def start_bouncer(binary: Path, cluster: Cluster, *, pool_size: int = 4, settings: str = "") -> Bouncer:
+    """``settings``: more lines of its ``[pgbouncer]`` section."""
     root = Path(tempfile.mkdtemp(prefix="salesreport-pgbouncer-"))
     port = free_port()
     (root / "userlist.txt").write_text('"postgres" ""\n')
@@ -167,7 +168,7 @@ def start_bouncer(binary: Path, cluster: Cluster, *, pool_size: int = 4) -> Boun
         f"default_pool_size = {pool_size}\n"
         "max_client_conn = 1000\n"
         "server_lifetime = 3600\n"
-        f"logfile = {root / 'pgbouncer.log'}\n"
+        f"logfile = {root / 'pgbouncer.log'}\n" + settings
     )
     if os.geteuid() == 0:  # PgBouncer refuses to run as root
         shutil.chown(root, "postgres", "postgres")

@@ -88,6 +88,38 @@ async def test_the_endpoint_is_told_apart(bounced: config.Settings, pg_cluster: 
             await database.dispose()
 
 
+async def test_a_pgbouncer_that_ignores_the_session_setting_is_told_apart(
+    bounced: config.Settings, pg_cluster: pg.Cluster, clock: Clock
+) -> None:
+    """Told to ignore ``synchronous_commit`` at startup, PgBouncer accepts it without passing it on:
+    still pooled (its process id is not the server's), so unnamed statements and a durable setting
+    per writing transaction, and concurrent writes through two server connections work."""
+    binary = pg.find_pgbouncer()
+    assert binary is not None
+    lenient = pg.start_bouncer(
+        binary, pg_cluster, pool_size=2, settings="ignore_startup_parameters = synchronous_commit\n"
+    )
+    try:
+        settings = replace(bounced, database_url=config.async_url(lenient.url("salesreport")))
+        database = db.connect(settings)
+        try:
+            async with database.reader.connect() as conn:
+                raw = await conn.get_raw_connection()
+                assert pooling.is_pooled(raw.info)
+                assert raw.driver_connection is not None
+                assert raw.driver_connection._config.statement_cache_size == 0
+        finally:
+            await database.dispose()
+        async with app_client(settings, clock) as client:
+            sales = [{"product_id": 1 + i % 3, "store_id": 1 + i % 4, "idempotency_key": f"k{i}"} for i in range(40)]
+            answers = await asyncio.gather(*(client.post("/sales", json=sale) for sale in sales))
+            assert [a.status_code for a in answers] == [201] * 40, answers[0].text
+            top = await client.get("/reports/top-products")
+            assert sum(p["quantity"] for p in top.json()) == 40
+    finally:
+        pg.stop_bouncer(lenient)
+
+
 async def test_migrate_import_and_keys_through_pgbouncer(
     pg_cluster: pg.Cluster, pgbouncer: pg.Bouncer, tmp_path: Path
 ) -> None:

@@ -6,7 +6,10 @@ transaction on the server: no session settings, no named prepared
 statements (PgBouncer 1.18 cannot track them; asyncpg and SQLAlchemy's
 dialect cache them by name). The first connection to a URL tells which it
 is: PgBouncer refuses a startup packet that sets a server setting, which
-the server itself accepts. That answer holds for the process:
+the server itself accepts; and a PgBouncer told to ignore that setting
+(``ignore_startup_parameters``) gives its clients a process id of its own,
+not that of the server process that runs their statements. That answer holds
+for the process:
 
 - **direct**: ``synchronous_commit`` set for the session, and both caches of
   named prepared statements on (each statement is parsed and planned once
@@ -20,6 +23,8 @@ the server itself accepts. That answer holds for the process:
 from __future__ import annotations
 
 from typing import Any
+
+from sqlalchemy.util import await_
 
 # Acknowledged writes are durable whatever the server's default says.
 SESSION_SETTINGS = {"synchronous_commit": "on"}
@@ -48,14 +53,30 @@ def choose(dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any])
                 raise
             pooled = _answers[endpoint] = True
         else:
-            _answers[endpoint] = False
-            record.info[POOLED] = False
-            return first
+            if not _behind_a_pooler(first):
+                _answers[endpoint] = False
+                record.info[POOLED] = False
+                return first
+            first.close()
+            pooled = _answers[endpoint] = True
     record.info[POOLED] = pooled
     if pooled:
         settings = {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
         return dialect.connect(*cargs, **cparams, **settings, prepared_statement_name_func=_unnamed)
     return dialect.connect(*cargs, **cparams, server_settings=SESSION_SETTINGS)
+
+
+def _behind_a_pooler(conn: Any) -> bool:
+    """Whether the process id the connection was given at startup is another than that of the server
+    process running its statements: a pooler's own, which took the session setting without passing it on."""
+    raw = conn.driver_connection
+
+    async def running() -> int:
+        async with raw.transaction():  # one server connection for the whole statement, even through a pooler
+            pid: int = await raw.fetchval("SELECT pg_backend_pid()")
+            return pid
+
+    return bool(await_(running()) != raw.get_server_pid())
 
 
 def _unnamed() -> str:
