@@ -196,22 +196,24 @@ async def _serve(
     """A page from the cache (or built): the whole page, or for the live poll (``?fragment=1``) its
     main part alone, revalidated by ETag so that an unchanged page costs a 304 without a body."""
 
-    async def page() -> tuple[tuple[str, dict[str, Any], str], Source]:
+    async def page() -> tuple[_Page, Source]:
         (fragment, context), source = await build()
-        return (fragment, context, '"' + hashlib.blake2b(fragment.encode(), digest_size=12).hexdigest() + '"'), source
+        return _Page(fragment, context), source
 
     svc = service(request)
     changes = svc.catalog.changes
     # Signed in or open: the page's frame says which (a sign-out button), and the first key changes it.
     full = (*key, svc.keys.protected)
     news = changes.news()
-    (fragment, context, tag), source = await cached(request, svc.pages, full, page)
+    built, source = await cached(request, svc.pages, full, page)
+    tag = built.tag
     if request.query_params.get("fragment") == "1":
         known = request.headers.get("if-none-match")
         if known is not None and known != tag and await behind(request, svc.pages, full) is not None:
             # The browser has a newer page (from another worker, or read before a change this one
             # keeps for its settle second): never answer it with an older one.
-            (fragment, context, tag), source = await cached(request, svc.pages, full, page, settled=False)
+            built, source = await cached(request, svc.pages, full, page, settled=False)
+            tag = built.tag
         if known == tag and request.query_params.get("wait") == "1":
             # The live poll: held until the page changes (or LIVE_WAIT_S), so that an open page costs
             # nothing while nothing changes.
@@ -239,15 +241,34 @@ async def _serve(
                     if refused is not None:
                         return refused
                 news = changes.news()
-                (fragment, context, tag), source = await cached(request, svc.pages, full, page)
+                built, source = await cached(request, svc.pages, full, page)
+                tag = built.tag
         headers = {**SECURITY_HEADERS, **freshness_headers(svc, source), "ETag": tag}
         # no-store: a poll is never written to the browser's cache (the script sends If-None-Match itself).
         if known == tag:
             return Response(status_code=304, headers=headers)
-        return Response(fragment, media_type="text/html; charset=utf-8", headers=headers)
+        return Response(built.fragment, media_type="text/html; charset=utf-8", headers=headers)
     headers = {**SECURITY_HEADERS, **freshness_headers(svc, source)}
-    html = _templates.get_template("page.html").render(**context, fragment=Markup(fragment), etag=tag)
-    return _remember_language(request, Response(html, media_type="text/html; charset=utf-8", headers=headers))
+    return _remember_language(request, Response(built.whole(), media_type="text/html; charset=utf-8", headers=headers))
+
+
+class _Page:
+    """A page as kept in the cache: its main part (what the live poll fetches), named by its ETag, and
+    the whole page around it, rendered the first time one is asked for and then kept with it."""
+
+    def __init__(self, fragment: str, context: dict[str, Any]) -> None:
+        self.fragment = fragment
+        self.context = context
+        self.tag = '"' + hashlib.blake2b(fragment.encode(), digest_size=12).hexdigest() + '"'
+        self._whole: bytes | None = None
+
+    def whole(self) -> bytes:
+        if self._whole is None:
+            html = _templates.get_template("page.html").render(
+                **self.context, fragment=Markup(self.fragment), etag=self.tag
+            )
+            self._whole = html.encode()
+        return self._whole
 
 
 # How long a live poll is held while its page is unchanged (less than the proxies' timeouts: HAProxy's
