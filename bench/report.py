@@ -287,11 +287,11 @@ def _header(run: Run) -> list[str]:
         "through all ids) and an idempotency key unique in the run. Errors are non-2xx answers plus wrk "
         "socket errors (timeouts at 2 s included).",
         "- Percentiles: as wrk prints them, corrected for coordinated omission (`stats_correct` in wrk's "
-        "source): a response slower than its connection's mean interval (the run's length over that "
-        "connection's requests) also counts, once per interval it held up, the requests that connection "
-        "would have sent meanwhile. From one connection at about 1.5 ms per request, a single 200 ms pause "
-        "(a checkpoint's writes, say) counts about 130 times, and a few such pauses make the p99; `max` is "
-        "the longest response itself.",
+        "source): a response slower than twice a connection's mean interval (the run's length over the "
+        "requests per connection) adds the requests that connection would have sent meanwhile, with the "
+        "latencies they would have had. From one connection at about 1.5 ms per request, one 200 ms pause "
+        "(a checkpoint's writes, say) adds about 130 samples between 200 and 1.5 ms, so a few such pauses "
+        "make the p99; `max` is the longest response itself.",
         "- CPU: user + system time (utime + stime in `/proc/PID/stat`) of the server's whole process tree "
         "(Granian's main process and its workers), read just before and just after each wrk run, divided by "
         "the requests wrk counted (and by the sales per request). It leaves out wrk's and PostgreSQL's CPU, "
