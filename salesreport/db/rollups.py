@@ -7,6 +7,7 @@ its SQL, and ``check`` and the differential tests hold the two to each other.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,13 +77,20 @@ class Rollups:
             for key, sums in sorted(self.tables[table].items())
         ]
 
+    def rows(self, table: str, slot: int) -> list[tuple[int, ...]]:
+        """As ``records``, as tuples in the order of ``upsert_sql``'s columns."""
+        return [(*key, slot, *sums) for key, sums in sorted(self.tables[table].items())]
 
-def upsert_sql(table: str) -> str:
-    """The SQLite statement adding one row of sums into ``table`` (named parameters)."""
+
+@functools.cache
+def upsert_sql(table: str, count: int = 1) -> str:
+    """The SQLite statement adding ``count`` rows of sums into ``table``: positional parameters,
+    each row its key, the slot and the sums (``Rollups.rows``)."""
     keys, columns = (*ROLLUP_KEYS[table], "slot"), ROLLUP_COLUMNS[table]
     names = (*keys, *columns)
+    row = f"({', '.join('?' * len(names))})"
     return (
-        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(':' + n for n in names)}) "
+        f"INSERT INTO {table} ({', '.join(names)}) VALUES {', '.join([row] * count)} "
         f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET " + ", ".join(f"{c} = {c} + excluded.{c}" for c in columns)
     )
 
