@@ -123,6 +123,40 @@ async def test_duplicate_keys_inside_an_array(client: httpx.AsyncClient, setting
     assert await count_sales(settings) == 1
 
 
+async def test_every_sale_of_a_large_mixed_array_gets_its_own_id(client: httpx.AsyncClient) -> None:
+    """Hundreds of sales, with and without keys, some repeating sales stored before and some repeating
+    each other, in one array (the writers insert them in chunks and in key order): each answer names
+    the sale it stands for."""
+    earlier = [
+        {"product_id": 1 + i % 3, "store_id": 1 + i % 4, "quantity": 1 + i % 5, "idempotency_key": f"e{i}"}
+        for i in range(0, 600, 7)
+    ]
+    assert (await post(client, earlier)).status_code == 201
+    sales = []
+    for i in range(600):
+        sale = {"product_id": 1 + (i * 7) % 3, "store_id": 1 + (i * 5) % 4, "quantity": 1 + i % 5}
+        if i % 7 == 0:
+            sale = earlier[i // 7]  # a replay of a sale stored before
+        elif i % 3 == 0:
+            sale["idempotency_key"] = f"n{(i * 37) % 600:03d}"  # keys out of order
+        elif i % 11 == 0:
+            sale = {**sales[i - 1]}  # the one before again: a replay within the array if it has a key
+        sales.append(sale)
+    response = await post(client, sales)
+    assert response.status_code == 201, response.text
+    answered = response.json()
+    assert len(answered) == 600
+    for sale, answer in zip(sales, answered, strict=True):
+        assert {k: answer[k] for k in sale} == sale
+    keyless = [a["id"] for s, a in zip(sales, answered, strict=True) if "idempotency_key" not in s]
+    assert len(set(keyless)) == len(keyless)
+    for answer in answered:
+        stored = (await client.get(f"/sales/{answer['id']}")).json()
+        assert {k: stored[k] for k in answer if k != "idempotency_key"} == {
+            k: v for k, v in answer.items() if k != "idempotency_key"
+        }
+
+
 async def test_array_is_all_or_nothing(client: httpx.AsyncClient, settings: config.Settings) -> None:
     good = {"product_id": 1, "store_id": 1}
     body = assert_problem(await post(client, [good, good, {"product_id": 999, "store_id": 1}]), 422)
