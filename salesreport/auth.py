@@ -18,6 +18,7 @@ import functools
 import hashlib
 import hmac
 import ipaddress
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from .db.replica import Reads
 log = structlog.get_logger("salesreport.auth")
 
 PREFIX = "sr_"
+# What ``new_key`` makes: the prefix and 32 random bytes in URL-safe base64.
+_KEY_FORM = re.compile(re.escape(PREFIX) + r"[A-Za-z0-9_-]{43}")
 ROLES = ("owner", "pos", "metrics")
 
 
@@ -128,6 +131,8 @@ class KeyRing:
     by_hash: dict[str, Key] = field(default_factory=dict)
     # Told apart from unknown keys in the metrics only: the caller hears "unknown or revoked" for both.
     revoked: frozenset[str] = frozenset()
+    # Every key's id, revoked or not: a session naming another may name a key created a moment ago.
+    ids: frozenset[int] = frozenset()
     # Protected once any key was ever created: revoking the last key must not
     # reopen the service.
     protected: bool = False
@@ -176,14 +181,19 @@ class KeyRing:
                 raise
             self.by_hash = {r.hash: Key(r.id, r.role, r.store_id, r.hash) for r in rows if r.revoked_at is None}
             self.revoked = frozenset(r.hash for r in rows if r.revoked_at is not None)
+            self.ids = frozenset(r.id for r in rows)
             self.protected = bool(rows)
             self.version = version
             self.changes.seen("keys", version, started)
 
-    def knows(self, token: str) -> bool:
-        """Whether ``token`` is a key of this copy (revoked or not)."""
-        hashed = digest(token.strip())
-        return hashed in self.by_hash or hashed in self.revoked
+    def may_be_new(self, token: str) -> bool:
+        """Whether ``token`` has a key's form and is no key of this copy (revoked or not): perhaps one
+        created since the copy was read."""
+        token = token.strip()
+        if not _KEY_FORM.fullmatch(token):
+            return False
+        hashed = digest(token)
+        return hashed not in self.by_hash and hashed not in self.revoked
 
     def active(self, key_id: int) -> Key | None:
         """The key with this id, unless it was revoked (what a dashboard session names)."""

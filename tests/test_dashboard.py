@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from salesreport import config, reports
+from salesreport import config, db, reports
 from tests.conftest import Clock, app_client, eventually, seed
 from tests.test_auth import create, revoke
 
@@ -463,17 +463,58 @@ async def test_an_owner_signs_in_with_a_key_created_a_moment_ago(
     """The worker's copy of the keys vouches for itself for up to ``changes.BOUND``; a sign-in with a key
     it does not know reads the keys' counter again rather than refuse a key created in that time."""
     svc = client.app.state.service  # type: ignore[attr-defined]
+    await create(settings, "owner")  # the service is no longer open
     changes = svc.keys.changes
     await changes.close()  # no poller: only the requests read the counters
     ticks = itertools.count()
-    changes.clock = lambda: 1000.0 + next(ticks) * 1e-6  # far less than BOUND passes
-    _, first = await create(settings, "owner")
-    assert (await client.post("/signin", data={"key": first})).status_code == 303  # the first key: the copy was empty
-    client.cookies.clear()
+    changes.clock = lambda: 1e9 + next(ticks) * 1e-6  # after every read so far; far less than BOUND passes
+    await svc.keys.refresh(recheck=True)  # the copy, read on this clock: fresh from now on
+    assert svc.keys.protected
     _, owner = await create(settings, "owner")
     signed = await client.post("/signin", data={"key": owner})
     assert signed.status_code == 303, signed.text
     assert (await client.get("/", params={"month": MONTH})).status_code == 200
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_session_opened_on_one_worker_with_a_new_key_is_good_on_another(
+    settings: config.Settings, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signed in on worker A with a key created a moment ago, the page comes from worker B, whose copy
+    of the keys does not have it yet: B reads the keys' counter rather than refuse the session. A token
+    that is not of a key's form, a sign-in that cannot succeed, reads nothing."""
+    _, first = await create(settings, "owner")
+    async with app_client(settings, clock) as a, app_client(settings, clock) as b:
+        for each in (a, b):
+            assert (await each.post("/signin", data={"key": first})).status_code == 303
+            each.cookies.clear()
+            changes = each.app.state.service.keys.changes  # type: ignore[attr-defined]
+            await changes.close()  # no poller: only the requests read the counters
+            ticks = itertools.count()
+            changes.clock = lambda ticks=ticks: (
+                1e9 + next(ticks) * 1e-6
+            )  # after every read so far; far less than BOUND passes
+            await each.app.state.service.keys.refresh(recheck=True)  # type: ignore[attr-defined]
+        _, owner = await create(settings, "owner")
+        assert (await a.post("/signin", data={"key": owner})).status_code == 303
+        b.cookies.update(a.cookies)
+        assert (await b.get("/", params={"month": MONTH})).status_code == 200
+
+        reads = 0
+        counted = db.get_version
+
+        async def counting(conn: Any, name: str) -> int:
+            nonlocal reads
+            reads += 1
+            return await counted(conn, name)
+
+        monkeypatch.setattr(db, "get_version", counting)
+        b.cookies.clear()
+        for token in ("sr_nope", "x" * 46, ""):
+            assert (await b.post("/signin", data={"key": token})).status_code == 401
+        assert reads == 0
+        assert (await b.post("/signin", data={"key": "sr_" + "A" * 43})).status_code == 401
+        assert reads == 1
 
 
 async def test_a_held_poll_of_a_revoked_key_ends_at_once(

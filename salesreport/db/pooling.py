@@ -53,7 +53,12 @@ def choose(dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any])
                 raise
             pooled = _answers[endpoint] = True
         else:
-            if not _behind_a_pooler(first):
+            try:
+                behind = _behind_a_pooler(first)
+            except BaseException:
+                first.close()
+                raise
+            if not behind:
                 _answers[endpoint] = False
                 record.info[POOLED] = False
                 return first
@@ -73,7 +78,11 @@ def _behind_a_pooler(conn: Any) -> bool:
 
     async def running() -> int:
         async with raw.transaction():  # one server connection for the whole statement, even through a pooler
-            pid: int = await raw.fetchval("SELECT pg_backend_pid()")
+            # Unnamed: a named statement would outlive this connection on the pooler's server connection,
+            # where the next process's first statement (asyncpg's names restart in every process) would
+            # collide with it.
+            statement = await raw.prepare("SELECT pg_backend_pid()", name="")
+            pid: int = await statement.fetchval()
             return pid
 
     return bool(await_(running()) != raw.get_server_pid())

@@ -74,6 +74,10 @@ async def session_key(request: Request) -> Key | None:
         return None
     # A session opened a moment ago is read at once (the redirect after sign-in): from the primary.
     key_id, _ = await read(request, lambda conn: session_key_id(conn, token, svc.clock()), own_writes=True)
+    if key_id is not None and key_id not in svc.keys.ids:
+        # A key created a moment ago, signed in with on another worker: not in this copy yet.
+        with database_errors("cannot load API keys"):
+            await svc.keys.refresh(recheck=True)
     key = svc.keys.active(key_id) if key_id is not None else None
     return key if key is not None and key.role == "owner" else None
 
@@ -350,7 +354,7 @@ async def sign_in(request: Request) -> Response:
     with database_errors("cannot load API keys"):
         # A key created a moment ago may not be in this worker's copy yet (other processes' changes
         # reach it within ``changes.BOUND``): an owner who signs in with it at once is not refused.
-        await svc.keys.refresh(recheck=not svc.keys.knows(token))
+        await svc.keys.refresh(recheck=svc.keys.may_be_new(token))
     try:
         key = svc.keys.authenticate(f"Bearer {token}")
     except Unauthenticated:
