@@ -186,14 +186,10 @@ class KeyRing:
             self.version = version
             self.changes.seen("keys", version, started)
 
-    def may_be_new(self, token: str) -> bool:
-        """Whether ``token`` has a key's form and is no key of this copy (revoked or not): perhaps one
-        created since the copy was read."""
-        token = token.strip()
-        if not _KEY_FORM.fullmatch(token):
-            return False
-        hashed = digest(token)
-        return hashed not in self.by_hash and hashed not in self.revoked
+    @staticmethod
+    def has_key_form(token: str) -> bool:
+        """Whether ``token`` could be a key (``new_key``'s form): only such a token is worth a read."""
+        return _KEY_FORM.fullmatch(token.strip()) is not None
 
     def active(self, key_id: int) -> Key | None:
         """The key with this id, unless it was revoked (what a dashboard session names)."""

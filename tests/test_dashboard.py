@@ -460,10 +460,10 @@ async def test_a_held_poll_answers_304_when_its_time_is_up_or_the_worker_drains(
 async def test_an_owner_signs_in_with_a_key_created_a_moment_ago(
     client: httpx.AsyncClient, settings: config.Settings
 ) -> None:
-    """The worker's copy of the keys vouches for itself for up to ``changes.BOUND``; a sign-in with a key
-    it does not know reads the keys' counter again rather than refuse a key created in that time."""
+    """The worker's copy of the keys vouches for itself for up to ``changes.BOUND``; a sign-in reads the
+    keys' counter again rather than refuse a key created, or accept one revoked, in that time."""
     svc = client.app.state.service  # type: ignore[attr-defined]
-    await create(settings, "owner")  # the service is no longer open
+    revoked_id, revoked = await create(settings, "owner")  # the service is no longer open
     changes = svc.keys.changes
     await changes.close()  # no poller: only the requests read the counters
     ticks = itertools.count()
@@ -474,6 +474,9 @@ async def test_an_owner_signs_in_with_a_key_created_a_moment_ago(
     signed = await client.post("/signin", data={"key": owner})
     assert signed.status_code == 303, signed.text
     assert (await client.get("/", params={"month": MONTH})).status_code == 200
+    client.cookies.clear()
+    await revoke(settings, revoked_id)  # a key the copy still holds as active
+    assert (await client.post("/signin", data={"key": revoked})).status_code == 401
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

@@ -352,9 +352,9 @@ async def sign_in(request: Request) -> Response:
         target = "/"
     svc = service(request)
     with database_errors("cannot load API keys"):
-        # A key created a moment ago may not be in this worker's copy yet (other processes' changes
-        # reach it within ``changes.BOUND``): an owner who signs in with it at once is not refused.
-        await svc.keys.refresh(recheck=svc.keys.may_be_new(token))
+        # The keys as they are now, not as this worker's copy had them up to ``changes.BOUND`` ago: a key
+        # created a moment ago signs in, one revoked a moment ago does not.
+        await svc.keys.refresh(recheck=svc.keys.has_key_form(token))
     try:
         key = svc.keys.authenticate(f"Bearer {token}")
     except Unauthenticated:
