@@ -18,8 +18,9 @@ of its own:
 
 A month is archived only once every idempotency key of its sales has expired
 (``SALESREPORT_KEY_LIFETIME_DAYS`` after the sale was received; ``Recent`` otherwise): a till's retry of
-a sale must find it, not store it anew. The locks wait at most ``LOCK_TIMEOUT`` for a long reader
-(``pg_dump``, say), which would otherwise queue every request behind the archive (``Busy``).
+a sale must find it, not store it anew. The locks wait at most ``LOCK_TIMEOUT`` for another
+transaction (a long writer; for the partition's detaching, a long reader such as ``pg_dump`` too), which
+would otherwise queue every request behind the archive (``Busy``, and no file of the month is left).
 
 A month archived again (a sale of it stored after it was archived) gets files of its own
 (``sales-YYYY-MM-2.csv.gz``…). A return of an archived sale finds no sale (422).
@@ -62,7 +63,8 @@ class Recent(Exception):
 
 
 class Busy(Exception):
-    """Another transaction holds ``sales`` (a long reader such as pg_dump): try again later."""
+    """Another transaction held ``sales`` too long (a long writer, or for the detaching a reader such as
+    pg_dump): try again later."""
 
 
 def archived(month: sa.ColumnElement[int] | int, before: int) -> Any:
@@ -93,17 +95,30 @@ async def archive_month(
     conn: AsyncConnection, month: int, directory: Path, now: datetime, key_lifetime: timedelta
 ) -> Archived | None:
     """Archive one month in ``conn``'s transaction (see above) into ``directory`` (which exists); None
-    if it had no sales (an empty partition, dropped). Raises ``Recent`` or ``Busy``, with nothing done."""
+    if it had no sales (an empty partition, dropped). Raises ``Recent`` or ``Busy``, or whatever else
+    failed, with no file of the month left behind (the caller's transaction then undoes the rest)."""
+    written: list[Path] = []
+    try:
+        return await _archive_month(conn, month, directory, now, key_lifetime, written)
+    except BaseException as exc:
+        for path in written:  # rows that stay in the database are not also in an archive
+            path.unlink(missing_ok=True)
+        if isinstance(exc, sa.exc.DBAPIError) and db.sqlstate(exc) == "55P03":  # lock_not_available
+            # The EXCLUSIVE lock waits for writers; detaching the partition, for every reader too.
+            raise Busy(
+                f"sales is in use by another transaction (a long one, or pg_dump) for more than {LOCK_TIMEOUT}"
+            ) from None
+        raise
+
+
+async def _archive_month(
+    conn: AsyncConnection, month: int, directory: Path, now: datetime, key_lifetime: timedelta, written: list[Path]
+) -> Archived | None:
     s, r = db.sales, db.returns
     split = await partitions.partitioned(conn)
     if split:
         await conn.execute(sa.text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-        try:
-            await conn.execute(sa.text("LOCK TABLE sales, returns IN EXCLUSIVE MODE"))
-        except sa.exc.DBAPIError as exc:
-            if db.sqlstate(exc) == "55P03":  # lock_not_available
-                raise Busy(f"sales is held by another transaction (pg_dump?) for more than {LOCK_TIMEOUT}") from None
-            raise
+        await conn.execute(sa.text("LOCK TABLE sales, returns IN EXCLUSIVE MODE"))
     of_month = s.c.month == month
     # Under the lock: a late sale of the month, stored meanwhile, is counted too.
     latest = await conn.scalar(
@@ -118,11 +133,10 @@ async def archive_month(
         return None
     parts = int(await conn.scalar(sa.select(sa.func.count()).where(db.archived_months.c.month == month)) or 0)
     stem = format_month(month) + (f"-{parts + 1}" if parts else "")
-    sales_file, sales_count, sales_sha = await _export(conn, s, of_month, directory / f"sales-{stem}.csv.gz")
-    returns_file, returns_count, returns_sha = await _export(
-        conn, r, returns_of_month, directory / f"returns-{stem}.csv.gz"
-    )
     sums = directory / f"{stem}.sha256"
+    written += [directory / f"sales-{stem}.csv.gz", directory / f"returns-{stem}.csv.gz", sums]
+    sales_file, sales_count, sales_sha = await _export(conn, s, of_month, written[0])
+    returns_file, returns_count, returns_sha = await _export(conn, r, returns_of_month, written[1])
     _write(sums, lambda f: f.write(f"{sales_sha}  {sales_file.name}\n{returns_sha}  {returns_file.name}\n"))
     _sync_directory(directory)  # the files are durable before their rows go
     await _keep_sums(conn, await reports.raw_sums(conn, of_month, returns_of_month))

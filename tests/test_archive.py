@@ -10,16 +10,18 @@ import hashlib
 import os
 import sys
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import sqlalchemy as sa
 
-from salesreport import config, db
+from salesreport import archive, config, db
 from tests import pg
-from tests.conftest import ROOT, Clock, app_client, count_sales, scalar
+from tests.conftest import NOW, ROOT, Clock, app_client, count_sales, scalar
 from tests.test_api import assert_problem
 from tests.test_cli import cli
 
@@ -163,6 +165,46 @@ async def test_archive_drops_the_months_partitions(
     assert await scalar(settings, query) == 0
     assert await count_sales(settings) == 0
     assert len(read_csv(tmp_path / "sales-2001-05.csv.gz")) == 2
+
+
+@pytest.mark.parametrize("holder", ["SELECT count(*) FROM sales", "LOCK TABLE sales IN ROW EXCLUSIVE MODE"])
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_month_held_by_another_transaction_is_left_whole(
+    settings: config.Settings, client: httpx.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, holder: str
+) -> None:
+    """A reader (pg_dump, say) keeps the partition from being detached, a writer keeps the month from
+    being locked: after ``LOCK_TIMEOUT`` the month is refused (``Busy``), its rows stay, and no file of it
+    is left to look like an archive; once the other transaction ends, it is archived."""
+    monkeypatch.setattr(archive, "LOCK_TIMEOUT", "200ms")
+    database = db.connect(settings)
+    try:
+        async with database.writer.begin() as conn:
+            await db.partitions.ensure(conn, [202505])
+        await post(client, "/sales", {"product_id": 1, "store_id": 1, "sold_at": "2025-05-05T12:00:00Z"})
+        other = await asyncpg.connect(plain(settings))
+        try:
+            held = other.transaction()
+            await held.start()
+            await other.execute(holder)
+            with pytest.raises(archive.Busy, match="in use by another transaction"):
+                async with database.writer.begin() as conn:
+                    await archive.archive_month(conn, 202505, tmp_path, NOW, timedelta(days=30))
+            assert os.listdir(tmp_path) == []
+            assert await count_sales(settings) == 1
+            await held.rollback()
+        finally:
+            await other.close()
+        async with database.writer.begin() as conn:
+            done = await archive.archive_month(conn, 202505, tmp_path, NOW, timedelta(days=30))
+        assert done is not None and done.sales == 1
+        assert sorted(os.listdir(tmp_path)) == [
+            "2025-05.sha256",
+            "returns-2025-05.csv.gz",
+            "sales-2025-05.csv.gz",
+        ]
+        assert await count_sales(settings) == 0
+    finally:
+        await database.dispose()
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
