@@ -19,8 +19,9 @@ of its own:
 A month is archived only once every idempotency key of its sales has expired
 (``SALESREPORT_KEY_LIFETIME_DAYS`` after the sale was received; ``Recent`` otherwise): a till's retry of
 a sale must find it, not store it anew. The locks wait at most ``LOCK_TIMEOUT`` for another
-transaction (a long writer; for the partition's detaching, a long reader such as ``pg_dump`` too), which
-would otherwise queue every request behind the archive (``Busy``, and no file of the month is left).
+transaction (a long writer; for the partition's detaching, a long reader such as ``pg_dump`` too, which
+is why that lock is tried before the export), which would otherwise queue every request behind the
+archive (``Busy``, and no file of the month is left). No file is ever written over (``Exists``).
 
 A month archived again (a sale of it stored after it was archived) gets files of its own
 (``sales-YYYY-MM-2.csv.gz``…). A return of an archived sale finds no sale (422).
@@ -28,6 +29,7 @@ A month archived again (a sale of it stored after it was archived) gets files of
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
@@ -67,6 +69,17 @@ class Busy(Exception):
     pg_dump): try again later."""
 
 
+class Exists(Exception):
+    """A file the archive would write is there already: never written over (another database's archive
+    of the month, or one whose database was restored from before it, or a run whose commit failed)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"{path} exists already (an archive of this month from another database, from before a restore, "
+            "or from a run that failed as it committed): move it away, then run again"
+        )
+
+
 def archived(month: sa.ColumnElement[int] | int, before: int) -> Any:
     """Whether a sale of ``month`` is archived by ``archive --before`` ``before`` (both ``YYYYMM``)."""
     return month < before
@@ -95,18 +108,21 @@ async def archive_month(
     conn: AsyncConnection, month: int, directory: Path, now: datetime, key_lifetime: timedelta
 ) -> Archived | None:
     """Archive one month in ``conn``'s transaction (see above) into ``directory`` (which exists); None
-    if it had no sales (an empty partition, dropped). Raises ``Recent`` or ``Busy``, or whatever else
-    failed, with no file of the month left behind (the caller's transaction then undoes the rest)."""
+    if it had no sales (an empty partition, dropped). Raises ``Recent``, ``Busy`` or ``Exists``, or
+    whatever else failed: the files this call wrote are removed again (the caller's transaction undoes
+    the rest; if its commit then fails, they stay, and the next run refuses to write over them)."""
     written: list[Path] = []
     try:
         return await _archive_month(conn, month, directory, now, key_lifetime, written)
     except BaseException as exc:
         for path in written:  # rows that stay in the database are not also in an archive
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.unlink()
         if isinstance(exc, sa.exc.DBAPIError) and db.sqlstate(exc) == "55P03":  # lock_not_available
-            # The EXCLUSIVE lock waits for writers; detaching the partition, for every reader too.
+            waited = " ".join((exc.statement or "").split()[:4])
             raise Busy(
-                f"sales is in use by another transaction (a long one, or pg_dump) for more than {LOCK_TIMEOUT}"
+                f"`{waited}` waited more than {LOCK_TIMEOUT} for another transaction (a long one, pg_dump, "
+                "a VACUUM, the service's pruning of expired keys)"
             ) from None
         raise
 
@@ -119,6 +135,12 @@ async def _archive_month(
     if split:
         await conn.execute(sa.text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
         await conn.execute(sa.text("LOCK TABLE sales, returns IN EXCLUSIVE MODE"))
+        # Detaching the partition at the end takes ACCESS EXCLUSIVE, which every reader of sales holds
+        # off (pg_dump for the whole dump): tried now, and let go at once, so that a month that could
+        # not be detached is refused before its export, not after it.
+        await conn.execute(sa.text("SAVEPOINT detachable"))
+        await conn.execute(sa.text("LOCK TABLE sales IN ACCESS EXCLUSIVE MODE"))
+        await conn.execute(sa.text("ROLLBACK TO SAVEPOINT detachable"))
     of_month = s.c.month == month
     # Under the lock: a late sale of the month, stored meanwhile, is counted too.
     latest = await conn.scalar(
@@ -133,11 +155,17 @@ async def _archive_month(
         return None
     parts = int(await conn.scalar(sa.select(sa.func.count()).where(db.archived_months.c.month == month)) or 0)
     stem = format_month(month) + (f"-{parts + 1}" if parts else "")
-    sums = directory / f"{stem}.sha256"
-    written += [directory / f"sales-{stem}.csv.gz", directory / f"returns-{stem}.csv.gz", sums]
-    sales_file, sales_count, sales_sha = await _export(conn, s, of_month, written[0])
-    returns_file, returns_count, returns_sha = await _export(conn, r, returns_of_month, written[1])
+    files = directory / f"sales-{stem}.csv.gz", directory / f"returns-{stem}.csv.gz", directory / f"{stem}.sha256"
+    for path in files:
+        if path.exists():
+            raise Exists(path)
+    sales_file, sales_count, sales_sha = await _export(conn, s, of_month, files[0])
+    written.append(sales_file)
+    returns_file, returns_count, returns_sha = await _export(conn, r, returns_of_month, files[1])
+    written.append(returns_file)
+    sums = files[2]
     _write(sums, lambda f: f.write(f"{sales_sha}  {sales_file.name}\n{returns_sha}  {returns_file.name}\n"))
+    written.append(sums)
     _sync_directory(directory)  # the files are durable before their rows go
     await _keep_sums(conn, await reports.raw_sums(conn, of_month, returns_of_month))
     await conn.execute(sa.delete(r).where(returns_of_month))

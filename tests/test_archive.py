@@ -173,9 +173,17 @@ async def test_a_month_held_by_another_transaction_is_left_whole(
     settings: config.Settings, client: httpx.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, holder: str
 ) -> None:
     """A reader (pg_dump, say) keeps the partition from being detached, a writer keeps the month from
-    being locked: after ``LOCK_TIMEOUT`` the month is refused (``Busy``), its rows stay, and no file of it
-    is left to look like an archive; once the other transaction ends, it is archived."""
+    being locked: after ``LOCK_TIMEOUT`` the month is refused (``Busy``) before it is exported, its rows
+    stay, and no file of it is written; once the other transaction ends, it is archived."""
     monkeypatch.setattr(archive, "LOCK_TIMEOUT", "200ms")
+    exported: list[Any] = []
+    export = archive._export
+
+    async def counted(*args: Any) -> Any:
+        exported.append(args[-1])
+        return await export(*args)
+
+    monkeypatch.setattr(archive, "_export", counted)
     database = db.connect(settings)
     try:
         async with database.writer.begin() as conn:
@@ -186,10 +194,10 @@ async def test_a_month_held_by_another_transaction_is_left_whole(
             held = other.transaction()
             await held.start()
             await other.execute(holder)
-            with pytest.raises(archive.Busy, match="in use by another transaction"):
+            with pytest.raises(archive.Busy, match="waited more than 200ms for another transaction"):
                 async with database.writer.begin() as conn:
                     await archive.archive_month(conn, 202505, tmp_path, NOW, timedelta(days=30))
-            assert os.listdir(tmp_path) == []
+            assert exported == [] and os.listdir(tmp_path) == []  # refused before its export
             assert await count_sales(settings) == 1
             await held.rollback()
         finally:
@@ -205,6 +213,44 @@ async def test_a_month_held_by_another_transaction_is_left_whole(
         assert await count_sales(settings) == 0
     finally:
         await database.dispose()
+
+
+async def test_archive_never_writes_over_nor_removes_files_it_did_not_write(
+    settings: config.Settings, client: httpx.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of the month already in the directory (another database's archive of it, say) is left as
+    it is, and the month with it; a month whose export fails removes only the files it wrote."""
+    await post(client, "/sales", {"product_id": 1, "store_id": 1, "sold_at": "2025-05-05T12:00:00Z"})
+    directory = tmp_path / "archive"
+    directory.mkdir()
+    earlier = directory / "returns-2025-05.csv.gz"
+    earlier.write_bytes(b"an earlier archive")
+    refused = cli(plain(settings), "archive", "--before", "2025-06", "--to", str(directory))
+    assert refused.returncode == 1 and "returns-2025-05.csv.gz exists already" in refused.stderr
+    assert os.listdir(directory) == ["returns-2025-05.csv.gz"] and earlier.read_bytes() == b"an earlier archive"
+    assert await count_sales(settings) == 1
+
+    earlier.unlink()
+    exports = 0
+    export = archive._export
+
+    async def full_disk(*args: Any) -> Any:
+        nonlocal exports
+        exports += 1
+        if exports == 2:  # the sales' file is written: the returns' fails
+            raise OSError(28, "No space left on device")
+        return await export(*args)
+
+    monkeypatch.setattr(archive, "_export", full_disk)
+    database = db.connect(settings)
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            async with database.writer.begin() as conn:
+                await archive.archive_month(conn, 202505, directory, NOW, timedelta(days=30))
+    finally:
+        await database.dispose()
+    assert exports == 2 and os.listdir(directory) == []
+    assert await count_sales(settings) == 1
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

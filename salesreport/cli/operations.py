@@ -34,7 +34,7 @@ def _archive(args: argparse.Namespace, settings: config.Settings) -> int:
             try:
                 async with database.writer.begin() as conn:
                     done = await archive.archive_month(conn, month, directory, now, settings.key_lifetime)
-            except (archive.Recent, archive.Busy) as exc:
+            except (archive.Recent, archive.Busy, archive.Exists) as exc:
                 print(f"archive: {exc}; {total} months archived", file=sys.stderr)
                 return 1
             if done is None:
