@@ -1,0 +1,45 @@
+"""How a worker learns of changes on SQLite: the counters, looked at once per turn of the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+import sqlalchemy as sa
+
+from salesreport import config, db
+from salesreport.changes import Changes
+
+pytestmark = pytest.mark.anyio
+
+BUMP = "INSERT INTO versions (name, version) VALUES (?, 1) ON CONFLICT (name) DO UPDATE SET version = version + 1"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_another_process_counts_from_the_next_turn_and_this_workers_batches_at_once(
+    settings: config.Settings,
+) -> None:
+    database = db.connect(settings)
+    changes = Changes(database)
+    changes.start()
+    other = sqlite3.connect(sa.engine.make_url(settings.database_url).database or "", isolation_level=None)
+    try:
+        before = await changes.stamp()
+        assert before is not None
+        other.execute(BUMP, ("catalog",))  # an import, by the command line
+        await asyncio.sleep(0)  # the next turn of the loop
+        after = await changes.stamp()
+        assert after is not None and after[1] == before[1] + 1
+        assert changes.stale("catalog", after[1] - 1)
+
+        other.execute(BUMP, (f"{db.DATA}:0",))  # what this worker's writer commits with a batch
+        changes.committed()  # in the same turn: the batch counts at once, and once
+        mine = await changes.stamp()
+        assert mine is not None and mine[0] == after[0] + 1 and mine[2] == after[2] + 1
+        await asyncio.sleep(0)
+        assert await changes.stamp() == mine
+    finally:
+        other.close()
+        await changes.close()
+        await database.dispose()
