@@ -11,7 +11,7 @@ the next ``BOUND`` seconds, so a stalled poller costs one read per
 ``BOUND``, not one per request). So a change, such as a revoked key, takes
 effect on every worker of every host within ``BOUND`` of its commit. On
 SQLite a worker looks whenever it needs to know, at most once per turn of its
-event loop, with no thread hop: ``PRAGMA data_version`` (a few microseconds)
+event loop (and ``SQLITE_REUSE``), with no thread hop: ``PRAGMA data_version`` (a few microseconds)
 says whether any other connection committed since the last look, and only
 then are the counters read again.
 
@@ -50,6 +50,8 @@ log = structlog.get_logger("salesreport.changes")
 
 POLL = 0.1
 BOUND = 0.25
+# SQLite: how long one look at the counters serves a turn of the event loop, at most.
+SQLITE_REUSE = 0.005
 # What the reports show is at: the data counters' sum, the catalog's counter, this worker's batches.
 Stamp = tuple[int, int, int]
 HEARTBEAT = 5.0
@@ -72,6 +74,7 @@ class Changes:
         self._sqlite_found: dict[str, int] | None = None
         self._sqlite_data_version = 0
         self._sqlite_this_turn = False  # they were read in this turn of the event loop
+        self._sqlite_read_at = -math.inf  # when (the loop's clock)
         # Each counter's value, and when the read that found it began.
         self._versions: dict[str, tuple[int, float]] = {}
         self.clock = clock
@@ -169,20 +172,26 @@ class Changes:
     def _sqlite_versions(self) -> dict[str, int]:
         """Every counter, as of this turn of the event loop. A look starts a read transaction (10-20% of
         the loop's time for a report served from memory, which looked twice: the keys, then the data),
-        so the counters are looked at once per turn: a change another process commits counts from the
-        next turn on (the requests of this one arrived before it), the batches of this worker at once
-        (``committed``). The table itself is read only when another connection committed since the
-        last look (``PRAGMA data_version``; this connection never writes)."""
+        so the counters are looked at once per turn, and at most ``SQLITE_REUSE`` apart: a change another
+        process commits counts from the next turn on (the requests of this one arrived before it), or
+        that much later in a long turn; the batches of this worker at once (``committed``). The table
+        itself is read only when another connection committed since the last look (``PRAGMA
+        data_version``; this connection never writes)."""
         assert self._sqlite is not None
-        if self._sqlite_this_turn and self._sqlite_found is not None:
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # no loop running: no turn to keep them for
+            loop = None
+        now = loop.time() if loop is not None else math.inf
+        if self._sqlite_this_turn and self._sqlite_found is not None and now - self._sqlite_read_at < SQLITE_REUSE:
             return self._sqlite_found
         (data_version,) = self._sqlite.execute("PRAGMA data_version").fetchone()
         if self._sqlite_found is None or data_version != self._sqlite_data_version:
             self._sqlite_found = dict(self._sqlite.execute("SELECT name, version FROM versions").fetchall())
             self._sqlite_data_version = data_version
-        with contextlib.suppress(RuntimeError):  # no loop running: no turn to keep it for
-            asyncio.get_running_loop().call_soon(self._next_turn)
-            self._sqlite_this_turn = True
+        if loop is not None:
+            loop.call_soon(self._next_turn)
+            self._sqlite_this_turn, self._sqlite_read_at = True, now
         return self._sqlite_found
 
     def _next_turn(self) -> None:
