@@ -10,10 +10,10 @@ then the request at hand reads the counter itself (and that read vouches for
 the next ``BOUND`` seconds, so a stalled poller costs one read per
 ``BOUND``, not one per request). So a change, such as a revoked key, takes
 effect on every worker of every host within ``BOUND`` of its commit. On
-SQLite a worker looks whenever it needs to know, at most once per turn of its
-event loop (and ``SQLITE_REUSE``), with no thread hop: ``PRAGMA data_version`` (a few microseconds)
-says whether any other connection committed since the last look, and only
-then are the counters read again.
+SQLite a worker looks whenever it needs to know, with no thread hop, at most
+once per turn of its event loop (and ``SQLITE_REUSE``): ``PRAGMA
+data_version`` (a few microseconds) says whether any other connection
+committed since the last look, and only then are the counters read again.
 
 The same counters say when what the reports show changed (``stamp``): the
 ``data`` counters (each batch bumps one, see ``db.DATA``) and the catalog's,

@@ -210,20 +210,18 @@ async def _serve(
     full = (*key, svc.keys.protected)
     news = changes.news()
     built, source = await cached(request, svc.pages, full, page)
-    tag = built.tag
     if request.query_params.get("fragment") == "1":
         known = request.headers.get("if-none-match")
-        if known is not None and known != tag and await behind(request, svc.pages, full) is not None:
+        if known is not None and known != built.tag and await behind(request, svc.pages, full) is not None:
             # The browser has a newer page (from another worker, or read before a change this one
             # keeps for its settle second): never answer it with an older one.
             built, source = await cached(request, svc.pages, full, page, settled=False)
-            tag = built.tag
-        if known == tag and request.query_params.get("wait") == "1":
+        if known == built.tag and request.query_params.get("wait") == "1":
             # The live poll: held until the page changes (or LIVE_WAIT_S), so that an open page costs
             # nothing while nothing changes.
             loop = asyncio.get_running_loop()
             deadline = loop.time() + LIVE_WAIT_S
-            while tag == known and not svc.draining and loop.time() < deadline:
+            while built.tag == known and not svc.draining and loop.time() < deadline:
                 # A change came before this poll did, while the page is kept for its settle second:
                 # look again when that second is over rather than wait for the next change.
                 later = await behind(request, svc.pages, full)
@@ -246,10 +244,9 @@ async def _serve(
                         return refused
                 news = changes.news()
                 built, source = await cached(request, svc.pages, full, page)
-                tag = built.tag
-        headers = {**SECURITY_HEADERS, **freshness_headers(svc, source), "ETag": tag}
+        headers = {**SECURITY_HEADERS, **freshness_headers(svc, source), "ETag": built.tag}
         # no-store: a poll is never written to the browser's cache (the script sends If-None-Match itself).
-        if known == tag:
+        if known == built.tag:
             return Response(status_code=304, headers=headers)
         return Response(built.fragment, media_type="text/html; charset=utf-8", headers=headers)
     headers = {**SECURITY_HEADERS, **freshness_headers(svc, source)}
