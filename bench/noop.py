@@ -1,5 +1,8 @@
 """The no-op reference: a bare ASGI app that reads the whole body and answers a fixed 201 JSON.
 
+It reads the body as the service does (``service.receive_body``): up to its Content-Length, without
+waiting for the empty message with which Granian ends every body.
+
 No framework at all, so that the gap between this and ``POST /sales`` is everything
 the service costs: routing, parsing, validation, the database and the framework.
 Served by Granian with exactly the settings of ``python -m salesreport serve``
@@ -57,9 +60,12 @@ async def app(scope: MutableMapping[str, Any], receive: Receive, send: Send) -> 
         return
     if scope["type"] != "http":
         return
+    length = next((int(value) for name, value in scope["headers"] if name == b"content-length"), None)
+    size = 0
     while True:
         message = await receive()
-        if message["type"] != "http.request" or not message.get("more_body", False):
+        size += len(message.get("body", b""))
+        if message["type"] != "http.request" or size == length or not message.get("more_body", False):
             break
     if message["type"] == "http.disconnect":
         return

@@ -255,6 +255,16 @@ async def test_json_with_charset_is_accepted(client: httpx.AsyncClient) -> None:
     assert response.status_code == 201
 
 
+async def test_a_content_length_that_is_not_a_number_is_400(client: httpx.AsyncClient, settings: config.Settings) -> None:
+    body = b'{"product_id": 1, "store_id": 1}'
+    for length in ("1e3", "-1", b"\xb2", "32 "):
+        response = await client.post(
+            "/sales", content=body, headers={"content-type": "application/json", "content-length": length}
+        )
+        assert_problem(response, 400)
+    assert await count_sales(settings) == 0
+
+
 async def test_body_over_one_mib_is_413(client: httpx.AsyncClient, settings: config.Settings) -> None:
     body = b'[{"product_id": 1, "store_id": 1, "idempotency_key": "' + b"x" * (1024 * 1024) + b'"}]'
     response = await client.post("/sales", content=body, headers={"content-type": "application/json"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -346,3 +347,52 @@ def test_serves_on_a_host_name(sqlite_url: str, tmp_path: Path) -> None:
     with serving(sqlite_url, tmp_path, "--host", "localhost") as server:
         response = wait_live(server, f"http://127.0.0.1:{server.port}/health/live", ssl.create_default_context())
         assert response.status_code == 200
+
+
+def _responses(sock: socket.socket, count: int, within: float = 20) -> list[tuple[int, bytes]]:
+    """``count`` HTTP/1.1 responses read from ``sock`` (status and body, framed by Content-Length)."""
+    received, answers = b"", []
+    deadline = time.monotonic() + within
+    while len(answers) < count:
+        head_end = received.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = received[:head_end].decode("latin-1").split("\r\n")
+            length = next(int(line.split(":", 1)[1]) for line in head if line.lower().startswith("content-length:"))
+            if len(received) >= head_end + 4 + length:
+                answers.append((int(head[0].split()[1]), received[head_end + 4 : head_end + 4 + length]))
+                received = received[head_end + 4 + length :]
+                continue
+        assert time.monotonic() < deadline, f"{len(answers)} of {count} responses within {within} s: {received!r}"
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection after {len(answers)} of {count} responses"
+        received += chunk
+    return answers
+
+
+def _post(body: bytes) -> bytes:
+    return (
+        b"POST /sales HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+def test_bodies_read_to_their_length_keep_the_connection_and_its_next_requests(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A body is complete at its Content-Length (``receive_body`` stops there, see its docstring): on one
+    connection through Granian, a body sent in two pieces, then two requests sent in one write, are
+    each answered in order, and the connection stays open."""
+    assert cli(sqlite_url, "demo", "--sales", "0", "--stores", "2", "--products", "2").returncode == 0
+    with serving(sqlite_url, tmp_path) as server:
+        wait_live(server, f"http://127.0.0.1:{server.port}/health/live", ssl.create_default_context())
+        sales = [b'{"store_id": 1, "product_id": %d, "quantity": %d}' % (1 + n % 2, n + 1) for n in range(3)]
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            first = _post(sales[0])
+            sock.sendall(first[:-5])  # the body's end in a second write
+            sock.sendall(first[-5:])
+            sock.sendall(_post(sales[1]) + _post(sales[2]))
+            answers = _responses(sock, 3)
+    assert [status for status, _ in answers] == [201, 201, 201]
+    assert [json.loads(body)["quantity"] for _, body in answers] == [1, 2, 3]

@@ -384,11 +384,6 @@ async def _form_body(request: Request) -> bytes:
     if kind != "application/x-www-form-urlencoded":
         raise ProblemError(415, "Unsupported Media Type", "send the sign-in form as a form")
     too_large = ProblemError(413, "Content Too Large", "the form is too large")
-    length = request.headers.get("content-length")
-    if length is not None and not (length.isascii() and length.isdigit()):
-        raise ProblemError(400, "Bad Request", "Content-Length must be a number of bytes")
-    if length is not None and int(length) > MAX_FORM:
-        raise too_large
     return await receive_body(request, MAX_FORM, lambda: too_large, "form")
 
 
