@@ -255,7 +255,7 @@ async def test_json_with_charset_is_accepted(client: httpx.AsyncClient) -> None:
     assert response.status_code == 201
 
 
-async def test_a_content_length_that_is_not_a_number_is_400(client: httpx.AsyncClient, settings: config.Settings) -> None:
+async def test_a_content_length_not_a_number_is_400(client: httpx.AsyncClient, settings: config.Settings) -> None:
     body = b'{"product_id": 1, "store_id": 1}'
     for length in ("1e3", "-1", b"\xb2", "32 "):
         response = await client.post(
