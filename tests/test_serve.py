@@ -377,9 +377,7 @@ def _post(body: bytes) -> bytes:
     )
 
 
-def test_bodies_read_to_their_length_keep_the_connection_and_its_next_requests(
-    sqlite_url: str, tmp_path: Path
-) -> None:
+def test_bodies_read_to_their_length_keep_the_connection_and_its_next_requests(sqlite_url: str, tmp_path: Path) -> None:
     """A body is complete at its Content-Length (``receive_body`` stops there, see its docstring): on one
     connection through Granian, a body sent in two pieces, then two requests sent in one write, are
     each answered in order, and the connection stays open."""
