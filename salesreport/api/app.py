@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -48,7 +49,8 @@ def create_app(settings: config.Settings | None = None, *, clock: Callable[[], d
             await catalog.refresh()
         except Exception as exc:  # /health/ready says so, and the next request tries again
             log.warning("the catalog could not be loaded at start-up", error=repr(exc))
-        batcher = Batcher(
+        writer = functools.partial(
+            Batcher,
             database,
             catalog,
             max_sales=settings.batch_max_sales,
@@ -57,18 +59,8 @@ def create_app(settings: config.Settings | None = None, *, clock: Callable[[], d
             write_timeout=settings.write_timeout,
             key_lifetime=settings.key_lifetime,
         )
-        returns = Batcher(
-            database,
-            catalog,
-            max_sales=settings.batch_max_sales,
-            flush_ms=settings.flush_ms,
-            queue_max_sales=settings.queue_max_sales,
-            write_timeout=settings.write_timeout,
-            key_lifetime=settings.key_lifetime,
-            plan=ReturnPlan,
-            write=db.write_returns,
-            what="returns",
-        )
+        batcher = writer()
+        returns = writer(plan=ReturnPlan, write=db.write_returns, what="returns")
         keys = KeyRing(database, changes, reads=reads)
         batcher.start()
         returns.start()
