@@ -457,6 +457,43 @@ async def test_a_held_poll_answers_304_when_its_time_is_up_or_the_worker_drains(
     assert drained.status_code == 304 and drained.headers["connection"] == "close"
 
 
+async def test_a_held_poll_ends_when_its_browser_goes_away(
+    client: httpx.AsyncClient, settings: config.Settings, quick_live: None
+) -> None:
+    """A tab closed while its poll is held: the server hears the disconnect (the ASGI message) and ends
+    the poll at once, not when its LIVE_WAIT_S (30 s here) is up."""
+    await some_sales(client, settings)
+    tag = (await client.get("/", params={"month": MONTH, "fragment": "1"})).headers["etag"]
+    messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    messages.put_nowait({"type": "http.request", "body": b"", "more_body": False})
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "root_path": "",
+        "query_string": f"month={MONTH}&fragment=1&wait=1".encode(),
+        "headers": [(b"host", b"127.0.0.1"), (b"if-none-match", tag.encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+    }
+    poll = asyncio.ensure_future(client.app(scope, messages.get, send))  # type: ignore[attr-defined]
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not poll.done() and not sent  # held
+    messages.put_nowait({"type": "http.disconnect"})
+    await asyncio.wait_for(poll, 10)
+    assert sent[0]["status"] == 304
+
+
 async def test_an_owner_signs_in_with_a_key_created_a_moment_ago(
     client: httpx.AsyncClient, settings: config.Settings
 ) -> None:

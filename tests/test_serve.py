@@ -394,3 +394,30 @@ def test_bodies_read_to_their_length_keep_the_connection_and_its_next_requests(s
             answers = _responses(sock, 3)
     assert [status for status, _ in answers] == [201, 201, 201]
     assert [json.loads(body)["quantity"] for _, body in answers] == [1, 2, 3]
+
+
+def test_a_held_poll_ends_when_its_connection_closes(sqlite_url: str, tmp_path: Path) -> None:
+    """Through Granian, a dashboard's held poll whose connection closes is answered (its access-log
+    line written) at once, not when its 20 s are up."""
+    from salesreport.web.pages import LIVE_WAIT_S
+
+    assert cli(sqlite_url, "demo", "--sales", "0", "--stores", "2", "--products", "2").returncode == 0
+    with serving(sqlite_url, tmp_path) as server:
+        url = f"http://127.0.0.1:{server.port}"
+        wait_live(server, f"{url}/health/live", ssl.create_default_context())
+        tag = httpx.get(f"{url}/?month=2026-06&fragment=1", timeout=20).headers["etag"]
+        held = (
+            "GET /?month=2026-06&fragment=1&wait=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"If-None-Match: {tag}\r\nX-Request-ID: held-poll\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+            sock.sendall(held.encode())
+        closed = time.monotonic()
+        line = None
+        while line is None and time.monotonic() < closed + LIVE_WAIT_S / 2:
+            lines = [json.loads(text) for text in server.log_path.read_text().splitlines() if "held-poll" in text]
+            line = next((entry for entry in lines if entry.get("request_id") == "held-poll"), None)
+            if line is None:
+                time.sleep(0.05)  # polling the log, with the deadline above
+    assert line is not None, f"the poll was not ended within {LIVE_WAIT_S / 2:g} s of its close:\n{server.log()}"
+    assert line["status"] == 304

@@ -10,10 +10,9 @@ until the first key exists); then an owner signed in with a session cookie.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -218,32 +217,36 @@ async def _serve(
             built, source = await cached(request, svc.pages, full, page, settled=False)
         if known == built.tag and request.query_params.get("wait") == "1":
             # The live poll: held until the page changes (or LIVE_WAIT_S), so that an open page costs
-            # nothing while nothing changes.
+            # nothing while nothing changes; a browser that goes away (a tab closed) ends it at once.
             loop = asyncio.get_running_loop()
             deadline = loop.time() + LIVE_WAIT_S
-            while built.tag == known and not svc.draining and loop.time() < deadline:
-                # A change came before this poll did, while the page is kept for its settle second:
-                # look again when that second is over rather than wait for the next change.
-                later = await behind(request, svc.pages, full)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout_at(deadline if later is None else min(deadline, loop.time() + later)):
-                        await news.wait()
-                if svc.draining or loop.time() >= deadline:
-                    break
-                refused = await _viewer(request)  # a revoked key, a closed session: at once
-                if refused is not None:
-                    return refused
-                if later is None:
-                    # Changes that come together are shown together (and the page is rendered once);
-                    # the polls that one change woke are answered over the second half of the
-                    # gathering, not in one burst in front of every other request.
-                    gather = random.uniform(LIVE_GATHER_S / 2, LIVE_GATHER_S)
-                    await asyncio.sleep(max(0.0, min(gather, deadline - loop.time())))
-                    refused = await _viewer(request)
+            gone = asyncio.ensure_future(_gone(request))
+            try:
+                while built.tag == known and not svc.draining and loop.time() < deadline:
+                    # A change came before this poll did, while the page is kept for its settle second:
+                    # look again when that second is over rather than wait for the next change.
+                    later = await behind(request, svc.pages, full)
+                    await _first(news.wait(), gone, deadline if later is None else min(deadline, loop.time() + later))
+                    if gone.done() or svc.draining or loop.time() >= deadline:
+                        break
+                    refused = await _viewer(request)  # a revoked key, a closed session: at once
                     if refused is not None:
                         return refused
-                news = changes.news()
-                built, source = await cached(request, svc.pages, full, page)
+                    if later is None:
+                        # Changes that come together are shown together (and the page is rendered once);
+                        # the polls that one change woke are answered over the second half of the
+                        # gathering, not in one burst in front of every other request.
+                        gather = random.uniform(LIVE_GATHER_S / 2, LIVE_GATHER_S)
+                        await _first(None, gone, min(loop.time() + gather, deadline))
+                        if gone.done():
+                            break
+                        refused = await _viewer(request)
+                        if refused is not None:
+                            return refused
+                    news = changes.news()
+                    built, source = await cached(request, svc.pages, full, page)
+            finally:
+                gone.cancel()
         headers = {**SECURITY_HEADERS, **freshness_headers(svc, source), "ETag": built.tag}
         # no-store: a poll is never written to the browser's cache (the script sends If-None-Match itself).
         if known == built.tag:
@@ -251,6 +254,30 @@ async def _serve(
         return Response(built.fragment, media_type="text/html; charset=utf-8", headers=headers)
     headers = {**SECURITY_HEADERS, **freshness_headers(svc, source)}
     return _remember_language(request, Response(built.whole(), media_type="text/html; charset=utf-8", headers=headers))
+
+
+async def _gone(request: Request) -> None:
+    """Returns once the client of ``request`` (a GET: its body is empty) has gone away."""
+    try:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+    except Exception:  # the server cannot tell: the poll ends at its deadline
+        await asyncio.Future()
+
+
+async def _first(event: Coroutine[Any, Any, Any] | None, gone: asyncio.Future[None], until: float) -> None:
+    """Wait for ``event`` (if any) or for ``gone``, until the event loop's clock reads ``until``."""
+    loop = asyncio.get_running_loop()
+    waiting = asyncio.ensure_future(event) if event is not None else None
+    try:
+        await asyncio.wait(
+            [gone] if waiting is None else [waiting, gone],
+            timeout=max(0.0, until - loop.time()),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        if waiting is not None:
+            waiting.cancel()
 
 
 class _Page:
