@@ -171,6 +171,22 @@ async def test_reports_read_the_replica_say_how_stale_and_leave_it_when_it_lags_
     assert now_metered("salesreport_replica_lag_seconds") == 6.0
     assert now_metered.since(metered, "salesreport_read_fallbacks_total") == 1
 
+    # Back within SALESREPORT_MAX_LAG_S, but not within half of it: reports stay on the primary, so that
+    # a replica hovering around the bound does not move them back and forth (the clock set back stands
+    # for a replica that caught up part of the way).
+    clock.advance(seconds=-2)
+    await eventually(lambda: reads(client).lag_seconds == 4, what="a lag of 4 s measured")
+    assert not reads(client).on_replica
+    clock.advance(seconds=-1.5)
+    await eventually(lambda: reads(client).on_replica, what="reads back on the replica at 2.5 s")
+    assert reads(client).fallbacks == 1
+    clock.advance(seconds=1.5)
+    await eventually(lambda: reads(client).lag_seconds == 4, what="a lag of 4 s measured again")
+    assert reads(client).on_replica  # within the bound: reports stay on the replica
+    clock.advance(seconds=2)
+    await eventually(lambda: not reads(client).on_replica, what="reads moved to the primary again")
+    assert reads(client).fallbacks == 2
+
     # Replay resumes: the replica catches up, and reports go back to it.
     await on_replica_resume(client)
     assert "reads moved to the replica" in capsys.readouterr().out

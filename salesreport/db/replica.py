@@ -1,7 +1,8 @@
 """Which database a read goes to: the streaming replica while it is close enough behind, else the primary.
 
 Reports and the dashboard read the replica (``DATABASE_READ_URL``) while it is
-at most ``max_lag`` seconds behind; reads that must see what was just written
+at most ``max_lag`` seconds behind (and once they left it, from when it is back
+within half of that); reads that must see what was just written
 (a sale read back by the till that posted it, a session just opened, the
 catalog and the keys after a change notice) read the primary. A task per worker
 measures the replica every ``every`` seconds and switches; requests never wait
@@ -218,7 +219,9 @@ class Reads:
         if reason is None and self.primary_up:
             if self.lag_seconds is None:
                 reason = "the replica has not caught up with the primary yet"
-            elif self.lag_seconds > self.max_lag:
+            elif self.lag_seconds > (self.max_lag if self.on_replica else self.max_lag / 2):
+                # Left past max_lag, taken back at half of it: a replica hovering around the bound
+                # does not move the reads (and their caches) back and forth at every measure.
                 reason = f"the replica is {self.lag_seconds:.1f} s behind (more than {self.max_lag:g} s)"
         self._switch(reason is None, reason)
 
