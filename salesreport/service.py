@@ -91,6 +91,8 @@ async def receive_body(request: Request, limit: int, too_large: Callable[[], Pro
         length = int(header)
         if length > limit:
             raise too_large()
+        if "transfer-encoding" in request.headers:  # the body is framed by its chunks, not by its length
+            length = None
     chunks = []
     size = 0
     timeout = service(request).settings.body_timeout
