@@ -51,7 +51,6 @@ class Key:
 
 
 @functools.lru_cache(maxsize=256)
-@functools.lru_cache(maxsize=256)
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (an address, or "localhost") is this machine's loopback (remembered: each
     request asks, and its peers are few)."""

@@ -77,7 +77,7 @@ class Settings:
     public_origin: str | None = None
     # A streaming replica for reports and the dashboard (PostgreSQL only; see ``db.replica``).
     database_read_url: str | None = None
-    # Reads leave a replica further behind than this, for the primary (and come back within half of it).
+    # Reads leave a replica further behind than this, for the primary (see ``db.replica``).
     max_lag: float = 5.0
     # Seconds between two measures of the replica's lag.
     lag_check: float = 1.0

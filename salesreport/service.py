@@ -88,9 +88,10 @@ async def receive_body(request: Request, limit: int, too_large: Callable[[], Pro
     if header is not None:
         if not (header.isascii() and header.isdigit()):
             raise ProblemError(400, "Bad Request", "Content-Length must be a number of bytes")
-        length = int(header)
-        if length > limit:
+        digits = header.lstrip("0") or "0"  # HTTP allows leading zeros; int() takes 4300 digits at most
+        if len(digits) > len(str(limit)) or int(digits) > limit:
             raise too_large()
+        length = int(digits)
         if "transfer-encoding" in request.headers:  # the body is framed by its chunks, not by its length
             length = None
     chunks = []

@@ -397,6 +397,8 @@ async def test_odd_sign_in_origins_and_lengths_are_refused(
     for length in ("abc", "1e3", "-1"):
         odd = await client.post("/signin", content=b"key=x", headers={**form, "content-length": length})
         assert odd.status_code == 400, length
+    huge = await client.post("/signin", content=b"key=x", headers={**form, "content-length": "0" * 5000 + "9" * 5000})
+    assert huge.status_code == 413
 
 
 # --- the live poll, held while the page is unchanged ----------------------------------------------------
@@ -457,6 +459,24 @@ async def test_a_held_poll_answers_304_when_its_time_is_up_or_the_worker_drains(
     assert drained.status_code == 304 and drained.headers["connection"] == "close"
 
 
+def _poll_scope(tag: str) -> dict[str, Any]:
+    """The ASGI scope of a live poll of the month's page, sent with the page's ETag ``tag``."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "root_path": "",
+        "query_string": f"month={MONTH}&fragment=1&wait=1".encode(),
+        "headers": [(b"host", b"127.0.0.1"), (b"if-none-match", tag.encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+    }
+
+
 async def test_a_held_poll_ends_when_its_browser_goes_away(
     client: httpx.AsyncClient, settings: config.Settings, quick_live: None
 ) -> None:
@@ -471,27 +491,49 @@ async def test_a_held_poll_ends_when_its_browser_goes_away(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/",
-        "raw_path": b"/",
-        "root_path": "",
-        "query_string": f"month={MONTH}&fragment=1&wait=1".encode(),
-        "headers": [(b"host", b"127.0.0.1"), (b"if-none-match", tag.encode())],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 80),
-    }
-    poll = asyncio.ensure_future(client.app(scope, messages.get, send))  # type: ignore[attr-defined]
+    poll = asyncio.ensure_future(client.app(_poll_scope(tag), messages.get, send))  # type: ignore[attr-defined]
     for _ in range(50):
         await asyncio.sleep(0)
     assert not poll.done() and not sent  # held
     messages.put_nowait({"type": "http.disconnect"})
     await asyncio.wait_for(poll, 10)
     assert sent[0]["status"] == 304
+
+
+async def test_a_poll_that_sends_a_body_is_not_read_while_it_is_held(
+    client: httpx.AsyncClient, settings: config.Settings, quick_live: None
+) -> None:
+    """Watching for the disconnect reads nothing but a GET's empty body: a poll that streams a body
+    anyway (or a server that keeps answering ``receive`` at once) is held, unread, until its end."""
+    await some_sales(client, settings)
+    tag = (await client.get("/", params={"month": MONTH, "fragment": "1"})).headers["etag"]
+    for message in (
+        {"type": "http.request", "body": b"x" * 65536, "more_body": True},
+        {"type": "http.request", "body": b"", "more_body": False},
+    ):
+        calls = 0
+
+        async def receive(message: dict[str, Any] = message) -> dict[str, Any]:
+            nonlocal calls
+            calls += 1
+            await asyncio.sleep(0)  # answers at once, yet lets the loop turn
+            return message
+
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any], sent: list[dict[str, Any]] = sent) -> None:
+            sent.append(message)
+
+        poll = asyncio.ensure_future(client.app(_poll_scope(tag), receive, send))  # type: ignore[attr-defined]
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert not poll.done() and calls <= 2, calls
+        svc = client.app.state.service  # type: ignore[attr-defined]
+        svc.draining = True
+        svc.wake()
+        await asyncio.wait_for(poll, 10)
+        svc.draining = False
+        assert sent[0]["status"] == 304
 
 
 async def test_an_owner_signs_in_with_a_key_created_a_moment_ago(

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from salesreport import config, db
-from salesreport.db.replica import Reads
+from salesreport.db.replica import BACK_AFTER, Reads
 from salesreport.service import Service
 from tests import pg
 from tests.conftest import ENABLE_PG, NOW, TABLES, Clock, app_client, eventually, migrate, seed
@@ -171,21 +171,27 @@ async def test_reports_read_the_replica_say_how_stale_and_leave_it_when_it_lags_
     assert now_metered("salesreport_replica_lag_seconds") == 6.0
     assert now_metered.since(metered, "salesreport_read_fallbacks_total") == 1
 
-    # Back within SALESREPORT_MAX_LAG_S, but not within half of it: reports stay on the primary, so that
-    # a replica hovering around the bound does not move them back and forth (the clock set back stands
-    # for a replica that caught up part of the way).
+    # Back within SALESREPORT_MAX_LAG_S: reports go back after three measures in a row find it so, so that
+    # a replica hovering around the bound does not move them back and forth. The measures are taken
+    # here, one by one (the clock set back stands for a replica that caught up part of the way).
+    await reads(client).close()
     clock.advance(seconds=-2)
-    await eventually(lambda: reads(client).lag_seconds == 4, what="a lag of 4 s measured")
-    assert not reads(client).on_replica
-    clock.advance(seconds=-1.5)
-    await eventually(lambda: reads(client).on_replica, what="reads back on the replica at 2.5 s")
-    assert reads(client).fallbacks == 1
-    clock.advance(seconds=1.5)
-    await eventually(lambda: reads(client).lag_seconds == 4, what="a lag of 4 s measured again")
-    assert reads(client).on_replica  # within the bound: reports stay on the replica
+    for _ in range(BACK_AFTER - 1):
+        await reads(client).check()
+        assert reads(client).lag_seconds == 4 and not reads(client).on_replica
+    clock.advance(seconds=2)  # too far again: the count starts over
+    await reads(client).check()
+    clock.advance(seconds=-2)
+    for _ in range(BACK_AFTER - 1):
+        await reads(client).check()
+        assert not reads(client).on_replica
+    await reads(client).check()
+    assert reads(client).on_replica and reads(client).fallbacks == 1
     clock.advance(seconds=2)
-    await eventually(lambda: not reads(client).on_replica, what="reads moved to the primary again")
-    assert reads(client).fallbacks == 2
+    await reads(client).check()
+    assert not reads(client).on_replica and reads(client).fallbacks == 2
+    clock.advance(seconds=-2)
+    reads(client).start()
 
     # Replay resumes: the replica catches up, and reports go back to it.
     await on_replica_resume(client)

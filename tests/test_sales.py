@@ -263,6 +263,13 @@ async def test_a_content_length_not_a_number_is_400(client: httpx.AsyncClient, s
         )
         assert_problem(response, 400)
     assert await count_sales(settings) == 0
+    # HTTP allows leading zeros, any number of them; a length of more digits than int() takes is too large.
+    headers = {"content-type": "application/json"}
+    long_zeros = await client.post("/sales", content=body, headers={**headers, "content-length": "0" * 5000 + "32"})
+    assert long_zeros.status_code == 201, long_zeros.text
+    too_long = await client.post("/sales", content=body, headers={**headers, "content-length": "9" * 5000})
+    assert_problem(too_long, 413)
+    assert await count_sales(settings) == 1
 
 
 async def test_body_over_one_mib_is_413(client: httpx.AsyncClient, settings: config.Settings) -> None:

@@ -1,8 +1,8 @@
 """Which database a read goes to: the streaming replica while it is close enough behind, else the primary.
 
 Reports and the dashboard read the replica (``DATABASE_READ_URL``) while it is
-at most ``max_lag`` seconds behind (and once they left it, from when it is back
-within half of that); reads that must see what was just written
+at most ``max_lag`` seconds behind (once they left it, from the third measure in
+a row that finds it so); reads that must see what was just written
 (a sale read back by the till that posted it, a session just opened, the
 catalog and the keys after a change notice) read the primary. A task per worker
 measures the replica every ``every`` seconds and switches; requests never wait
@@ -45,6 +45,8 @@ T = TypeVar("T")
 
 # A measure that takes longer than this counts as "unreachable".
 PROBE_TIMEOUT = 2.0
+# Measures in a row that find the replica fit before reads go (back) to it.
+BACK_AFTER = 3
 # Samples kept while the replica is behind (one per WAL position seen, at most one per measure).
 MAX_SAMPLES = 4096
 # A query cancelled by the replica's replay (a recovery conflict) is worth trying on the primary.
@@ -83,6 +85,8 @@ class Reads:
         self.replayed: int | None = None
         self.lag_seconds: float | None = None
         self.fallbacks = 0
+        # Measures in a row that found the replica fit for reports (see ``check``).
+        self._fit = 0
         # Failures found by reads: a measure begun before one of them is out of date.
         self._losses = 0
         self._samples: deque[tuple[int, datetime]] = deque()
@@ -175,6 +179,7 @@ class Reads:
         self._losses += 1
         if replica and self.replica_up:
             self.replica_up = False
+            self._fit = 0
             self._switch(False, f"the replica cannot be read: {type(getattr(error, 'orig', error)).__name__}")
         elif not replica and self.primary_up:
             self.primary_up = False
@@ -219,11 +224,14 @@ class Reads:
         if reason is None and self.primary_up:
             if self.lag_seconds is None:
                 reason = "the replica has not caught up with the primary yet"
-            elif self.lag_seconds > (self.max_lag if self.on_replica else self.max_lag / 2):
-                # Left past max_lag, taken back at half of it: a replica hovering around the bound
-                # does not move the reads (and their caches) back and forth at every measure.
+            elif self.lag_seconds > self.max_lag:
                 reason = f"the replica is {self.lag_seconds:.1f} s behind (more than {self.max_lag:g} s)"
-        self._switch(reason is None, reason)
+        # Left at the first measure that finds it too far, taken (back) after BACK_AFTER in a row that
+        # do not: a replica hovering around the bound does not move the reads (and their caches) back
+        # and forth at every measure. (A bound on the lag itself would not do: a measure's lag is only
+        # as fine as the measures, and a bound below one measure's period would never be met.)
+        self._fit = 0 if reason is not None else self._fit + 1
+        self._switch(reason is None and (self.on_replica or self._fit >= BACK_AFTER), reason)
 
     def _primary(self, up: bool) -> None:
         if up != self.primary_up:

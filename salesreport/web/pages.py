@@ -10,6 +10,7 @@ until the first key exists); then an owner signed in with a session cookie.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
 from collections.abc import Awaitable, Callable, Coroutine
@@ -257,12 +258,15 @@ async def _serve(
 
 
 async def _gone(request: Request) -> None:
-    """Returns once the client of ``request`` (a GET: its body is empty) has gone away."""
-    try:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-    except Exception:  # the server cannot tell: the poll ends at its deadline
-        await asyncio.Future()
+    """Returns once the client of ``request`` has gone away. A GET's body is empty: a poll that sends
+    one anyway, or a server that answers otherwise, is not watched (it ends at its deadline)."""
+    with contextlib.suppress(Exception):
+        message = await request.receive()
+        if message["type"] == "http.request" and not message.get("body") and not message.get("more_body", False):
+            message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+    await asyncio.Future()
 
 
 async def _first(event: Coroutine[Any, Any, Any] | None, gone: asyncio.Future[None], until: float) -> None:
