@@ -113,6 +113,25 @@ async def test_sales_returns_and_requests_are_counted(client: httpx.AsyncClient)
     assert "/no/such/path" not in after.routes()
 
 
+async def test_a_turns_requests_are_written_together_each_in_its_bucket(client: httpx.AsyncClient) -> None:
+    """``record_request`` counts in memory and writes once per turn of the event loop: what one turn
+    counted shows in the next scrape exactly as one observation each would (sum, buckets, +Inf)."""
+    before = await scrape(client)
+    durations = [0.0004, 0.001, 0.001, 0.0011, 0.03, 0.3, 9.0, 11.0]  # a bound itself counts in its bucket
+    for seconds in durations:
+        metrics.record_request("PATCH", "/probe", 204, seconds)
+    metrics.record_request("PATCH", "/probe", 409, 0.002)
+    after = await scrape(client)
+    labels = {"method": "PATCH", "route": "/probe"}
+    histogram = "salesreport_http_request_duration_seconds"
+    assert after.since(before, "salesreport_http_requests_total", status="204", **labels) == len(durations)
+    assert after.since(before, "salesreport_http_requests_total", status="409", **labels) == 1
+    assert after.since(before, f"{histogram}_count", **labels) == len(durations) + 1
+    assert after.since(before, f"{histogram}_sum", **labels) == pytest.approx(sum(durations) + 0.002)
+    expected = {"0.001": 3, "0.0025": 5, "0.025": 5, "0.05": 6, "0.25": 6, "0.5": 7, "5.0": 7, "10.0": 8, "+Inf": 9}
+    assert {le: after.since(before, f"{histogram}_bucket", le=le, **labels) for le in expected} == expected
+
+
 async def test_a_method_nobody_serves_is_counted_as_other(client: httpx.AsyncClient) -> None:
     before = await scrape(client)
     assert (await client.request("BREW", "/sales")).status_code == 405
