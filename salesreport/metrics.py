@@ -161,25 +161,26 @@ def record_request(method: str, route: str | None, status: int, seconds: float) 
     Counted in this process's memory and written to the metrics at the end of the event loop's turn
     (``flush_requests``), one write per label set and bucket for all the turn's requests: in
     multi-process mode each write is a lock, a process-id check and a write to a memory-mapped file,
-    a sixth of a cached page's CPU when made three times per request (BENCHMARKS.md, "Notes"). A
-    scrape writes its own worker's first; another worker's requests are written within its turn,
-    before it reads the next ones.
+    a sixth of a cached page's CPU when made three times per request (BENCHMARKS.md, "Notes"). So a
+    request is in its worker's samples within the turn of the event loop that answered it (a turn
+    that blocks delays it), and in a scrape of its own worker at once. On the event loop's thread
+    only, as ``flush_requests``.
     """
     if method not in _METHODS:
         method = "OTHER"
     route = route or UNMATCHED
     pending = _pending
-    if not pending.requests:
-        try:
-            asyncio.get_running_loop().call_soon(flush_requests)
-        except RuntimeError:  # no loop: at once
-            pending.requests[(method, route, status)] = 1
-            pending.add(method, route, seconds)
-            flush_requests()
-            return
     key = (method, route, status)
     pending.requests[key] = pending.requests.get(key, 0) + 1
     pending.add(method, route, seconds)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # no loop: at once
+        flush_requests()
+        return
+    if pending.scheduled is not loop:  # the first of this turn (or a loop ended before its flush ran)
+        pending.scheduled = loop
+        loop.call_soon(flush_requests)
 
 
 class _Pending:
@@ -189,29 +190,34 @@ class _Pending:
         self.requests: dict[tuple[str, str, int], int] = {}
         # By (method, route): the sum of the durations, then the count in each bucket (the last: +Inf).
         self.latency: dict[tuple[str, str], list[float]] = {}
+        self.scheduled: asyncio.AbstractEventLoop | None = None  # the loop a flush is due on
 
     def add(self, method: str, route: str, seconds: float) -> None:
         sums = self.latency.get((method, route))
         if sums is None:
             sums = self.latency[(method, route)] = [0.0] * (len(_LATENCY) + 2)
         sums[0] += seconds
-        # The first bucket whose bound is at least the duration, as ``Histogram.observe`` places it.
-        sums[1 + bisect.bisect_left(_LATENCY, seconds)] += 1
+        if seconds == seconds:  # as ``Histogram.observe``, a NaN is in no bucket
+            # The first bucket whose bound is at least the duration, as ``Histogram.observe`` places it.
+            sums[1 + bisect.bisect_left(_LATENCY, seconds)] += 1
 
 
 _pending = _Pending()
 
 
 def flush_requests() -> None:
-    """Write the requests counted since the last call into the metrics."""
-    global _pending
-    pending, _pending = _pending, _Pending()
+    """Write the requests counted since the last call into the metrics (on the event loop's thread:
+    ``record_request`` counts there without a lock)."""
+    pending = _pending
+    pending.scheduled = None
     if not pending.requests:
         return
+    requests, pending.requests = pending.requests, {}
+    latency, pending.latency = pending.latency, {}
     m = _metrics or _get()
-    for (method, route, status), count in pending.requests.items():
+    for (method, route, status), count in requests.items():
         m.requests_child(method, route, status).inc(count)
-    for (method, route), sums in pending.latency.items():
+    for (method, route), sums in latency.items():
         # prometheus-client has no call for many observations at once: its histogram's own values
         # (pinned version; test_metrics checks each bucket) take the turn's sums.
         histogram = m.latency_child(method, route)
@@ -345,10 +351,10 @@ def _alive(pid: int) -> bool:
 
 
 def exposition() -> tuple[bytes, str]:
-    """The scrape: every worker's samples (multi-process mode) or this process's, and their content type."""
+    """The scrape: every worker's samples (multi-process mode) or this process's, and their content type
+    (blocking I/O, run off the event loop: call ``flush_requests`` first, on it)."""
     from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-    flush_requests()
     m = _get()
     registry: CollectorRegistry = m.registry
     if m.multiprocess:

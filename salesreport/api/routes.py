@@ -20,6 +20,7 @@ from .sales import get_sale, post_returns, post_sales
 
 async def get_metrics(request: Request) -> Response:
     await authenticate(request, roles=("owner", "metrics"))
+    metrics.flush_requests()  # this worker's requests of this turn, first (on the event loop)
     # Reading every worker's file is blocking I/O: off the event loop.
     body, content_type = await run_in_threadpool(metrics.exposition)
     return Response(body, media_type=content_type)
