@@ -132,6 +132,30 @@ async def test_a_turns_requests_are_written_together_each_in_its_bucket(client: 
     assert {le: after.since(before, f"{histogram}_bucket", le=le, **labels) for le in expected} == expected
 
 
+def test_requests_counted_on_a_loop_that_ended_before_writing_them_are_written_by_the_next() -> None:
+    """A loop that stops within the turn of a request leaves it counted but unwritten: the next loop's
+    first request schedules the write again, for both."""
+    before = Scrape(metrics.exposition()[0].decode())
+    ended = asyncio.new_event_loop()
+
+    def answered_and_stopped() -> None:
+        metrics.record_request("PUT", "/probe-loops", 200, 0.001)
+        ended.stop()  # before the turn's write runs
+
+    ended.call_soon(answered_and_stopped)
+    ended.run_forever()
+    ended.close()
+
+    async def answered() -> None:
+        metrics.record_request("PUT", "/probe-loops", 200, 0.001)
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    asyncio.run(answered())
+    after = Scrape(metrics.exposition()[0].decode())
+    assert after.since(before, "salesreport_http_requests_total", method="PUT", route="/probe-loops", status="200") == 2
+
+
 async def test_a_method_nobody_serves_is_counted_as_other(client: httpx.AsyncClient) -> None:
     before = await scrape(client)
     assert (await client.request("BREW", "/sales")).status_code == 405
