@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import replace
+from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +16,7 @@ from salesreport.api import create_app
 from salesreport.changes import Changes
 from salesreport.ingestion import Batcher, Catalog, Rejected, SaleIn, Unavailable
 from tests.conftest import NOW, PRODUCTS, STORES, Clock, count_sales, eventually, seed
-from tests.test_health import execute
+from tests.test_health import execute, holding_the_writer
 
 pytestmark = pytest.mark.anyio
 
@@ -32,6 +33,31 @@ async def batcher(settings: config.Settings):  # type: ignore[no-untyped-def]
     b = Batcher(database, catalog, max_sales=1000, flush_ms=200, queue_max_sales=10)
     b.start()
     yield b
+    await b.close()
+    await changes.close()
+    await database.dispose()
+
+
+@pytest.fixture
+async def at_once(settings: config.Settings):  # type: ignore[no-untyped-def]
+    """A batcher as ``serve`` runs it (no wait for company), whose writes are recorded: the sales of each."""
+    await seed(settings, PRODUCTS, STORES)
+    database = db.connect(settings)
+    changes = Changes(database)
+    changes.start()
+    catalog = Catalog(database, changes)
+    await catalog.refresh()
+    b = Batcher(database, catalog, max_sales=1000, flush_ms=0, queue_max_sales=100, write_timeout=30)
+    writes: list[tuple[list[int], bool]] = []
+
+    async def recorded(database: db.Database, plan: Any, slot: int) -> object:
+        by_batcher = asyncio.current_task() is b._task
+        writes.append(([sale.product_id for request in plan.batch for sale in request.items], by_batcher))
+        return await db.write_batch(database, plan, slot)
+
+    b._write_job = recorded
+    b.start()
+    yield b, writes
     await b.close()
     await changes.close()
     await database.dispose()
@@ -184,3 +210,47 @@ async def test_a_failed_reload_is_tried_again(batcher: Batcher, settings: config
         await execute(settings, "ALTER TABLE stores_elsewhere RENAME TO stores")
     await catalog.refresh()
     assert catalog.version == loaded + 1 and not catalog.changes.stale("catalog", catalog.version)
+
+
+async def test_a_lone_request_is_written_at_once_and_the_next_ones_together(
+    at_once: tuple[Batcher, list[tuple[list[int], bool]]], settings: config.Settings
+) -> None:
+    """A request that finds nothing being written writes itself (no hand-over to the batcher's task);
+    those that come while it writes queue, and are written together once it ends."""
+    batcher, writes = at_once
+    assert (await batcher.submit([sale(1)], False, NOW)).created
+    assert writes == [([1], False)] and batcher._queued_sales == 0
+    # Requests that arrive together (in one turn of the event loop) are one batch.
+    together = await asyncio.gather(*(batcher.submit([sale(p)], False, NOW) for p in (2, 3)))
+    assert all(stored.created for stored in together)
+    assert writes[1:] == [([2, 3], True)]
+    writes.clear()
+    async with holding_the_writer(settings):
+        first = asyncio.ensure_future(batcher.submit([sale(2)], False, NOW))
+        await eventually(lambda: len(writes) == 1, what="the lone request writes itself")
+        rest = [asyncio.ensure_future(batcher.submit([sale(p)], False, NOW)) for p in (3, 1, 2)]
+        await eventually(lambda: batcher._queued_sales == 3, what="the next three queue behind it")
+        assert not first.done()
+    assert all(stored.created for stored in await asyncio.gather(first, *rest))
+    # The lone one by its own task, the three queued by the batcher's.
+    assert writes == [([2], False), ([3, 1, 2], True)]
+    assert await count_sales(settings) == 7
+
+
+async def test_close_waits_for_a_request_writing_itself(
+    at_once: tuple[Batcher, list[tuple[list[int], bool]]], settings: config.Settings
+) -> None:
+    batcher, writes = at_once
+    async with holding_the_writer(settings):
+        lone = asyncio.ensure_future(batcher.submit([sale(2)], False, NOW))
+        await eventually(lambda: len(writes) == 1, what="the lone request writes itself")
+        ended: list[str] = []
+        lone.add_done_callback(lambda _: ended.append("request"))
+        closing = asyncio.ensure_future(batcher.close())
+        closing.add_done_callback(lambda _: ended.append("close"))
+        await eventually(lambda: batcher._closing, what="the batcher is closing")
+        with pytest.raises(Unavailable):  # closing: no new sales
+            await batcher.submit([sale(3)], False, NOW)
+    await asyncio.wait_for(closing, 30)
+    assert ended == ["request", "close"] and lone.result().created
+    assert await count_sales(settings) == 1

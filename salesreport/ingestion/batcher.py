@@ -1,10 +1,13 @@
-"""Group commit: one writer task per process writes whatever is pending in one transaction.
+"""Group commit: one write at a time per process, of whatever is pending, in one transaction.
 
-A request hands its validated sales to the process's ``Batcher`` and waits.
-The batcher's task takes everything pending, writes it with the rollups in one
-transaction (``plan.BatchPlan`` decides, ``db.write_batch`` writes), commits,
-and only then answers each request: an acknowledged sale is durable. A request
-whose sales cannot be stored (a conflicting replay) fails alone; its
+A request hands its validated sales to the process's ``Batcher``. If nothing
+is being written or waiting, the request writes them itself, at once (a lone
+till pays no hand-over to another task). Otherwise it queues and waits: the
+batcher's task takes everything pending once the write under way ends, writes
+it with the rollups in one transaction (``plan.BatchPlan`` decides,
+``db.write_batch`` writes), commits, and only then answers each request: an
+acknowledged sale is durable. Batches grow only while writes are under way.
+A request whose sales cannot be stored (a conflicting replay) fails alone; its
 batch-mates are written without it.
 
 No request waits forever: each has a deadline (``write_timeout``), after which
@@ -140,8 +143,17 @@ class Batcher:
         loop = asyncio.get_running_loop()
         request = Request(items, is_array, received_at, request_id, deadline=loop.time() + self.write_timeout)
         request.future = loop.create_future()
+        alone = not self._queue and not self._in_flight and self.flush_seconds == 0
         self._queue.append(request)
         self._queued_sales += len(items)
+        if alone:
+            # Let the requests that arrived with this one (this turn of the event loop) join it; if
+            # none did, and no write began meanwhile, it writes itself.
+            await asyncio.sleep(0)
+            if len(self._queue) == 1 and self._queue[0] is request and not self._in_flight:
+                self._queue.popleft()
+                self._queued_sales -= len(items)
+                return await self._write_now(request)
         self._metrics.queue.set(self._queued_sales)
         self._wakeup.set()
         if self._reaper is None:
@@ -150,15 +162,39 @@ class Batcher:
         stored: Stored = await asyncio.shield(request.future)
         return stored
 
+    async def _write_now(self, request: Request) -> Stored:
+        """Write a lone request in its own task, as a batch of one; requests that come meanwhile queue
+        for the batcher's task, which waits for this write to end (``_in_flight``)."""
+        self._in_flight = [request]
+        self._metrics.batch_size.observe(len(request.items))
+        try:
+            # Past its deadline the write is cancelled: its transaction commits whole or not at all.
+            async with asyncio.timeout_at(request.deadline):
+                await self._write([request])
+        except TimeoutError:
+            pass
+        finally:
+            if self._in_flight and self._in_flight[0] is request:
+                self._in_flight = []
+            if self._queue or self._closing:
+                self._wakeup.set()
+        if not request.future.done():
+            request.future.set_exception(self._late())
+        stored: Stored = request.future.result()
+        return stored
+
+    def _late(self) -> Unavailable:
+        return Unavailable(
+            f"the {self.what} were not written within {self.write_timeout:g} s; retry with the same idempotency keys",
+            retry_after=2,
+        )
+
     def _reap(self) -> None:
         """Answer 503 to the requests whose deadline passed (one timer for all of them: the oldest's)."""
         self._reaper = None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        late = Unavailable(
-            f"the {self.what} were not written within {self.write_timeout:g} s; retry with the same idempotency keys",
-            retry_after=2,
-        )
+        late = self._late()
         waiting = [*self._in_flight, *self._queue]
         for request in waiting:
             if request.deadline <= now and not request.future.done():
@@ -170,8 +206,8 @@ class Batcher:
 
     async def _run(self) -> None:
         while True:
-            if not self._queue:
-                if self._closing:
+            if not self._queue or self._in_flight:  # nothing to write, or a request writes itself
+                if self._closing and not self._in_flight:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
