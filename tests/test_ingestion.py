@@ -215,8 +215,9 @@ async def test_a_failed_reload_is_tried_again(batcher: Batcher, settings: config
 async def test_a_lone_request_is_written_at_once_and_the_next_ones_together(
     at_once: tuple[Batcher, list[tuple[list[int], bool]]], settings: config.Settings
 ) -> None:
-    """A request that finds nothing being written writes itself (no hand-over to the batcher's task);
-    those that come while it writes queue, and are written together once it ends."""
+    """A request that finds nothing being written is written at once by a task of its own (no hand-over
+    to the batcher's task); those that come while it is written queue, and are written together once
+    it ends."""
     batcher, writes = at_once
     assert (await batcher.submit([sale(1)], False, NOW)).created
     assert writes == [([1], False)] and batcher._queued_sales == 0
@@ -227,23 +228,23 @@ async def test_a_lone_request_is_written_at_once_and_the_next_ones_together(
     writes.clear()
     async with holding_the_writer(settings):
         first = asyncio.ensure_future(batcher.submit([sale(2)], False, NOW))
-        await eventually(lambda: len(writes) == 1, what="the lone request writes itself")
+        await eventually(lambda: len(writes) == 1, what="the lone request is being written")
         rest = [asyncio.ensure_future(batcher.submit([sale(p)], False, NOW)) for p in (3, 1, 2)]
         await eventually(lambda: batcher._queued_sales == 3, what="the next three queue behind it")
         assert not first.done()
     assert all(stored.created for stored in await asyncio.gather(first, *rest))
-    # The lone one by its own task, the three queued by the batcher's.
+    # The lone one by a task of its own, the three queued by the batcher's.
     assert writes == [([2], False), ([3, 1, 2], True)]
     assert await count_sales(settings) == 7
 
 
-async def test_close_waits_for_a_request_writing_itself(
+async def test_close_waits_for_a_lone_request_being_written(
     at_once: tuple[Batcher, list[tuple[list[int], bool]]], settings: config.Settings
 ) -> None:
     batcher, writes = at_once
     async with holding_the_writer(settings):
         lone = asyncio.ensure_future(batcher.submit([sale(2)], False, NOW))
-        await eventually(lambda: len(writes) == 1, what="the lone request writes itself")
+        await eventually(lambda: len(writes) == 1, what="the lone request is being written")
         ended: list[str] = []
         lone.add_done_callback(lambda _: ended.append("request"))
         closing = asyncio.ensure_future(batcher.close())
@@ -254,3 +255,24 @@ async def test_close_waits_for_a_request_writing_itself(
     await asyncio.wait_for(closing, 30)
     assert ended == ["request", "close"] and lone.result().created
     assert await count_sales(settings) == 1
+
+
+async def test_a_lone_write_past_its_deadline_is_answered_503_and_goes_on_whole(
+    at_once: tuple[Batcher, list[tuple[list[int], bool]]], settings: config.Settings
+) -> None:
+    """The deadline answers the client; the write is not cancelled: it commits (or not) whole, the next
+    batch waits for it, and the retry is a replay."""
+    batcher, writes = at_once
+    batcher.write_timeout = 0.5
+    async with holding_the_writer(settings):
+        with pytest.raises(Unavailable):
+            await batcher.submit([sale(2, idempotency_key="late")], False, NOW)
+        assert batcher._alone is not None  # still being written
+        batcher.write_timeout = 30
+        behind = asyncio.ensure_future(batcher.submit([sale(3)], False, NOW))
+        await eventually(lambda: batcher._queued_sales == 1, what="the next request queues behind it")
+    assert (await asyncio.wait_for(behind, 30)).created
+    assert writes == [([2], False), ([3], True)]
+    replay = await batcher.submit([sale(2, idempotency_key="late")], False, NOW)
+    assert not replay.created
+    assert await count_sales(settings) == 2
