@@ -40,7 +40,7 @@ async def batcher(settings: config.Settings):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 async def at_once(settings: config.Settings):  # type: ignore[no-untyped-def]
-    """A batcher as ``serve`` runs it (no wait for company), whose writes are recorded: the sales of each."""
+    """A batcher as ``serve`` runs it (no wait for company), whose writes are recorded: the products of each."""
     await seed(settings, PRODUCTS, STORES)
     database = db.connect(settings)
     changes = Changes(database)
@@ -48,11 +48,10 @@ async def at_once(settings: config.Settings):  # type: ignore[no-untyped-def]
     catalog = Catalog(database, changes)
     await catalog.refresh()
     b = Batcher(database, catalog, max_sales=1000, flush_ms=0, queue_max_sales=100, write_timeout=30)
-    writes: list[tuple[list[int], bool]] = []
+    writes: list[list[int]] = []
 
     async def recorded(database: db.Database, plan: Any, slot: int) -> object:
-        by_batcher = asyncio.current_task() is b._task
-        writes.append(([sale.product_id for request in plan.batch for sale in request.items], by_batcher))
+        writes.append([sale.product_id for request in plan.batch for sale in request.items])
         return await db.write_batch(database, plan, slot)
 
     b._write_job = recorded
@@ -212,19 +211,16 @@ async def test_a_failed_reload_is_tried_again(batcher: Batcher, settings: config
     assert catalog.version == loaded + 1 and not catalog.changes.stale("catalog", catalog.version)
 
 
-async def test_a_lone_request_is_written_at_once_and_the_next_ones_together(
-    at_once: tuple[Batcher, list[tuple[list[int], bool]]], settings: config.Settings
+async def test_batches_grow_only_under_concurrency(
+    at_once: tuple[Batcher, list[list[int]]], settings: config.Settings
 ) -> None:
-    """A request that finds nothing being written is written at once by a task of its own (no hand-over
-    to the batcher's task); those that come while it is written queue, and are written together once
-    it ends."""
+    """A lone request is written at once, alone; requests that arrive together (in one turn of the event
+    loop) are one batch, and so are those that come while a batch is being written, after it."""
     batcher, writes = at_once
     assert (await batcher.submit([sale(1)], False, NOW)).created
-    assert writes == [([1], False)] and batcher._queued_sales == 0
-    # Requests that arrive together (in one turn of the event loop) are one batch.
     together = await asyncio.gather(*(batcher.submit([sale(p)], False, NOW) for p in (2, 3)))
     assert all(stored.created for stored in together)
-    assert writes[1:] == [([2, 3], True)]
+    assert writes == [[1], [2, 3]]
     writes.clear()
     async with holding_the_writer(settings):
         first = asyncio.ensure_future(batcher.submit([sale(2)], False, NOW))
@@ -233,13 +229,12 @@ async def test_a_lone_request_is_written_at_once_and_the_next_ones_together(
         await eventually(lambda: batcher._queued_sales == 3, what="the next three queue behind it")
         assert not first.done()
     assert all(stored.created for stored in await asyncio.gather(first, *rest))
-    # The lone one by a task of its own, the three queued by the batcher's.
-    assert writes == [([2], False), ([3, 1, 2], True)]
+    assert writes == [[2], [3, 1, 2]]
     assert await count_sales(settings) == 7
 
 
-async def test_close_waits_for_a_lone_request_being_written(
-    at_once: tuple[Batcher, list[tuple[list[int], bool]]], settings: config.Settings
+async def test_close_waits_for_the_write_under_way(
+    at_once: tuple[Batcher, list[list[int]]], settings: config.Settings
 ) -> None:
     batcher, writes = at_once
     async with holding_the_writer(settings):
@@ -257,8 +252,8 @@ async def test_close_waits_for_a_lone_request_being_written(
     assert await count_sales(settings) == 1
 
 
-async def test_a_lone_write_past_its_deadline_is_answered_503_and_goes_on_whole(
-    at_once: tuple[Batcher, list[tuple[list[int], bool]]], settings: config.Settings
+async def test_a_write_past_its_deadline_is_answered_503_and_goes_on_whole(
+    at_once: tuple[Batcher, list[list[int]]], settings: config.Settings
 ) -> None:
     """The deadline answers the client; the write is not cancelled: it commits (or not) whole, the next
     batch waits for it, and the retry is a replay."""
@@ -267,12 +262,12 @@ async def test_a_lone_write_past_its_deadline_is_answered_503_and_goes_on_whole(
     async with holding_the_writer(settings):
         with pytest.raises(Unavailable):
             await batcher.submit([sale(2, idempotency_key="late")], False, NOW)
-        assert batcher._alone is not None  # still being written
+        assert batcher._in_flight  # still being written
         batcher.write_timeout = 30
         behind = asyncio.ensure_future(batcher.submit([sale(3)], False, NOW))
         await eventually(lambda: batcher._queued_sales == 1, what="the next request queues behind it")
     assert (await asyncio.wait_for(behind, 30)).created
-    assert writes == [([2], False), ([3], True)]
+    assert writes == [[2], [3]]
     replay = await batcher.submit([sale(2, idempotency_key="late")], False, NOW)
     assert not replay.created
     assert await count_sales(settings) == 2

@@ -1,13 +1,10 @@
-"""Group commit: one write at a time per process, of whatever is pending, in one transaction.
+"""Group commit: one writer task per process writes whatever is pending in one transaction.
 
-A request hands its validated sales to the process's ``Batcher``. If nothing
-is being written or waiting, the request writes them itself, at once (a lone
-till pays no hand-over to another task). Otherwise it queues and waits: the
-batcher's task takes everything pending once the write under way ends, writes
-it with the rollups in one transaction (``plan.BatchPlan`` decides,
-``db.write_batch`` writes), commits, and only then answers each request: an
-acknowledged sale is durable. Batches grow only while writes are under way.
-A request whose sales cannot be stored (a conflicting replay) fails alone; its
+A request hands its validated sales to the process's ``Batcher`` and waits.
+The batcher's task takes everything pending, writes it with the rollups in one
+transaction (``plan.BatchPlan`` decides, ``db.write_batch`` writes), commits,
+and only then answers each request: an acknowledged sale is durable. A request
+whose sales cannot be stored (a conflicting replay) fails alone; its
 batch-mates are written without it.
 
 No request waits forever: each has a deadline (``write_timeout``), after which
@@ -73,9 +70,6 @@ class Batcher:
         self._queue: deque[Request] = deque()
         self._queued_sales = 0
         self._in_flight: list[Request] = []
-        # A lone request being written by a task of its own (see ``submit``).
-        self._alone: Request | None = None
-        self._alone_task: asyncio.Future[None] | None = None  # held: the loop keeps only weak references to tasks
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._reaper: asyncio.TimerHandle | None = None
@@ -146,44 +140,15 @@ class Batcher:
         loop = asyncio.get_running_loop()
         request = Request(items, is_array, received_at, request_id, deadline=loop.time() + self.write_timeout)
         request.future = loop.create_future()
-        alone = not self._queue and not self._writing() and self.flush_seconds == 0
         self._queue.append(request)
         self._queued_sales += len(items)
-        if alone:
-            # Let the requests that arrived with this one (this turn of the event loop) join it; if
-            # none did, and no write began meanwhile, it is written at once, by a task of its own.
-            await asyncio.sleep(0)
-            if len(self._queue) == 1 and self._queue[0] is request and not self._writing():
-                self._queue.popleft()
-                self._queued_sales -= len(items)
-                self._write_alone(request)
-        if self._alone is not request:
-            self._metrics.queue.set(self._queued_sales)
-            self._wakeup.set()
+        self._metrics.queue.set(self._queued_sales)
+        self._wakeup.set()
         if self._reaper is None:
             self._reaper = loop.call_at(request.deadline, self._reap)
         # Shielded: if the client goes away, its sales are still written (or not) whole, and its retry is a replay.
         stored: Stored = await asyncio.shield(request.future)
         return stored
-
-    def _writing(self) -> bool:
-        return bool(self._in_flight) or self._alone is not None
-
-    def _write_alone(self, request: Request) -> None:
-        """Write a lone request as a batch of one in a task of its own: no hand-over to the batcher's
-        task and back. Requests that come meanwhile queue; the batcher's task writes them once it ends."""
-        self._alone = request
-        self._metrics.batch_size.observe(len(request.items))
-        self._alone_task = asyncio.ensure_future(self._write([request]))
-        self._alone_task.add_done_callback(self._alone_written)
-
-    def _alone_written(self, task: asyncio.Future[None]) -> None:
-        request, self._alone, self._alone_task = self._alone, None, None
-        if request is not None and not request.future.done():  # the write failed (a bug) or was cancelled
-            error = None if task.cancelled() else task.exception()
-            request.future.set_exception(error or Unavailable(f"the {self.what} writer stopped; retry", retry_after=1))
-        if self._queue or self._closing:
-            self._wakeup.set()
 
     def _reap(self) -> None:
         """Answer 503 to the requests whose deadline passed (one timer for all of them: the oldest's)."""
@@ -194,7 +159,7 @@ class Batcher:
             f"the {self.what} were not written within {self.write_timeout:g} s; retry with the same idempotency keys",
             retry_after=2,
         )
-        waiting = [*self._in_flight, *self._queue, *([self._alone] if self._alone else [])]
+        waiting = [*self._in_flight, *self._queue]
         for request in waiting:
             if request.deadline <= now and not request.future.done():
                 request.abandoned = True  # if no batch took it yet, none will
@@ -205,8 +170,8 @@ class Batcher:
 
     async def _run(self) -> None:
         while True:
-            if not self._queue or self._alone is not None:  # nothing to write, or a lone request is being written
-                if self._closing and self._alone is None:
+            if not self._queue:
+                if self._closing:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
