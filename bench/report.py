@@ -189,7 +189,18 @@ def machine(pg_version: str, wrk: str) -> dict[str, str]:
         "wrk": wrk,
         "git commit": commit + (" (with uncommitted changes)" if dirty not in ("", "?") else ""),
         "load average at start": load,
+        "scheduler autogroups (`sched_autogroup_enabled`)": _autogroup(),
     }
+
+
+def _autogroup() -> str:
+    """Whether the kernel gives each session a CPU share of its own: each server (the no-op too) runs in
+    a session of its own, and this doubles or halves the no-op's figures (BENCHMARKS.md, "Notes")."""
+    try:
+        value = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip()
+    except OSError:
+        return "not in this kernel"
+    return {"1": "on", "0": "off"}.get(value, value)
 
 
 # --- formatting ----------------------------------------------------------------------
@@ -297,7 +308,10 @@ def _header(run: Run) -> list[str]:
         "the requests wrk counted (and by the sales per request). It leaves out wrk's and PostgreSQL's CPU, "
         "so it depends far less than the rates on what else the machine does.",
         "- Ratios: each figure divided by the reference measured in the same run with the same backend "
-        "(below): the no-op app's rate and CPU per request, pgbench's rate.",
+        "(below): the no-op app's rate and CPU per request, pgbench's rate. Every server, the no-op too, "
+        "runs in a session of its own; with the kernel's scheduler autogroups on (see Machine), each session "
+        "shares the CPU fairly with wrk's, and the no-op, whose CPU goes to wake-ups, then costs about "
+        "twice as much per request as when started from wrk's session (the service about the same).",
         "",
     ]
 
