@@ -10,7 +10,7 @@ from starlette.routing import Route
 from .. import metrics
 from ..health import health_live, health_ready
 from ..problems import json_response
-from ..web import pages
+from ..web import pages, signin
 from ..web.assets import static
 from .access import authenticate
 from .catalog import get_product, get_products, get_stores
@@ -44,9 +44,9 @@ routes = [
     Route("/reports/revenue-by-month", get_revenue_by_month, methods=["GET"]),
     Route("/", pages.dashboard, methods=["GET"]),
     Route("/stores/{id}", pages.store_page, methods=["GET"]),
-    Route("/signin", pages.sign_in, methods=["POST"]),
-    Route("/signin", pages.sign_in_again, methods=["GET"]),
-    Route("/signout", pages.sign_out, methods=["POST"]),
+    Route("/signin", signin.sign_in, methods=["POST"]),
+    Route("/signin", signin.sign_in_again, methods=["GET"]),
+    Route("/signout", signin.sign_out, methods=["POST"]),
     Route("/static/{name}", static, methods=["GET"]),
     Route("/health/live", health_live, methods=["GET"]),
     Route("/health/ready", health_ready, methods=["GET"]),

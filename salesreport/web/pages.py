@@ -1,4 +1,4 @@
-"""The dashboard's routes: the month of the chain (``/``), one store, sign-in and sign-out, static files.
+"""The dashboard's pages: the month of the chain (``/``) and one store (sign-in and sign-out: ``signin``).
 
 Pages are HTML rendered on the server (tables and bar charts as SVG), so they
 work without JavaScript; ``static/app.js`` adds live updates (it polls the
@@ -15,23 +15,23 @@ import hashlib
 import random
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 import jinja2
 from markupsafe import Markup
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 
 from .. import metrics
-from ..auth import Key, Unauthenticated
+from ..auth import Key
 from ..db.replica import Source
-from ..problems import ProblemError, database_errors
+from ..problems import database_errors
 from ..schemas import MonthRevenue, TopProduct, parse_id, parse_month
-from ..service import behind, cached, freshness_headers, read, receive_body, service
+from ..service import behind, cached, freshness_headers, read, service
 from ..zones import zone
 from . import i18n, views
 from .assets import URLS
-from .sessions import COOKIE, LIFETIME, close_session, open_session, session_key_id
+from .sessions import COOKIE, session_key_id
 
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("salesreport.web", "templates"),
@@ -52,10 +52,9 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-MAX_FORM = 4096
 
 
-def _html(request: Request, template: str, status: int = 200, **context: Any) -> Response:
+def render(request: Request, template: str, status: int = 200, **context: Any) -> Response:
     texts = _texts(request)
     body = _templates.get_template(template).render(t=texts, lang=texts.lang, **context)
     response = Response(body, status_code=status, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
@@ -93,12 +92,12 @@ async def _viewer(request: Request) -> Response | None:
         if _local(request):
             return None
         metrics.key_rejected("not_local")
-        return _html(request, "signin.html", 401, error=None, open_mode=True, next=_next(request))
+        return render(request, "signin.html", 401, error=None, open_mode=True, next=_next(request))
     owner = await session_key(request)
     if owner is not None:
         request.scope["salesreport.key_id"] = owner.id  # the access log names who looked
         return None
-    return _html(request, "signin.html", 401, error=None, open_mode=False, next=_next(request))
+    return render(request, "signin.html", 401, error=None, open_mode=False, next=_next(request))
 
 
 def _next(request: Request) -> str:
@@ -121,7 +120,7 @@ def _month(request: Request) -> int | None:
 
 
 def _bad_month(request: Request) -> Response:
-    return _html(request, "problem.html", 400, code=400, message=_texts(request)("bad_month"))
+    return render(request, "problem.html", 400, code=400, message=_texts(request)("bad_month"))
 
 
 async def dashboard(request: Request) -> Response:
@@ -167,7 +166,7 @@ async def store_page(request: Request) -> Response:
     store_id = parse_id(raw)
     store = svc.catalog.store(store_id) if store_id is not None else None
     if store is None:
-        return _html(request, "problem.html", 404, code=404, message=_texts(request)("no_store"))
+        return render(request, "problem.html", 404, code=404, message=_texts(request)("no_store"))
     month = _month(request)
     if month is None:
         return _bad_month(request)
@@ -341,90 +340,4 @@ def _remember_language(request: Request, response: Response) -> Response:
     if request.query_params.get("lang") in i18n.LANGUAGES:
         lang = request.query_params["lang"]
         response.set_cookie(i18n.COOKIE, lang, max_age=365 * 86400, samesite="strict", httponly=True)
-    return response
-
-
-def _same_origin(request: Request) -> bool:
-    """A form posted from this site (a browser sends Origin with every POST): the public origin if one
-    is set (``SALESREPORT_PUBLIC_URL``), else the host the request was sent to."""
-    origin = request.headers.get("origin")
-    if origin is None:
-        return True  # not a browser: a cross-site form always carries Origin
-    public = service(request).settings.public_origin
-    if public is not None:
-        return origin.lower() == public
-    scheme, _, host = origin.partition("://")
-    return scheme in ("http", "https") and host == request.headers.get("host", "")
-
-
-def _secure(request: Request) -> bool:
-    """Whether the browser reached us over TLS (directly, or through the public origin's proxy)."""
-    public = service(request).settings.public_origin
-    return request.url.scheme == "https" or (public is not None and public.startswith("https:"))
-
-
-async def sign_in_again(request: Request) -> Response:
-    """``GET /signin``: where a failed sign-in left the browser (its language links, a reload): the form
-    is on the page itself."""
-    lang = request.query_params.get("lang")
-    return RedirectResponse("/" + (f"?lang={lang}" if lang in i18n.LANGUAGES else ""), 303, headers=SECURITY_HEADERS)
-
-
-async def sign_in(request: Request) -> Response:
-    if not _same_origin(request):
-        raise ProblemError(403, "Forbidden", "sign in from this site's own form")
-    form = parse_qs((await _form_body(request)).decode("utf-8", "replace"))
-    token = (form.get("key") or [""])[0].strip()
-    target = (form.get("next") or ["/"])[0]
-    if not target.startswith("/") or target.startswith("//") or "\\" in target:
-        target = "/"
-    svc = service(request)
-    with database_errors("cannot load API keys"):
-        # The keys as they are now, not as this worker's copy had them up to ``changes.BOUND`` ago: a key
-        # created a moment ago signs in, one revoked a moment ago does not.
-        await svc.keys.refresh(recheck=svc.keys.has_key_form(token))
-    try:
-        key = svc.keys.authenticate(f"Bearer {token}")
-    except Unauthenticated:
-        return _html(request, "signin.html", 401, error="bad_key", open_mode=False, next=target)
-    if key is None:  # open mode: nothing to sign in to
-        return RedirectResponse(target, status_code=303)
-    if key.role != "owner":
-        metrics.key_rejected("forbidden")
-        return _html(request, "signin.html", 403, error=f"{key.role}_refused", open_mode=False, next=target)
-    with database_errors("cannot open a session"):
-        async with svc.db.control.begin() as conn:
-            token = await open_session(conn, key.id, svc.clock())
-    response = RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
-    response.set_cookie(
-        COOKIE,
-        token,
-        max_age=int(LIFETIME.total_seconds()),
-        httponly=True,
-        samesite="strict",
-        secure=_secure(request),
-        path="/",
-    )
-    return response
-
-
-async def _form_body(request: Request) -> bytes:
-    """The sign-in form's body: small, urlencoded, and sent within the body timeout (no key is needed to
-    send it, so it must cost a stranger nothing to be refused)."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind != "application/x-www-form-urlencoded":
-        raise ProblemError(415, "Unsupported Media Type", "send the sign-in form as a form")
-    too_large = ProblemError(413, "Content Too Large", "the form is too large")
-    return await receive_body(request, MAX_FORM, lambda: too_large, "form")
-
-
-async def sign_out(request: Request) -> Response:
-    if not _same_origin(request):
-        raise ProblemError(403, "Forbidden", "sign out from this site's own form")
-    svc = service(request)
-    with database_errors("cannot close the session"):
-        async with svc.db.control.begin() as conn:
-            await close_session(conn, request.cookies.get(COOKIE))
-    response = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
-    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=_secure(request))
     return response
