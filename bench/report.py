@@ -310,8 +310,9 @@ def _header(run: Run) -> list[str]:
         "- Ratios: each figure divided by the reference measured in the same run with the same backend "
         "(below): the no-op app's rate and CPU per request, pgbench's rate. Every server, the no-op too, "
         "runs in a session of its own; with the kernel's scheduler autogroups on (see Machine), each session "
-        "shares the CPU fairly with wrk's, and the no-op, whose CPU goes to wake-ups, then costs about "
-        "twice as much per request as when started from wrk's session (the service about the same).",
+        "shares the CPU fairly with wrk's, and the no-op, whose CPU goes to wake-ups, can then cost up to "
+        "twice as much per request as when started from wrk's session (the service about the same; "
+        "BENCHMARKS.md, Notes).",
         "",
     ]
 
