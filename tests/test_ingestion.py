@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -21,44 +23,43 @@ from tests.test_health import execute, holding_the_writer
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-async def batcher(settings: config.Settings):  # type: ignore[no-untyped-def]
+@contextlib.asynccontextmanager
+async def running_batcher(settings: config.Settings, **options: Any) -> AsyncIterator[Batcher]:
+    """A started batcher on a seeded database, with its own catalog and change watcher; closed after."""
     await seed(settings, PRODUCTS, STORES)
     database = db.connect(settings)
     changes = Changes(database)
     changes.start()
     catalog = Catalog(database, changes)
     await catalog.refresh()
-    # A long flush interval so that concurrent submissions share one batch.
-    b = Batcher(database, catalog, max_sales=1000, flush_ms=200, queue_max_sales=10)
+    b = Batcher(database, catalog, max_sales=1000, **options)
     b.start()
-    yield b
-    await b.close()
-    await changes.close()
-    await database.dispose()
+    try:
+        yield b
+    finally:
+        await b.close()
+        await changes.close()
+        await database.dispose()
+
+
+@pytest.fixture
+async def batcher(settings: config.Settings):  # type: ignore[no-untyped-def]
+    # A long flush interval so that concurrent submissions share one batch.
+    async with running_batcher(settings, flush_ms=200, queue_max_sales=10) as b:
+        yield b
 
 
 @pytest.fixture
 async def at_once(settings: config.Settings):  # type: ignore[no-untyped-def]
     """A batcher as ``serve`` runs it (no wait for company), whose writes are recorded: the products of each."""
-    await seed(settings, PRODUCTS, STORES)
-    database = db.connect(settings)
-    changes = Changes(database)
-    changes.start()
-    catalog = Catalog(database, changes)
-    await catalog.refresh()
     writes: list[list[int]] = []
 
     async def recorded(database: db.Database, plan: Any, slot: int) -> object:
         writes.append([sale.product_id for request in plan.batch for sale in request.items])
         return await db.write_batch(database, plan, slot)
 
-    b = Batcher(database, catalog, max_sales=1000, flush_ms=0, queue_max_sales=100, write_timeout=30, write=recorded)
-    b.start()
-    yield b, writes
-    await b.close()
-    await changes.close()
-    await database.dispose()
+    async with running_batcher(settings, flush_ms=0, queue_max_sales=100, write_timeout=30, write=recorded) as b:
+        yield b, writes
 
 
 def sale(product_id: int = 1, store_id: int = 1, **kw: object) -> SaleIn:
