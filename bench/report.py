@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from services import PG_SETTINGS, PgbenchResult
-from wrkrun import WrkResult
+from services import PG_LOG_SETTINGS, PG_SETTINGS, DatabaseEvent, PgbenchResult
+from wrkrun import WrkResult, pooled
 
 NOTES = "## Notes"
 DEFAULT_NOTES = f"""{NOTES}
@@ -115,7 +115,7 @@ class Backend:
     name: str
     workers: int  # Granian workers of the service and of its no-op (SQLite: one writer, one worker)
     database: str  # what DATABASE_URL pointed at
-    noop: WrkResult
+    noops: list[WrkResult]  # the no-op, before and after the service's runs
     pgbench: PgbenchResult | None  # None on SQLite: pgbench is a PostgreSQL client
     pgbench_c1: PgbenchResult | None
     stages: list[Stage]
@@ -125,6 +125,12 @@ class Backend:
     server_log: str
     server_log_problems: int
     soak: Soak | None = None
+    database_events: list[DatabaseEvent] = field(default_factory=list)  # PostgreSQL's, from its log
+
+    @property
+    def noop(self) -> WrkResult:
+        """The reference of every ratio: the no-op's runs pooled."""
+        return pooled(self.noops)
 
     @property
     def noop_cpu(self) -> float | None:
@@ -264,7 +270,9 @@ def _header(run: Run) -> list[str]:
         databases.append(
             "- PostgreSQL: a throwaway cluster on the same machine and disk, "
             + ", ".join(f"`{k}={v}`" for k, v in PG_SETTINGS.items())
-            + " (durable, as production); every other setting at its default."
+            + " (durable, as production); every other setting at its default, but for logging: "
+            + ", ".join(f"`{k}={v}`" for k, v in PG_LOG_SETTINGS.items())
+            + " (what the server did during each run: below each stage's tables)."
         )
     if "sqlite" in kinds:
         databases.append(
@@ -308,7 +316,9 @@ def _header(run: Run) -> list[str]:
         "the requests wrk counted (and by the sales per request). It leaves out wrk's and PostgreSQL's CPU, "
         "so it depends far less than the rates on what else the machine does.",
         "- Ratios: each figure divided by the reference measured in the same run with the same backend "
-        "(below): the no-op app's rate and CPU per request, pgbench's rate. Every server, the no-op too, "
+        "(below): the no-op app's rate and CPU per request, pgbench's rate. The no-op runs before the "
+        "service's runs and again after them, and the ratios take the two runs pooled, so that a change in "
+        "what the machine gives the processes during the run moves the reference too. Every server, the no-op too, "
         "runs in a session of its own; with the kernel's scheduler autogroups on (see Machine), each session "
         "shares the CPU fairly with wrk's, and the no-op, whose CPU goes to wake-ups, can then cost up to "
         "twice as much per request as when started from wrk's session (the service about the same; "
@@ -322,6 +332,13 @@ def _noop_title(backend: Backend) -> str:
         f"no-op POST: a bare ASGI app (reads the body, answers a fixed 201 JSON) on Granian, the settings of "
         f"`serve` and {backend.workers} worker{'s' if backend.workers > 1 else ''}, same wrk script (`bench/noop.py`)"
     )
+
+
+def _spread(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    if len(known) < 2 or not min(known):
+        return "?"
+    return f"{(max(known) / min(known) - 1) * 100:.0f}%"
 
 
 def _pgbench_row(pgb: PgbenchResult) -> list[str]:
@@ -339,17 +356,30 @@ def _pgbench_row(pgb: PgbenchResult) -> list[str]:
 def _ceilings(run: Run) -> list[str]:
     lines = ["## References measured in this run", ""]
     for b in run.backends:
-        noop = b.noop
         rows = [
             [
-                _noop_title(b),
+                f"{_noop_title(b)}, {when}",
                 f"{count(noop.rps)} req/s",
                 ms(noop.p50_ms),
                 ms(noop.p99_ms),
                 noop.describe_errors(),
                 cpu(noop.cpu_us_per_request),
             ]
+            for noop, when in zip(b.noops, ("before the service's runs", "after them"), strict=False)
         ]
+        if len(b.noops) > 1:
+            spread = _spread([r.cpu_us_per_request for r in b.noops])
+            rows.append(
+                [
+                    f"the no-op's runs pooled (their requests over their time, their CPU over their requests): "
+                    f"the reference of every ratio below; its CPU per request differed by {spread} between them",
+                    f"{count(b.noop.rps)} req/s",
+                    "—",
+                    "—",
+                    b.noop.describe_errors(),
+                    cpu(b.noop.cpu_us_per_request),
+                ]
+            )
         for pgb in (b.pgbench, b.pgbench_c1):
             if pgb is not None:
                 rows.append(_pgbench_row(pgb))
@@ -643,6 +673,8 @@ def _stage(run: Run, b: Backend, stage: Stage) -> list[str]:
             ),
             "",
         ]
+    if b.key == "postgresql":
+        lines += _events_during(run, b, stage)
     if stage.page is not None:
         p = stage.page
         lines += [
@@ -652,6 +684,43 @@ def _stage(run: Run, b: Backend, stage: Stage) -> list[str]:
             "",
         ]
     return lines
+
+
+def _events_during(run: Run, b: Backend, stage: Stage) -> list[str]:
+    """The checkpoints and autovacuum runs of PostgreSQL's log that overlapped each run of the stage:
+    a pause in the database shows in the p99s of the runs it overlapped."""
+    titles = {s.key: s.title for s in [*run.scenarios, *run.reports]}
+    runs = [(titles.get(key, key), r) for key, r in stage.results.items()]
+    runs += [(f"{titles.get(key, key)}, one connection", r) for key, r in stage.single.items()]
+    items = []
+    for title, r in runs:
+        if r.started is None or r.ended is None:
+            continue
+        during = [e for e in b.database_events if e.overlaps(r.started, r.ended)]
+        long = [_event(e, r.started, r.ended) for e in during if e.end is None or e.end - e.start >= _SHORT_EVENT]
+        short = len(during) - len(long)
+        if short:
+            long.append(
+                f"{short} autovacuum or autoanalyze run{'s' if short > 1 else ''} shorter than {_SHORT_EVENT:g} s"
+            )
+        if long:
+            items.append(f"- {title}: " + "; ".join(long))
+    if not items:
+        return ["PostgreSQL's log shows no checkpoint and no autovacuum during this stage's runs.", ""]
+    return ["PostgreSQL's log during this stage's runs (checkpoints, autovacuum and autoanalyze):", "", *items, ""]
+
+
+_SHORT_EVENT = 0.1  # seconds: autovacuum of a small table, listed as a count
+
+
+def _event(e: DatabaseEvent, started: float, ended: float) -> str:
+    def at(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S")
+
+    if e.end is None:
+        return f"{e.what} from {at(e.start)}, not complete when the log was read"
+    inside = min(e.end, ended) - max(e.start, started)
+    return f"{e.what} {at(e.start)}-{at(e.end)} ({e.end - e.start:.1f} s, {inside:.1f} s of it during the run)"
 
 
 def _verification(b: Backend) -> list[str]:

@@ -286,31 +286,36 @@ class Bench:
 
     # -- references
 
-    def references(self) -> tuple[wrkrun.WrkResult, services.PgbenchResult | None, services.PgbenchResult | None]:
-        """The no-op app's rate and CPU; on PostgreSQL, pgbench from wrk's connections and from one."""
+    def pgbench_references(self) -> tuple[services.PgbenchResult | None, services.PgbenchResult | None]:
+        """On PostgreSQL, pgbench from wrk's connections and from one."""
         a = self.args
-        pgb = pgb1 = None
-        if self.kind == "postgresql":
-            assert self.cluster is not None
-            log(f"reference: pgbench single-row INSERT, {a.connections} clients, {a.duration} s")
-            pgb = services.run_pgbench(self.cluster, self.workdir, a.duration, a.connections, a.threads)
-            (OUT / "pgbench.txt").write_text(pgb.output)
-            log(f"  {pgb.tps:,.0f} tps")
-            log(f"reference: pgbench single-row INSERT, 1 client, {a.duration} s")
-            pgb1 = services.run_pgbench(self.cluster, self.workdir, a.duration, 1, 1)
-            (OUT / "pgbench-c1.txt").write_text(pgb1.output)
-            log(f"  {pgb1.tps:,.0f} tps, p50 {pgb1.p50_ms or 0:.2f} ms, p99 {pgb1.p99_ms or 0:.2f} ms")
+        if self.kind != "postgresql":
+            return None, None
+        assert self.cluster is not None
+        log(f"reference: pgbench single-row INSERT, {a.connections} clients, {a.duration} s")
+        pgb = services.run_pgbench(self.cluster, self.workdir, a.duration, a.connections, a.threads)
+        (OUT / "pgbench.txt").write_text(pgb.output)
+        log(f"  {pgb.tps:,.0f} tps")
+        log(f"reference: pgbench single-row INSERT, 1 client, {a.duration} s")
+        pgb1 = services.run_pgbench(self.cluster, self.workdir, a.duration, 1, 1)
+        (OUT / "pgbench-c1.txt").write_text(pgb1.output)
+        log(f"  {pgb1.tps:,.0f} tps, p50 {pgb1.p50_ms or 0:.2f} ms, p99 {pgb1.p99_ms or 0:.2f} ms")
+        return pgb, pgb1
+
+    def noop_reference(self, name: str) -> wrkrun.WrkResult:
+        """The no-op app's rate and CPU per request (measured before and after the service's runs)."""
+        a = self.args
         port = services.free_port()
         argv = [sys.executable, str(BENCH / "noop.py"), "--port", str(port), "--workers", str(self.workers)]
-        log(f"reference: no-op POST, bare ASGI on Granian, {self.workers} worker(s)")
-        noop = services.start_server("no-op", argv, port, self.env(), OUT / f"{self.out_prefix}noop.log")
+        log(f"reference: no-op POST, bare ASGI on Granian, {self.workers} worker(s) ({name})")
+        noop = services.start_server("no-op", argv, port, self.env(), OUT / f"{self.out_prefix}{name}.log")
         try:
-            self.wrk(noop, "noop-warmup", path="/health/ready", duration=a.warmup)
-            result = self.wrk(noop, "noop", path="/sales", batch=1, track=False)
+            self.wrk(noop, f"{name}-warmup", path="/health/ready", duration=a.warmup)
+            result = self.wrk(noop, name, path="/sales", batch=1, track=False)
         finally:
             services.stop_server(noop)
         log(f"  {summary(result)}")
-        return result, pgb, pgb1
+        return result
 
     # -- wrk
 
@@ -334,6 +339,7 @@ class Bench:
         prefix = f"{self.run_id}{len(self.post_runs)}x"
         acks = self.workdir / f"acks-{self.kind}-{len(self.post_runs)}.tsv" if batch and track else None
         cpu_before = services.cpu_seconds(server.proc.pid)
+        started = time.time()
         result = wrkrun.run(
             server.url + path,
             duration=duration or a.duration,
@@ -347,6 +353,7 @@ class Bench:
             products=PRODUCTS,
         )
         result.cpu_s = services.cpu_seconds(server.proc.pid) - cpu_before
+        result.started, result.ended = started, time.time()
         if acks is not None:
             self.post_runs.append(result)
         return result
@@ -439,6 +446,8 @@ class Bench:
     # -- soak
 
     def soak(self) -> Soak:
+        if self.server is None:
+            self.start_service()
         assert self.server is not None
         a = self.args
         log(f"soak: POST of one sale for {a.soak} s, sampling worker RSS every {a.soak_interval:g} s")
@@ -586,18 +595,25 @@ SELECT
         self.kind = kind
         self.post_runs = []
         self.setup()
-        noop, pgb, pgb1 = self.references()
+        pgb, pgb1 = self.pgbench_references()
+        # The no-op before and after the service's runs: what the machine gave it may change meanwhile.
+        noop_before = self.noop_reference("noop")
         stages = [self.stage(size, i, all_scenarios, reports) for i, size in enumerate(sizes)]
+        self.stop_service()
+        noop_after = self.noop_reference("noop-after")
         soaked = self.soak() if soak else None
         self.stop_service()  # graceful: the batchers drain before the counts
         verification = self.verify()
         check_code, check_output = self.check()
+        events: list[services.DatabaseEvent] = []
+        if self.cluster is not None:
+            events = services.database_events((self.cluster.root / "log").read_text(errors="replace"))
         return Backend(
             key=kind,
             name=BACKENDS[kind],
             workers=self.workers,
             database=self.database_description(),
-            noop=noop,
+            noops=[noop_before, noop_after],
             pgbench=pgb,
             pgbench_c1=pgb1,
             stages=stages,
@@ -607,6 +623,7 @@ SELECT
             server_log=self.server_log,
             server_log_problems=server_log_problems(OUT / self.server_log),
             soak=soaked,
+            database_events=events,
         )
 
     # -- clean-up

@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,6 +31,13 @@ PG_SETTINGS = {
     "synchronous_commit": "on",
     "shared_buffers": "1GB",
     "max_connections": "300",
+}
+# What the server did during each run, for the report (``database_events``): logging only.
+PG_LOG_SETTINGS = {
+    "log_checkpoints": "on",
+    "log_autovacuum_min_duration": "0",
+    "log_line_prefix": "%m [%p] ",
+    "log_timezone": "UTC",
 }
 
 
@@ -49,7 +57,8 @@ class Postgres(pg.Cluster):
 
     def configure(self) -> None:
         """Write PG_SETTINGS into postgresql.conf (not -c options, so that a reload keeps them quietly)."""
-        lines = "".join(f"{name} = '{value}'\n" for name, value in PG_SETTINGS.items())
+        settings = PG_SETTINGS | PG_LOG_SETTINGS
+        lines = "".join(f"{name} = '{value}'\n" for name, value in settings.items())
         with (self.datadir / "postgresql.conf").open("a") as conf:
             conf.write(f"\n# bench/run.py\n{lines}")
 
@@ -93,6 +102,55 @@ class Postgres(pg.Cluster):
 
     def version(self) -> str:
         return self.query("SHOW server_version")
+
+
+@dataclass
+class DatabaseEvent:
+    """A checkpoint or an autovacuum/autoanalyze, from the server's log: what, and when (epoch seconds)."""
+
+    what: str
+    start: float
+    end: float | None  # None: still under way when the log was read
+
+    def overlaps(self, start: float, end: float) -> bool:
+        return self.start < end and (self.end is None or self.end > start)
+
+
+_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC \[\d+\] LOG:  (.*)$")
+
+
+def database_events(log_text: str) -> list[DatabaseEvent]:
+    """The checkpoints and autovacuum runs in a log written with ``PG_LOG_SETTINGS``.
+
+    A checkpoint is logged when it starts and when it completes; an autovacuum or autoanalyze
+    once, when it ends, with its elapsed time on a continuation line.
+    """
+    events: list[DatabaseEvent] = []
+    checkpoint: DatabaseEvent | None = None
+    vacuum: tuple[str, float] | None = None  # (what, logged at), until its elapsed time is found
+    for line in log_text.splitlines():
+        if vacuum is not None and line.startswith("\t"):
+            elapsed = re.search(r"elapsed: ([0-9.]+) s", line)
+            if elapsed:
+                what, at = vacuum
+                events.append(DatabaseEvent(what, at - float(elapsed.group(1)), at))
+                vacuum = None
+            continue
+        vacuum = None
+        match = _LOG_LINE.match(line)
+        if not match:
+            continue
+        at = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
+        message = match.group(2)
+        if message.startswith("checkpoint starting: "):
+            checkpoint = DatabaseEvent(f"checkpoint ({message.removeprefix('checkpoint starting: ')})", at, None)
+            events.append(checkpoint)
+        elif message.startswith("checkpoint complete") and checkpoint is not None:
+            checkpoint.end = at
+            checkpoint = None
+        elif table := re.match(r'automatic (vacuum|analyze) of table "(?:[^".]+\.)?([^"]+)"', message):
+            vacuum = (f"auto{table.group(1)} of {table.group(2)}", at)
+    return events
 
 
 def apt_install(package: str) -> bool:

@@ -33,6 +33,9 @@ class WrkResult:
     acks: Path | None = None  # acknowledged POST requests, one "request-id<TAB>sales" line each
     # CPU seconds (user + system) the server's process tree used during the run; None if not measured.
     cpu_s: float | None = None
+    # When the run began and ended (epoch seconds; None for a pooled result).
+    started: float | None = None
+    ended: float | None = None
     text: str = field(default="", repr=False)
 
     @property
@@ -68,6 +71,30 @@ class WrkResult:
         parts = [f"{code}×{n}" for code, n in sorted(self.statuses.items()) if not 200 <= code < 300]
         parts += [f"{kind} {n}" for kind, n in self.socket_errors.items() if n]
         return f"{self.errors} ({', '.join(parts)})"
+
+
+def pooled(runs: list[WrkResult]) -> WrkResult:
+    """Runs of one server and script taken as one: their requests over their time, their CPU over
+    their requests. Percentiles cannot be pooled: the pooled result has the worst of the runs'."""
+    cpu = [r.cpu_s for r in runs]
+    statuses: dict[int, int] = {}
+    for r in runs:
+        for code, n in r.statuses.items():
+            statuses[code] = statuses.get(code, 0) + n
+    return WrkResult(
+        requests=sum(r.requests for r in runs),
+        duration_s=sum(r.duration_s for r in runs),
+        ok=sum(r.ok for r in runs),
+        non2xx=sum(r.non2xx for r in runs),
+        socket_errors={kind: sum(r.socket_errors.get(kind, 0) for r in runs) for kind in runs[0].socket_errors},
+        statuses=statuses,
+        p50_ms=max(r.p50_ms for r in runs),
+        p90_ms=max(r.p90_ms for r in runs),
+        p99_ms=max(r.p99_ms for r in runs),
+        max_ms=max(r.max_ms for r in runs),
+        sales_per_request=runs[0].sales_per_request,
+        cpu_s=None if None in cpu else sum(c for c in cpu if c is not None),
+    )
 
 
 def ensure_wrk() -> str:
