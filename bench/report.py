@@ -514,7 +514,17 @@ def _backend_targets(run: Run, b: Backend) -> list[list[str]]:
         )
     if b.key == "postgresql" and stages:
         first, last = stages[0], stages[-1]
-        caveat = "" if last.size >= TARGET_SIZE else f" (largest size measured: {size(last.size)}; run with --big)"
+        measured_there = last.size >= TARGET_SIZE
+        caveat = "" if measured_there else f" (largest size measured: {size(last.size)}; run with --big)"
+
+        def verdict(passed: bool) -> str:
+            # A target set at 10M is judged only where 10M was measured; below, the figure is shown as a hint.
+            return (
+                yes(passed)
+                if measured_there
+                else f"not measured at 10M ({'met' if passed else 'missed'} at {size(last.size)})"
+            )
+
         for report in run.reports:
             single = last.single.get(report.key)
             if single:
@@ -522,7 +532,7 @@ def _backend_targets(run: Run, b: Backend) -> list[list[str]]:
                     [
                         f"{name}{report.title}: p99 ≤ {TARGET_REPORT_P99_MS:g} ms from one connection at 10M sales",
                         f"{size(last.size)}: p99 {ms(single.p99_ms)}{caveat}",
-                        yes(single.p99_ms <= TARGET_REPORT_P99_MS),
+                        verdict(single.p99_ms <= TARGET_REPORT_P99_MS),
                     ]
                 )
             at0, atn = first.results.get(report.key), last.results.get(report.key)
@@ -532,7 +542,7 @@ def _backend_targets(run: Run, b: Backend) -> list[list[str]]:
                     [
                         f"{name}{report.title}: req/s at 10M within {TARGET_REPORT_SLOWDOWN:g}× of 0 sales",
                         f"{count(at0.rps)} → {count(atn.rps)} req/s ({slowdown:.2f}×){caveat}",
-                        yes(slowdown <= TARGET_REPORT_SLOWDOWN),
+                        verdict(slowdown <= TARGET_REPORT_SLOWDOWN),
                     ]
                 )
     return rows
