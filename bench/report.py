@@ -272,7 +272,7 @@ def _header(run: Run) -> list[str]:
             + ", ".join(f"`{k}={v}`" for k, v in PG_SETTINGS.items())
             + " (durable, as production); every other setting at its default, but for logging: "
             + ", ".join(f"`{k}={v}`" for k, v in PG_LOG_SETTINGS.items())
-            + " (what the server did during each run: below each stage's tables)."
+            + " (what the server did during each run: under the references, each stage's tables and the soak)."
         )
     if "sqlite" in kinds:
         databases.append(
@@ -317,8 +317,9 @@ def _header(run: Run) -> list[str]:
         "so it depends far less than the rates on what else the machine does.",
         "- Ratios: each figure divided by the reference measured in the same run with the same backend "
         "(below): the no-op app's rate and CPU per request, pgbench's rate. The no-op runs before the "
-        "service's runs and again after them, and the ratios take the two runs pooled, so that a change in "
-        "what the machine gives the processes during the run moves the reference too. Every server, the no-op too, "
+        "service's runs and again after them (the soak included), and the ratios take the two runs "
+        "pooled, so that a change in what the machine gives the processes during the run moves the "
+        "reference too. Every server, the no-op too, "
         "runs in a session of its own; with the kernel's scheduler autogroups on (see Machine), each session "
         "shares the CPU fairly with wrk's, and the no-op, whose CPU goes to wake-ups, can then cost up to "
         "twice as much per request as when started from wrk's session (the service about the same; "
@@ -393,6 +394,9 @@ def _ceilings(run: Run) -> list[str]:
             *table(["reference", "rate", "p50", "p99", "errors", "server CPU µs/req"], rows),
             "",
         ]
+        if b.key == "postgresql":
+            runs = list(zip(("the no-op, before", "the no-op, after"), b.noops, strict=False))
+            lines += _events(b, runs, "the no-op's runs")
     return lines
 
 
@@ -702,6 +706,12 @@ def _events_during(run: Run, b: Backend, stage: Stage) -> list[str]:
     titles = {s.key: s.title for s in [*run.scenarios, *run.reports]}
     runs = [(titles.get(key, key), r) for key, r in stage.results.items()]
     runs += [(f"{titles.get(key, key)}, one connection", r) for key, r in stage.single.items()]
+    return _events(b, runs, "this stage's runs")
+
+
+def _events(b: Backend, runs: list[tuple[str, WrkResult]], what: str) -> list[str]:
+    if not b.database_events:
+        return [f"PostgreSQL's log gave no checkpoint and no autovacuum at all in this run ({what}: none listed).", ""]
     items = []
     for title, r in runs:
         if r.started is None or r.ended is None:
@@ -710,17 +720,15 @@ def _events_during(run: Run, b: Backend, stage: Stage) -> list[str]:
         long = [_event(e, r.started, r.ended) for e in during if e.end is None or e.end - e.start >= _SHORT_EVENT]
         short = len(during) - len(long)
         if short:
-            long.append(
-                f"{short} autovacuum or autoanalyze run{'s' if short > 1 else ''} shorter than {_SHORT_EVENT:g} s"
-            )
+            long.append(f"{short} {'more ' if long else ''}shorter than {_SHORT_EVENT:g} s")
         if long:
             items.append(f"- {title}: " + "; ".join(long))
     if not items:
-        return ["PostgreSQL's log shows no checkpoint and no autovacuum during this stage's runs.", ""]
-    return ["PostgreSQL's log during this stage's runs (checkpoints, autovacuum and autoanalyze):", "", *items, ""]
+        return [f"PostgreSQL's log shows no checkpoint and no autovacuum during {what}.", ""]
+    return [f"PostgreSQL's log during {what} (checkpoints, autovacuum and autoanalyze):", "", *items, ""]
 
 
-_SHORT_EVENT = 0.1  # seconds: autovacuum of a small table, listed as a count
+_SHORT_EVENT = 0.1  # seconds: a checkpoint of little or autovacuum of a small table, counted only
 
 
 def _event(e: DatabaseEvent, started: float, ended: float) -> str:
@@ -796,6 +804,7 @@ def _soak(b: Backend, soak: Soak) -> list[str]:
         "",
         *table(["process", "RSS at start (MiB)", "peak (MiB)", "end (MiB)", "end − start (MiB)"], rows),
         "",
+        *(_events(b, [("the soak", r)], "the soak") if b.key == "postgresql" else []),
     ]
 
 

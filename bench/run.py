@@ -4,16 +4,16 @@ One run, for each backend (--backend: both by default, PostgreSQL first):
 1. PostgreSQL: starts a durable cluster (fsync and synchronous_commit on) in a temporary directory;
    SQLite: a file in a temporary directory. Migrates it and imports a catalog of 200 stores and
    1,000 products;
-2. measures the references of the same run: a bare ASGI no-op POST app (bench/noop.py) on the same
-   Granian settings and workers, and on PostgreSQL pgbench's single-row INSERT rate from as many
-   clients as wrk has connections and from one;
+2. measures the references of the same run: on PostgreSQL pgbench's single-row INSERT rate from as
+   many clients as wrk has connections and from one, and a bare ASGI no-op POST app (bench/noop.py)
+   on the same Granian settings and workers (again after step 4: the ratios take both runs);
 3. for each data size (PostgreSQL: 0 and 1M sales, 10M with --big; SQLite: 0, 1M with --big): loads
    history through the bulk path with the server stopped, starts ``python -m salesreport serve`` as
    production would, and drives it with wrk from 64 connections (POST of 1 and of 100 sales, the
    reports, the catalog), plus the reports, GET /stores and one-sale POSTs from one connection;
    every wrk run also records the CPU the server's process tree used;
-4. optionally soaks the single-sale POST of the first backend while sampling each worker's memory
-   (--soak 300);
+4. optionally soaks the single-sale POST of the first backend on the last stage's server while
+   sampling each worker's memory (--soak 300), then stops the service;
 5. checks that every acknowledged sale was stored and that ``python -m salesreport check`` agrees;
 6. writes BENCHMARKS.md (keeping its "## Notes" section) and removes everything it started.
 
@@ -446,8 +446,6 @@ class Bench:
     # -- soak
 
     def soak(self) -> Soak:
-        if self.server is None:
-            self.start_service()
         assert self.server is not None
         a = self.args
         log(f"soak: POST of one sale for {a.soak} s, sampling worker RSS every {a.soak_interval:g} s")
@@ -599,15 +597,15 @@ SELECT
         # The no-op before and after the service's runs: what the machine gave it may change meanwhile.
         noop_before = self.noop_reference("noop")
         stages = [self.stage(size, i, all_scenarios, reports) for i, size in enumerate(sizes)]
-        self.stop_service()
-        noop_after = self.noop_reference("noop-after")
-        soaked = self.soak() if soak else None
+        soaked = self.soak() if soak else None  # on the last stage's server, warm
         self.stop_service()  # graceful: the batchers drain before the counts
+        noop_after = self.noop_reference("noop-after")
         verification = self.verify()
         check_code, check_output = self.check()
         events: list[services.DatabaseEvent] = []
         if self.cluster is not None:
-            events = services.database_events((self.cluster.root / "log").read_text(errors="replace"))
+            log_text = (self.cluster.root / "log").read_text(errors="replace")
+            events = services.database_events(log_text, DATABASE)
         return Backend(
             key=kind,
             name=BACKENDS[kind],

@@ -119,8 +119,15 @@ class DatabaseEvent:
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC \[\d+\] LOG:  (.*)$")
 
 
-def database_events(log_text: str) -> list[DatabaseEvent]:
-    """The checkpoints and autovacuum runs in a log written with ``PG_LOG_SETTINGS``.
+# "automatic [aggressive ]vacuum[ to prevent wraparound] of table "db.schema.table": ..." (PostgreSQL 15).
+_AUTOVACUUM = re.compile(
+    r'automatic (?:aggressive )?(vacuum|analyze)(?: to prevent wraparound)? of table "([^".]+)\.([^"]+)"'
+)
+
+
+def database_events(log_text: str, database: str) -> list[DatabaseEvent]:
+    """The checkpoints, and the autovacuum runs of ``database``'s tables, in a log written with
+    ``PG_LOG_SETTINGS`` (messages in English, the cluster's default).
 
     A checkpoint is logged when it starts and when it completes; an autovacuum or autoanalyze
     once, when it ends, with its elapsed time on a continuation line.
@@ -148,8 +155,8 @@ def database_events(log_text: str) -> list[DatabaseEvent]:
         elif message.startswith("checkpoint complete") and checkpoint is not None:
             checkpoint.end = at
             checkpoint = None
-        elif table := re.match(r'automatic (vacuum|analyze) of table "(?:[^".]+\.)?([^"]+)"', message):
-            vacuum = (f"auto{table.group(1)} of {table.group(2)}", at)
+        elif (table := _AUTOVACUUM.match(message)) and table.group(2) == database:
+            vacuum = (f"auto{table.group(1)} of {table.group(3)}", at)
     return events
 
 
