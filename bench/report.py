@@ -298,9 +298,10 @@ def _header(run: Run) -> list[str]:
         "`SALESREPORT_*` setting at its default.",
         f"- Catalog: {run.catalog}, imported with `python -m salesreport import`.",
         "- History: loaded with the server stopped through `salesreport.ingestion.store_history` (the bulk "
-        "path, rows from `salesreport.demo.sales`, 50,000 per transaction), then `VACUUM ANALYZE` and "
-        "`CHECKPOINT` (SQLite: `ANALYZE` and a WAL checkpoint). POST scenarios add their sales on top, so each "
-        "stage gives its count at start and end.",
+        "path, rows from `salesreport.demo.sales`, 50,000 per transaction). POST scenarios add their sales on "
+        "top, so each stage gives its count at start and end. Every stage, loaded or not, starts with the "
+        "server stopped, `VACUUM ANALYZE` and `CHECKPOINT` (SQLite: `ANALYZE` and a WAL checkpoint), and a "
+        "new server; so does the no-op's second run.",
         f"- Load: `wrk -t{run.threads} -c{run.connections} -d{run.duration}s --latency` on 127.0.0.1, scripts "
         "`bench/post.lua` and `bench/get.lua`. Every POSTed sale has its own store/product pair (cycling "
         "through all ids) and an idempotency key unique in the run. Errors are non-2xx answers plus wrk "

@@ -8,7 +8,8 @@ One run, for each backend (--backend: both by default, PostgreSQL first):
    many clients as wrk has connections and from one, and a bare ASGI no-op POST app (bench/noop.py)
    on the same Granian settings and workers (again after step 4: the ratios take both runs);
 3. for each data size (PostgreSQL: 0 and 1M sales, 10M with --big; SQLite: 0, 1M with --big): loads
-   history through the bulk path with the server stopped, starts ``python -m salesreport serve`` as
+   history through the bulk path with the server stopped, vacuums, analyzes and checkpoints the
+   database (every stage, loaded or not), starts ``python -m salesreport serve`` as
    production would, and drives it with wrk from 64 connections (POST of 1 and of 100 sales, the
    reports, the catalog), plus the reports, GET /stores and one-sale POSTs from one connection;
    every wrk run also records the CPU the server's process tree used;
@@ -368,7 +369,13 @@ class Bench:
         argv = [sys.executable, str(BENCH / "loader.py"), "--sales", str(count), "--seed", str(seed)]
         argv += ["--products", str(self.products_csv), "--stores", str(self.stores_csv)]
         subprocess.run(argv, cwd=ROOT, env=self.env(), check=True)
-        elapsed = time.perf_counter() - started
+        return time.perf_counter() - started
+
+    def settle(self) -> None:
+        """With the service stopped: statistics, vacuum and a checkpoint, so that every stage (and the
+        no-op's second run) starts from the same state rather than with the writes of the runs before
+        it still to vacuum and checkpoint."""
+        assert self.server is None
         if self.kind == "sqlite":
             log("ANALYZE and a WAL checkpoint")
             with contextlib.closing(self.sqlite()) as conn:
@@ -379,17 +386,16 @@ class Bench:
             log("VACUUM ANALYZE and CHECKPOINT")
             self.cluster.query("VACUUM ANALYZE", DATABASE)
             self.cluster.query("CHECKPOINT", DATABASE)
-        return elapsed
 
     def stage(self, size: int, index: int, all_scenarios: list[Scenario], reports: list[Scenario]) -> Stage:
         a = self.args
         missing = max(0, size - self.sales_count())
         load_seconds = 0.0
+        self.stop_service()
         if missing:
-            self.stop_service()
             load_seconds = self.load_history(missing, seed=index + 3)
-        if self.server is None:
-            self.start_service()
+        self.settle()
+        self.start_service()
         server = self.server
         assert server is not None
         url = server.url
@@ -599,6 +605,7 @@ SELECT
         stages = [self.stage(size, i, all_scenarios, reports) for i, size in enumerate(sizes)]
         soaked = self.soak() if soak else None  # on the last stage's server, warm
         self.stop_service()  # graceful: the batchers drain before the counts
+        self.settle()
         noop_after = self.noop_reference("noop-after")
         verification = self.verify()
         check_code, check_output = self.check()
