@@ -8,8 +8,8 @@ One run, for each backend (--backend: both by default, PostgreSQL first):
    many clients as wrk has connections and from one, and a bare ASGI no-op POST app (bench/noop.py)
    on the same Granian settings and workers (again after step 4: the ratios take both runs);
 3. for each data size (PostgreSQL: 0 and 1M sales, 10M with --big; SQLite: 0, 1M with --big): loads
-   history through the bulk path with the server stopped, vacuums, analyzes and checkpoints the
-   database (every stage, loaded or not), starts ``python -m salesreport serve`` as
+   history through the bulk path with the server stopped, vacuums (PostgreSQL), analyzes and
+   checkpoints the database (every stage, loaded or not), starts ``python -m salesreport serve`` as
    production would, and drives it with wrk from 64 connections (POST of 1 and of 100 sales, the
    reports, the catalog), plus the reports, GET /stores and one-sale POSTs from one connection;
    every wrk run also records the CPU the server's process tree used;
@@ -383,9 +383,27 @@ class Bench:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         else:
             assert self.cluster is not None
+            self.wait_for_autovacuum()
             log("VACUUM ANALYZE and CHECKPOINT")
             self.cluster.query("VACUUM ANALYZE", DATABASE)
             self.cluster.query("CHECKPOINT", DATABASE)
+
+    def wait_for_autovacuum(self, deadline_s: float = 600) -> None:
+        """Let the autovacuum workers under way finish: a VACUUM would cancel them, and a cancelled
+        autovacuum logs no line with its elapsed time, so the runs it overlapped would not list it."""
+        assert self.cluster is not None
+        deadline = time.monotonic() + deadline_s
+        waited = False
+        while (
+            self.cluster.query("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'") != "0"
+        ):
+            if time.monotonic() > deadline:
+                log(f"autovacuum still running after {deadline_s:g} s: VACUUM will cancel it")
+                return
+            if not waited:
+                log("waiting for the autovacuum under way to finish")
+                waited = True
+            time.sleep(0.5)
 
     def stage(self, size: int, index: int, all_scenarios: list[Scenario], reports: list[Scenario]) -> Stage:
         a = self.args
