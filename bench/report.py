@@ -336,6 +336,10 @@ def _noop_title(backend: Backend) -> str:
     )
 
 
+# The no-op's runs, in the order ``Backend.noops`` holds them.
+_NOOP_RUNS = ("before the service's runs", "after them")
+
+
 def _spread(values: list[float | None]) -> str:
     known = [v for v in values if v is not None]
     if len(known) < 2 or not min(known):
@@ -367,7 +371,7 @@ def _ceilings(run: Run) -> list[str]:
                 noop.describe_errors(),
                 cpu(noop.cpu_us_per_request),
             ]
-            for noop, when in zip(b.noops, ("before the service's runs", "after them"), strict=False)
+            for noop, when in zip(b.noops, _NOOP_RUNS, strict=False)
         ]
         if len(b.noops) > 1:
             spread = _spread([r.cpu_us_per_request for r in b.noops])
@@ -396,7 +400,7 @@ def _ceilings(run: Run) -> list[str]:
             "",
         ]
         if b.key == "postgresql":
-            runs = list(zip(("the no-op, before", "the no-op, after"), b.noops, strict=False))
+            runs = [(f"the no-op, {when}", r) for r, when in zip(b.noops, _NOOP_RUNS, strict=False)]
             lines += _events(b, runs, "the no-op's runs")
     return lines
 
