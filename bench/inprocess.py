@@ -26,8 +26,9 @@ from salesreport import config
 from salesreport.api import create_app
 
 
-async def main(n: int, callers: int, path: str) -> str:
+async def main(n: int, callers: int, target: str) -> str:
     app = create_app(config.load())
+    path, _, query = target.partition("?")
     post = path == "/sales"
     async with app.router.lifespan_context(app):
 
@@ -45,7 +46,7 @@ async def main(n: int, callers: int, path: str) -> str:
                 "scheme": "http",
                 "path": path,
                 "raw_path": path.encode(),
-                "query_string": b"",
+                "query_string": query.encode(),
                 "root_path": "",
                 "headers": headers,
                 "client": ("127.0.0.1", 5555),
@@ -80,7 +81,7 @@ async def main(n: int, callers: int, path: str) -> str:
         cpu, wall = time.process_time(), time.perf_counter()
         await asyncio.gather(*(caller(k) for k in range(callers)))
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    return f"{path}, {callers} callers: {cpu / n * 1e6:.0f} µs CPU per request, {n / wall:,.0f} req/s"
+    return f"{target}, {callers} callers: {cpu / n * 1e6:.0f} µs CPU per request, {n / wall:,.0f} req/s"
 
 
 if __name__ == "__main__":

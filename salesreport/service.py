@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 
 from . import config, db
 from .auth import KeyRing
@@ -21,6 +22,9 @@ from .problems import ProblemError, database_errors
 from .web.views import SETTLE_SECONDS
 
 T = TypeVar("T")
+
+# Headers as an ASGI response carries them: lower-case names, bytes.
+RawHeaders = list[tuple[bytes, bytes]]
 
 
 @dataclass
@@ -152,3 +156,17 @@ def freshness_headers(svc: Service, source: Source) -> dict[str, str]:
         headers["X-Data-As-Of"] = source.as_of.astimezone(UTC).isoformat(timespec="seconds")
         headers["X-Data-Lag-Seconds"] = str(math.floor(lag))
     return headers
+
+
+def encode_headers(headers: Mapping[str, str]) -> RawHeaders:
+    """What Starlette's ``Response`` does with a mapping of headers on every request: done once for
+    headers that do not change (a page's, a report's kept with its body)."""
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+
+
+def respond(body: bytes, status: int, *headers: RawHeaders) -> Response:
+    """A response with headers encoded beforehand; only its Content-Length is added (none on a 304)."""
+    response = Response(body, status)
+    for part in headers:
+        response.raw_headers.extend(part)
+    return response

@@ -15,7 +15,7 @@ from ..db.replica import Source
 from ..export import encode_report, wants_csv
 from ..problems import invalid
 from ..schemas import FieldError, MonthRevenue, TopProduct, TopStore, format_month, parse_id, parse_month
-from ..service import cached, freshness_headers, read, service
+from ..service import RawHeaders, cached, encode_headers, freshness_headers, read, respond, service
 from ..zones import zone
 from .access import owner_only
 
@@ -30,13 +30,14 @@ async def report(
     as JSON or as CSV (``csv``: its columns and the file's name), saying how fresh they are. The
     encoded answer is kept under ``key`` (what the rows depend on) while the data is unchanged."""
 
-    async def encoded() -> tuple[tuple[bytes, dict[str, str]], Source]:
+    async def encoded() -> tuple[tuple[bytes, RawHeaders], Source]:
         rows, source = await read(request, work)
-        return encode_report(rows, csv), source
+        body, headers = encode_report(rows, csv)
+        return (body, encode_headers(headers)), source
 
     svc = service(request)
     (body, headers), source = await cached(request, svc.reports, (key, csv is not None), encoded)
-    return Response(body, headers={**headers, **freshness_headers(svc, source)})
+    return respond(body, 200, headers, encode_headers(freshness_headers(svc, source)))
 
 
 def _limit_param(request: Request) -> int:

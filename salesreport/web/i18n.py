@@ -106,7 +106,13 @@ def choose(request: Request) -> str:
     for chosen in (request.query_params.get("lang"), request.cookies.get(COOKIE)):
         if chosen in LANGUAGES:
             return chosen
-    wanted = preferences(request.headers.get("accept-language", "")[:200])
+    return _negotiated(request.headers.get("accept-language", "")[:200])
+
+
+# Every page asks, and browsers send few distinct headers: each is negotiated with Babel once.
+@functools.lru_cache(maxsize=1024)
+def _negotiated(accept_language: str) -> str:
+    wanted = preferences(accept_language)
     try:
         best = Locale.negotiate([w for w in wanted if w], list(LANGUAGES), sep="-")
     except (ValueError, TypeError):

@@ -27,7 +27,7 @@ from ..auth import Key
 from ..db.replica import Source
 from ..problems import database_errors
 from ..schemas import MonthRevenue, TopProduct, parse_id, parse_month
-from ..service import behind, cached, freshness_headers, read, service
+from ..service import behind, cached, encode_headers, freshness_headers, read, respond, service
 from ..zones import zone
 from . import i18n, views
 from .assets import URLS
@@ -52,13 +52,14 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+_SECURITY = encode_headers(SECURITY_HEADERS)
+_HTML = encode_headers({"Content-Type": "text/html; charset=utf-8"})
 
 
 def render(request: Request, template: str, status: int = 200, **context: Any) -> Response:
     texts = _texts(request)
     body = _templates.get_template(template).render(t=texts, lang=texts.lang, **context)
-    response = Response(body, status_code=status, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
-    return _remember_language(request, response)
+    return _remember_language(request, respond(body.encode(), status, _HTML, _SECURITY))
 
 
 def _texts(request: Request) -> i18n.Texts:
@@ -247,13 +248,13 @@ async def _serve(
                     built, source = await cached(request, svc.pages, full, page)
             finally:
                 gone.cancel()
-        headers = {**SECURITY_HEADERS, **freshness_headers(svc, source), "ETag": built.tag}
+        fresh = encode_headers(freshness_headers(svc, source))
         # no-store: a poll is never written to the browser's cache (the script sends If-None-Match itself).
         if known == built.tag:
-            return Response(status_code=304, headers=headers)
-        return Response(built.fragment, media_type="text/html; charset=utf-8", headers=headers)
-    headers = {**SECURITY_HEADERS, **freshness_headers(svc, source)}
-    return _remember_language(request, Response(built.whole(), media_type="text/html; charset=utf-8", headers=headers))
+            return respond(b"", 304, _SECURITY, fresh, built.etag)
+        return respond(built.fragment_body, 200, _HTML, _SECURITY, fresh, built.etag)
+    fresh = encode_headers(freshness_headers(svc, source))
+    return _remember_language(request, respond(built.whole(), 200, _HTML, _SECURITY, fresh))
 
 
 async def _gone(request: Request) -> None:
@@ -289,8 +290,10 @@ class _Page:
 
     def __init__(self, fragment: str, context: dict[str, Any]) -> None:
         self.fragment = fragment
+        self.fragment_body = fragment.encode()
         self.context = context
-        self.tag = '"' + hashlib.blake2b(fragment.encode(), digest_size=12).hexdigest() + '"'
+        self.tag = '"' + hashlib.blake2b(self.fragment_body, digest_size=12).hexdigest() + '"'
+        self.etag = encode_headers({"ETag": self.tag})
         self._whole: bytes | None = None
 
     def whole(self) -> bytes:
