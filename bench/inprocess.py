@@ -1,10 +1,11 @@
 """CPU per request of the app itself, without a server or HTTP: the ASGI app called directly.
 
-Drives ``create_app`` with ``N`` one-sale POSTs (or GETs of a path) from ``C`` concurrent callers, after
-the same number as a warm-up, and prints the process's CPU time per request and the rate. What a
-change to the request path costs or saves shows here without the noise of wrk and Granian on the
-same cores (the process's CPU includes the writer's asyncpg work, not PostgreSQL's). Give it a
-migrated database with a catalog of at least 20 stores and 40 products (``demo`` makes one)::
+Drives ``create_app`` with ``N`` one-sale POSTs (or GETs of a path, with its query string if given)
+from ``C`` concurrent callers, after the same number as a warm-up, and prints the process's CPU time
+per request and the rate. What a change to the request path costs or saves shows here without the
+noise of wrk and Granian on the same cores (the process's CPU includes the writer's asyncpg work,
+not PostgreSQL's). Give it a migrated database with a catalog of at least 20 stores and 40 products
+(``demo`` makes one)::
 
     DATABASE_URL=postgresql://... SALESREPORT_LOG_FORMAT=json python bench/inprocess.py 8000 64 > /dev/null
 """

@@ -159,13 +159,14 @@ def freshness_headers(svc: Service, source: Source) -> dict[str, str]:
 
 
 def encode_headers(headers: Mapping[str, str]) -> RawHeaders:
-    """What Starlette's ``Response`` does with a mapping of headers on every request: done once for
+    """Headers encoded as Starlette's ``Response`` encodes a mapping on every request: done once for
     headers that do not change (a page's, a report's kept with its body)."""
     return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
 
 
 def respond(body: bytes, status: int, *headers: RawHeaders) -> Response:
-    """A response with headers encoded beforehand; only its Content-Length is added (none on a 304)."""
+    """A response with headers encoded beforehand, sent as given: the parts must not repeat a name, nor
+    hold a Content-Length, which is added here (as Starlette does: none on a 1xx, 204 or 304)."""
     response = Response(body, status)
     for part in headers:
         response.raw_headers.extend(part)

@@ -289,7 +289,6 @@ class _Page:
     the whole page around it, rendered the first time one is asked for and then kept with it."""
 
     def __init__(self, fragment: str, context: dict[str, Any]) -> None:
-        self.fragment = fragment
         self.fragment_body = fragment.encode()
         self.context = context
         self.tag = '"' + hashlib.blake2b(self.fragment_body, digest_size=12).hexdigest() + '"'
@@ -299,7 +298,7 @@ class _Page:
     def whole(self) -> bytes:
         if self._whole is None:
             html = _templates.get_template("page.html").render(
-                **self.context, fragment=Markup(self.fragment), etag=self.tag
+                **self.context, fragment=Markup(self.fragment_body.decode()), etag=self.tag
             )
             self._whole = html.encode()
         return self._whole
