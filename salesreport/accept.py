@@ -1,13 +1,13 @@
-"""What a client asks for in an ``Accept`` or ``Accept-Language`` header."""
+"""What a client asks for in an ``Accept``, ``Accept-Language`` or ``Accept-Encoding`` header."""
 
 from __future__ import annotations
 
 
-def preferences(header: str) -> list[str]:
-    """The entries of an ``Accept*`` header, most wanted first; ``q=0`` (or a ``q`` that is not a
-    number) means not wanted, and equal weights keep the header's order."""
+def weights(header: str) -> list[tuple[str, float]]:
+    """Each entry of an ``Accept*`` header with its weight, in the header's order: ``q`` (1 if not
+    given; 0 if it is not a number). An entry is wanted if its weight is above 0 (nan is not)."""
     weighted = []
-    for position, part in enumerate(header.split(",")):
+    for part in header.split(","):
         entry, _, params = part.partition(";")
         quality = 1.0
         for param in params.split(";"):
@@ -17,6 +17,13 @@ def preferences(header: str) -> list[str]:
                     quality = float(value)
                 except ValueError:
                     quality = 0.0
-        if entry.strip() and quality > 0:  # nan is not > 0
-            weighted.append((-quality, position, entry.strip()))
-    return [entry for _, _, entry in sorted(weighted)]
+        if entry.strip():
+            weighted.append((entry.strip(), quality))
+    return weighted
+
+
+def preferences(header: str) -> list[str]:
+    """The wanted entries of an ``Accept*`` header (see ``weights``), most wanted first; equal weights
+    keep the header's order."""
+    wanted = [(-quality, position, entry) for position, (entry, quality) in enumerate(weights(header)) if quality > 0]
+    return [entry for _, _, entry in sorted(wanted)]

@@ -38,8 +38,12 @@ def wants_csv(request: Request) -> bool:
 
 
 # Reports are live figures, read with a key or a session cookie: no shared cache may keep them, and the
-# same URL answers JSON or CSV by Accept.
-_REPORT_HEADERS = {"Cache-Control": "private, no-store", "Vary": "Accept, Cookie", "X-Content-Type-Options": "nosniff"}
+# same URL answers JSON or CSV by Accept, gzip-compressed or not by Accept-Encoding (see ``compression``).
+_REPORT_HEADERS = {
+    "Cache-Control": "private, no-store",
+    "Vary": "Accept, Accept-Encoding, Cookie",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 def encode_report(

@@ -331,7 +331,10 @@ async def test_csv_by_accept_follows_its_weights(client: httpx.AsyncClient, acce
     assert response.headers["content-type"].startswith("text/csv") is csv_wanted
     # Live figures read with a key or a cookie, JSON or CSV by Accept: no shared cache may keep one for another.
     assert response.headers["cache-control"] == "private, no-store"
-    assert response.headers["vary"] == "Accept, Cookie" and response.headers["x-content-type-options"] == "nosniff"
+    assert (
+        response.headers["vary"] == "Accept, Accept-Encoding, Cookie"
+        and response.headers["x-content-type-options"] == "nosniff"
+    )
 
 
 async def test_fifty_polls_at_once_cost_one_render(client: httpx.AsyncClient, settings: config.Settings) -> None:

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import reports
+from ..compression import Encoded
 from ..db.replica import Source
 from ..export import encode_report, wants_csv
 from ..problems import invalid
@@ -30,14 +31,15 @@ async def report(
     as JSON or as CSV (``csv``: its columns and the file's name), saying how fresh they are. The
     encoded answer is kept under ``key`` (what the rows depend on) while the data is unchanged."""
 
-    async def encoded() -> tuple[tuple[bytes, RawHeaders], Source]:
+    async def encoded() -> tuple[tuple[Encoded, RawHeaders], Source]:
         rows, source = await read(request, work)
         body, headers = encode_report(rows, csv)
-        return (body, encode_headers(headers)), source
+        return (Encoded(body), encode_headers(headers)), source
 
     svc = service(request)
-    (body, headers), source = await cached(request, svc.reports, (key, csv is not None), encoded)
-    return respond(body, 200, headers, encode_headers(freshness_headers(svc, source)))
+    (kept, headers), source = await cached(request, svc.reports, (key, csv is not None), encoded)
+    body, coding = await kept.choose(request, vary=False)  # the report's own Vary names Accept-Encoding
+    return respond(body, 200, headers, coding, encode_headers(freshness_headers(svc, source)))
 
 
 def _limit_param(request: Request) -> int:

@@ -24,6 +24,7 @@ from starlette.responses import Response
 
 from .. import metrics
 from ..auth import Key
+from ..compression import Encoded
 from ..db.replica import Source
 from ..problems import database_errors
 from ..schemas import MonthRevenue, TopProduct, parse_id, parse_month
@@ -212,18 +213,18 @@ async def _serve(
     built, source = await cached(request, svc.pages, full, page)
     if request.query_params.get("fragment") == "1":
         known = request.headers.get("if-none-match")
-        if known is not None and known != built.tag and await behind(request, svc.pages, full) is not None:
+        if known is not None and not built.matches(known) and await behind(request, svc.pages, full) is not None:
             # The browser has a newer page (from another worker, or read before a change this one
             # keeps for its settle second): never answer it with an older one.
             built, source = await cached(request, svc.pages, full, page, settled=False)
-        if known == built.tag and request.query_params.get("wait") == "1":
+        if built.matches(known) and request.query_params.get("wait") == "1":
             # The live poll: held until the page changes (or LIVE_WAIT_S), so that an open page costs
             # nothing while nothing changes; a browser that goes away (a tab closed) ends it at once.
             loop = asyncio.get_running_loop()
             deadline = loop.time() + LIVE_WAIT_S
             gone = asyncio.ensure_future(_gone(request))
             try:
-                while built.tag == known and not svc.draining and loop.time() < deadline:
+                while built.matches(known) and not svc.draining and loop.time() < deadline:
                     # A change came before this poll did, while the page is kept for its settle second:
                     # look again when that second is over rather than wait for the next change.
                     later = await behind(request, svc.pages, full)
@@ -250,11 +251,13 @@ async def _serve(
                 gone.cancel()
         fresh = encode_headers(freshness_headers(svc, source))
         # no-store: a poll is never written to the browser's cache (the script sends If-None-Match itself).
-        if known == built.tag:
+        if built.matches(known):
             return respond(b"", 304, _SECURITY, fresh, built.etag)
-        return respond(built.fragment_body, 200, _HTML, _SECURITY, fresh, built.etag)
+        body, coding = await built.fragment.choose(request)
+        return respond(body, 200, _HTML, _SECURITY, fresh, built.etag, coding)
     fresh = encode_headers(freshness_headers(svc, source))
-    return _remember_language(request, respond(built.whole(), 200, _HTML, _SECURITY, fresh))
+    body, coding = await built.whole().choose(request)
+    return _remember_language(request, respond(body, 200, _HTML, _SECURITY, fresh, coding))
 
 
 async def _gone(request: Request) -> None:
@@ -286,21 +289,33 @@ async def _first(event: Coroutine[Any, Any, Any] | None, gone: asyncio.Future[No
 
 class _Page:
     """A page as kept in the cache: its main part (what the live poll fetches), named by its ETag, and
-    the whole page around it, rendered the first time one is asked for and then kept with it."""
+    the whole page around it, rendered the first time one is asked for and then kept with it; each
+    also gzip-compressed once a client asks for that (``compression``).
+
+    The ETag is weak (``W/"..."``): the plain and the compressed fragment carry the same one, as two
+    encodings of the same content, and a poll's ``If-None-Match`` is compared weakly (RFC 9110).
+    """
 
     def __init__(self, fragment: str, context: dict[str, Any]) -> None:
-        self.fragment_body = fragment.encode()
+        self.fragment = Encoded(fragment.encode())
         self.context = context
-        self.tag = '"' + hashlib.blake2b(self.fragment_body, digest_size=12).hexdigest() + '"'
+        self.opaque = '"' + hashlib.blake2b(self.fragment.plain, digest_size=12).hexdigest() + '"'
+        self.tag = "W/" + self.opaque
         self.etag = encode_headers({"ETag": self.tag})
-        self._whole: bytes | None = None
+        self._whole: Encoded | None = None
 
-    def whole(self) -> bytes:
+    def matches(self, known: str | None) -> bool:
+        """Whether ``If-None-Match`` (``known``) names this page's tag, weak or strong, alone or in a list."""
+        if known is None:
+            return False
+        return any(t.strip().removeprefix("W/") == self.opaque for t in known.split(","))
+
+    def whole(self) -> Encoded:
         if self._whole is None:
             html = _templates.get_template("page.html").render(
-                **self.context, fragment=Markup(self.fragment_body.decode()), etag=self.tag
+                **self.context, fragment=Markup(self.fragment.plain.decode()), etag=self.tag
             )
-            self._whole = html.encode()
+            self._whole = Encoded(html.encode())
         return self._whole
 
 
