@@ -49,6 +49,8 @@ class Scenario:
     title: str
     path: str
     batch: int = 0  # sales per POST request; 0 for a GET
+    # Sent with each request, as ``Name: value`` (a GET's Accept-Encoding: what its clients send).
+    headers: tuple[str, ...] = ()
 
     @property
     def is_post(self) -> bool:
@@ -306,6 +308,9 @@ def _header(run: Run) -> list[str]:
         "`bench/post.lua` and `bench/get.lua`. Every POSTed sale has its own store/product pair (cycling "
         "through all ids) and an idempotency key unique in the run. Errors are non-2xx answers plus wrk "
         "socket errors (timeouts at 2 s included).",
+        "- GETs send the `Accept-Encoding` of their clients: the dashboard's Chromium's (`gzip, deflate, br, "
+        "zstd`), the API's that of Python's `requests` and `httpx` (`gzip, deflate`); so the bodies of 1 KB "
+        "and more (the page, `GET /products`) come gzip-compressed, as the service sends them to those clients.",
         "- Percentiles: as wrk prints them, corrected for coordinated omission (`stats_correct` in wrk's "
         "source): a response slower than twice a connection's mean interval (the run's length over the "
         "requests per connection) adds the requests that connection would have sent meanwhile, with the "

@@ -63,16 +63,23 @@ DATABASE = "salesreport"
 BACKENDS = {"postgresql": "PostgreSQL", "sqlite": "SQLite"}
 
 
+# What the GETs' clients send: a browser (Chromium) and Python's requests and httpx.
+BROWSER = ("Accept-Encoding: gzip, deflate, br, zstd",)
+API_CLIENT = ("Accept-Encoding: gzip, deflate",)
+
+
 def scenarios() -> list[Scenario]:
     month = datetime.now(UTC).strftime("%Y-%m")
     return [
         Scenario("post-1", "POST /sales, 1 sale", "/sales", batch=1),
         Scenario("post-100", "POST /sales, 100 sales", "/sales", batch=100),
-        Scenario("top-stores", f"GET /reports/top-stores?month={month}", f"/reports/top-stores?month={month}"),
-        Scenario("top-products", "GET /reports/top-products", "/reports/top-products"),
-        Scenario("dashboard", f"GET /?month={month} (dashboard HTML)", f"/?month={month}"),
-        Scenario("products", "GET /products", "/products"),
-        Scenario("stores", "GET /stores", "/stores"),
+        Scenario(
+            "top-stores", f"GET /reports/top-stores?month={month}", f"/reports/top-stores?month={month}", 0, API_CLIENT
+        ),
+        Scenario("top-products", "GET /reports/top-products", "/reports/top-products", 0, API_CLIENT),
+        Scenario("dashboard", f"GET /?month={month} (dashboard HTML)", f"/?month={month}", 0, BROWSER),
+        Scenario("products", "GET /products", "/products", 0, API_CLIENT),
+        Scenario("stores", "GET /stores", "/stores", 0, API_CLIENT),
     ]
 
 
@@ -331,6 +338,7 @@ class Bench:
         threads: int | None = None,
         duration: int | None = None,
         track: bool = True,
+        headers: tuple[str, ...] = (),
     ) -> wrkrun.WrkResult:
         """One wrk run, with the CPU the server's processes used during it; POST runs write their
         acknowledged requests for the final verification."""
@@ -352,6 +360,7 @@ class Bench:
             acks=acks,
             stores=STORES,
             products=PRODUCTS,
+            headers=headers,
         )
         result.cpu_s = services.cpu_seconds(server.proc.pid) - cpu_before
         result.started, result.ended = started, time.time()
@@ -430,7 +439,7 @@ class Bench:
         singles = [s for s in all_scenarios if s.key == "stores"]
         singles += [r for r in reports if not r.key.endswith("+50pages")]
         for rep in singles:
-            one = self.wrk(server, f"{tag}-{rep.key}-c1", path=rep.path, connections=1, threads=1)
+            one = self.wrk(server, f"{tag}-{rep.key}-c1", path=rep.path, connections=1, threads=1, headers=rep.headers)
             stage.single[rep.key] = one
             log(f"  {rep.title}, 1 connection: {summary(one)}")
         dashboard = next((s for s in all_scenarios if s.key == "dashboard"), None)
@@ -439,7 +448,14 @@ class Bench:
             fragment = dashboard.path + "&fragment=1"
             for rep in [r for r in reports if r.key in ("top-stores", "top-products")]:
                 with page.OpenPages(url, fragment) as pages:
-                    one = self.wrk(server, f"{tag}-{rep.key}-c1-50pages", path=rep.path, connections=1, threads=1)
+                    one = self.wrk(
+                        server,
+                        f"{tag}-{rep.key}-c1-50pages",
+                        path=rep.path,
+                        connections=1,
+                        threads=1,
+                        headers=rep.headers,
+                    )
                 key = f"{rep.key}+50pages"
                 stage.single[key] = one
                 log(f"  {rep.title}, 1 connection, 50 dashboards open ({pages.requests} polls): {summary(one)}")
@@ -463,7 +479,7 @@ class Bench:
     def measure(self, stage: Stage, scenario: Scenario) -> None:
         assert self.server is not None
         name = f"{report.size(stage.size)}-{scenario.key}"
-        result = self.wrk(self.server, name, path=scenario.path, batch=scenario.batch)
+        result = self.wrk(self.server, name, path=scenario.path, batch=scenario.batch, headers=scenario.headers)
         stage.results[scenario.key] = result
         log(f"  {scenario.title}: {summary(result)}")
 
@@ -724,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
     all_scenarios = scenarios()
     reports = [s for s in all_scenarios if s.key in ("top-stores", "top-products", "dashboard")]
     reports += [
-        Scenario(f"{s.key}+50pages", f"{s.title}, 50 dashboards open", s.path)
+        Scenario(f"{s.key}+50pages", f"{s.title}, 50 dashboards open", s.path, 0, s.headers)
         for s in all_scenarios
         if s.key in ("top-stores", "top-products")
     ]

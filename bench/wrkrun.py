@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,8 +126,10 @@ def run(
     acks: Path | None = None,
     stores: int = 200,
     products: int = 1000,
+    headers: Sequence[str] = (),
 ) -> WrkResult:
-    """One wrk run: POST /sales with ``batch`` sales per request, or a GET of ``url`` when batch is 0."""
+    """One wrk run: POST /sales with ``batch`` sales per request, or a GET of ``url`` when batch is 0;
+    ``headers`` (``Name: value``) are sent with every request."""
     env = {**os.environ, "BENCH_ACKS": str(acks) if acks else ""}
     if batch:
         env |= {
@@ -137,7 +140,8 @@ def run(
         }
     script = POST_SCRIPT if batch else GET_SCRIPT
     argv = [
-        ensure_wrk(), f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url,
+        ensure_wrk(), f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
+        *(arg for header in headers for arg in ("-H", header)), "-s", str(script), url,
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     text = done.stdout + done.stderr
