@@ -310,7 +310,8 @@ def _header(run: Run) -> list[str]:
         "socket errors (timeouts at 2 s included).",
         "- GETs send the `Accept-Encoding` of their clients: the dashboard's Chromium's (`gzip, deflate, br, "
         "zstd`), the API's that of Python's `requests` and `httpx` (`gzip, deflate`); so the bodies of 1 KB "
-        "and more (the page, `GET /products`) come gzip-compressed, as the service sends them to those clients.",
+        "and more (the page, the catalog's lists, the top stores) come gzip-compressed, as the service sends them "
+        "to those clients.",
         "- Percentiles: as wrk prints them, corrected for coordinated omission (`stats_correct` in wrk's "
         "source): a response slower than twice a connection's mean interval (the run's length over the "
         "requests per connection) adds the requests that connection would have sent meanwhile, with the "

@@ -74,12 +74,15 @@ def scenarios() -> list[Scenario]:
         Scenario("post-1", "POST /sales, 1 sale", "/sales", batch=1),
         Scenario("post-100", "POST /sales, 100 sales", "/sales", batch=100),
         Scenario(
-            "top-stores", f"GET /reports/top-stores?month={month}", f"/reports/top-stores?month={month}", 0, API_CLIENT
+            "top-stores",
+            f"GET /reports/top-stores?month={month}",
+            f"/reports/top-stores?month={month}",
+            headers=API_CLIENT,
         ),
-        Scenario("top-products", "GET /reports/top-products", "/reports/top-products", 0, API_CLIENT),
-        Scenario("dashboard", f"GET /?month={month} (dashboard HTML)", f"/?month={month}", 0, BROWSER),
-        Scenario("products", "GET /products", "/products", 0, API_CLIENT),
-        Scenario("stores", "GET /stores", "/stores", 0, API_CLIENT),
+        Scenario("top-products", "GET /reports/top-products", "/reports/top-products", headers=API_CLIENT),
+        Scenario("dashboard", f"GET /?month={month} (dashboard HTML)", f"/?month={month}", headers=BROWSER),
+        Scenario("products", "GET /products", "/products", headers=API_CLIENT),
+        Scenario("stores", "GET /stores", "/stores", headers=API_CLIENT),
     ]
 
 
@@ -740,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
     all_scenarios = scenarios()
     reports = [s for s in all_scenarios if s.key in ("top-stores", "top-products", "dashboard")]
     reports += [
-        Scenario(f"{s.key}+50pages", f"{s.title}, 50 dashboards open", s.path, 0, s.headers)
+        Scenario(f"{s.key}+50pages", f"{s.title}, 50 dashboards open", s.path, headers=s.headers)
         for s in all_scenarios
         if s.key in ("top-stores", "top-products")
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..compression import Latest
+from ..compression import Encoded
 from ..ingestion import Catalog
 from ..problems import ProblemError, database_errors, invalid, json_response
 from ..schemas import FieldError, parse_id
@@ -42,7 +42,7 @@ async def get_products(request: Request) -> Response:
     include_retired = _flag(request, "include_retired")
     catalog = await fresh_catalog(request)
     body = catalog.products_json(service(request).clock(), include_retired=include_retired)
-    return await _json(request, "products+retired" if include_retired else "products", body)
+    return await _json(request, body)
 
 
 async def get_product(request: Request) -> Response:
@@ -61,15 +61,13 @@ async def get_stores(request: Request) -> Response:
     await authenticate(request)
     include_retired = _flag(request, "include_retired")
     catalog = await fresh_catalog(request)
-    body = catalog.all_stores_json if include_retired else catalog.stores_json
-    return await _json(request, "stores+retired" if include_retired else "stores", body)
+    return await _json(request, catalog.all_stores_json if include_retired else catalog.stores_json)
 
 
-# The catalog's lists as last sent, each compressed once per version of the catalog.
-_latest = Latest()
 _JSON = encode_headers({"Content-Type": "application/json"})
 
 
-async def _json(request: Request, name: str, body: bytes) -> Response:
-    sent, coding = await _latest.get(name, body).choose(request)
+async def _json(request: Request, body: Encoded) -> Response:
+    """One of the catalog's lists, encoded once per version of the catalog (compressed too, if asked for)."""
+    sent, coding = await body.choose(request)
     return respond(sent, 200, _JSON, coding)

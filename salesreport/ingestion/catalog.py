@@ -13,6 +13,7 @@ import structlog
 
 from .. import db
 from ..changes import Changes
+from ..compression import Encoded
 from ..db.replica import Reads
 from ..prices import History, next_change, price_at
 from ..schemas import FieldError, PriceOut, Product, ProductDetail, Store, encoder, format_money
@@ -41,13 +42,13 @@ class Catalog:
     zones: dict[int, ZoneInfo | None] = field(default_factory=dict)
     retired_products: frozenset[int] = frozenset()
     retired_stores: frozenset[int] = frozenset()
-    stores_json: bytes = b"[]"
+    stores_json: Encoded = field(default_factory=lambda: Encoded(b"[]"))
     store_rows: dict[int, Store] = field(default_factory=dict)
-    all_stores_json: bytes = b"[]"
+    all_stores_json: Encoded = field(default_factory=lambda: Encoded(b"[]"))
     # Stores whose zone cannot be loaded, with why.
     unusable: dict[int, str] = field(default_factory=dict)
     # The product lists show prices in force now: rendered again when a scheduled price takes effect.
-    _products_json: dict[bool, tuple[bytes, datetime | None, datetime | None]] = field(default_factory=dict)
+    _products_json: dict[bool, tuple[Encoded, datetime | None, datetime | None]] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Which database answers; None: the primary, always.
     reads: Reads | None = None
@@ -104,8 +105,8 @@ class Catalog:
             self._products_json = {}
             store_list = [Store(id=s.id, address=s.address, timezone=s.timezone, retired=s.retired) for s in stores]
             self.store_rows = {s.id: s for s in store_list}
-            self.stores_json = encoder.encode([s for s in store_list if not s.retired])
-            self.all_stores_json = encoder.encode(store_list)
+            self.stores_json = Encoded(encoder.encode([s for s in store_list if not s.retired]))
+            self.all_stores_json = Encoded(encoder.encode(store_list))
             self.version = version
             self.changes.seen("catalog", version, started)
 
@@ -115,8 +116,9 @@ class Catalog:
     def price_at(self, product_id: int, instant: datetime) -> int:
         return price_at(self.histories[product_id], instant)
 
-    def products_json(self, now: datetime, *, include_retired: bool = False) -> bytes:
-        """Every product with the price in force at ``now``, encoded; cached until a price changes."""
+    def products_json(self, now: datetime, *, include_retired: bool = False) -> Encoded:
+        """Every product with the price in force at ``now``, encoded (and compressed once asked for,
+        see ``compression``); cached until a price changes."""
         cached = self._products_json.get(include_retired)
         if cached is not None:
             body, since, until = cached
@@ -128,7 +130,7 @@ class Catalog:
             if include_retired or p not in self.retired_products
         ]
         changes = [c for h in self.histories.values() if (c := next_change(h, now)) is not None]
-        body = encoder.encode(products)
+        body = Encoded(encoder.encode(products))
         self._products_json[include_retired] = (body, now, min(changes, default=None))
         return body
 

@@ -212,8 +212,8 @@ async def _serve(
     news = changes.news()
     built, source = await cached(request, svc.pages, full, page)
     if request.query_params.get("fragment") == "1":
-        known = request.headers.get("if-none-match")
-        if known is not None and not built.matches(known) and await behind(request, svc.pages, full) is not None:
+        known = _known_tags(request)
+        if known and not built.matches(known) and await behind(request, svc.pages, full) is not None:
             # The browser has a newer page (from another worker, or read before a change this one
             # keeps for its settle second): never answer it with an older one.
             built, source = await cached(request, svc.pages, full, page, settled=False)
@@ -252,12 +252,22 @@ async def _serve(
         fresh = encode_headers(freshness_headers(svc, source))
         # no-store: a poll is never written to the browser's cache (the script sends If-None-Match itself).
         if built.matches(known):
-            return respond(b"", 304, _SECURITY, fresh, built.etag)
+            return respond(b"", 304, _SECURITY, fresh, built.etag, built.fragment.vary)
         body, coding = await built.fragment.choose(request)
         return respond(body, 200, _HTML, _SECURITY, fresh, built.etag, coding)
     fresh = encode_headers(freshness_headers(svc, source))
     body, coding = await built.whole().choose(request)
     return _remember_language(request, respond(body, 200, _HTML, _SECURITY, fresh, coding))
+
+
+# Of If-None-Match, what is read: the script sends one tag; a longer value is not parsed on every look.
+MAX_IF_NONE_MATCH = 1000
+
+
+def _known_tags(request: Request) -> frozenset[str]:
+    """The tags of the request's ``If-None-Match``, compared weakly (RFC 9110: ``W/"x"`` names ``"x"``)."""
+    value = ",".join(request.headers.getlist("if-none-match"))[:MAX_IF_NONE_MATCH]
+    return frozenset(tag.strip().removeprefix("W/") for tag in value.split(",") if tag.strip())
 
 
 async def _gone(request: Request) -> None:
@@ -304,11 +314,9 @@ class _Page:
         self.etag = encode_headers({"ETag": self.tag})
         self._whole: Encoded | None = None
 
-    def matches(self, known: str | None) -> bool:
-        """Whether ``If-None-Match`` (``known``) names this page's tag, weak or strong, alone or in a list."""
-        if known is None:
-            return False
-        return any(t.strip().removeprefix("W/") == self.opaque for t in known.split(","))
+    def matches(self, known: frozenset[str]) -> bool:
+        """Whether the tags of ``If-None-Match`` (see ``_known_tags``) name this page."""
+        return self.opaque in known
 
     def whole(self) -> Encoded:
         if self._whole is None:
