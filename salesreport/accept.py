@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+from starlette.requests import Request
+
+
+def header(request: Request, name: str, limit: int) -> str:
+    """The request's ``name`` header, its lines joined (RFC 9110); "" (as if not sent) if longer than
+    ``limit``: parsing a value cut short could drop an entry's ``q=0``, and a long value would be
+    parsed (and kept in a cache of parsed values) on every request."""
+    values = request.headers.getlist(name)
+    value = values[0] if len(values) == 1 else ",".join(values)
+    return value if len(value) <= limit else ""
+
 
 def weights(header: str) -> list[tuple[str, float]]:
     """Each entry of an ``Accept*`` header with its weight, in the header's order: ``q`` (1 if not

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 from starlette.requests import Request
 
-from .accept import preferences
+from .accept import header, preferences
 from .problems import invalid
 from .schemas import FieldError, encoder
 
@@ -28,7 +28,7 @@ def wants_csv(request: Request) -> bool:
         if chosen not in ("csv", "json"):
             raise invalid([FieldError(field="format", message="must be csv or json")], "invalid query parameter")
         return chosen == "csv"
-    for kind in preferences(request.headers.get("accept", "")[:1000]):
+    for kind in preferences(header(request, "accept", 1000)):
         kind = kind.lower()
         if kind in ("text/csv", "text/*"):
             return True

@@ -15,6 +15,7 @@ from starlette.requests import Request
 
 from salesreport import compression, config
 from salesreport.compression import Encoded
+from salesreport.web import pages
 from salesreport.web.assets import URLS
 from tests.conftest import eventually, seed
 
@@ -50,7 +51,7 @@ MANY_PRODUCTS = [{"id": i, "name": f"Product number {i}", "price": 100 + i} for 
         ("gzip;q=high", False),  # not a number: refused rather than guessed (as for Accept, see accept.weights)
         ("gzip;q=nan", False),
         ("gzip;q=-1", False),
-        ("gzip;q=0, gzip", True),
+        ("gzip;q=0, gzip", False),  # the RFC does not say: a refusal is safer
     ],
 )
 def test_accept_encoding_is_read_as_rfc_9110_says(header: str, accepted: bool) -> None:
@@ -90,17 +91,17 @@ async def test_a_large_body_is_compressed_once_in_a_thread_whoever_asks_meanwhil
         threads.append(function)
         return await to_thread(function, *args, **kwargs)
 
-    monkeypatch.setattr(compression.asyncio, "to_thread", counted)
+    monkeypatch.setattr(asyncio, "to_thread", counted)
     body = Encoded(plain)
     # One of them goes away while the compression runs: the others still get it, and it is kept.
     gone = asyncio.ensure_future(body.choose(asks))
     await asyncio.sleep(0)
     gone.cancel()
     answers = await asyncio.gather(*(body.choose(asks) for _ in range(8)))
-    assert threads == [gzip.compress]
+    assert threads == [compression._packed]
     assert {id(sent) for sent, _ in answers} == {id(answers[0][0])}
     assert gzip.decompress(answers[0][0]) == plain and answers[0][1] == compression.GZIP
-    assert (await body.choose(asks))[0] is answers[0][0] and threads == [gzip.compress]
+    assert (await body.choose(asks))[0] is answers[0][0] and threads == [compression._packed]
 
 
 async def test_a_body_gzip_cannot_shrink_is_sent_plain() -> None:
@@ -109,16 +110,50 @@ async def test_a_body_gzip_cannot_shrink_is_sent_plain() -> None:
     assert await noise.choose(asks) == (noise.plain, compression.PLAIN)
 
 
-def test_a_long_accept_encoding_is_read_to_its_limit_only() -> None:
+def test_an_accept_encoding_too_long_to_read_is_taken_as_not_sent() -> None:
     def request(value: bytes) -> Request:
         return Request({"type": "http", "headers": [(b"accept-encoding", value)]})
 
-    assert compression.accepts_gzip(request(b" " * (compression.MAX_HEADER - 5) + b"gzip"))
-    assert not compression.accepts_gzip(request(b" " * compression.MAX_HEADER + b"gzip"))
+    assert compression.accepts_gzip(request(b" " * (compression.MAX_HEADER - 4) + b"gzip"))
+    # Cut short, these would read as accepting gzip: they refuse it.
+    for refusal in (
+        b"br," + b" " * 993 + b"gzip;q=0",
+        b"*," + b" " * 1000 + b"gzip;q=0",
+        b"br," + b" " * 996 + b"*;q=0",
+    ):
+        assert not compression.accepts_gzip(request(refusal))
     compression._gzip_acceptable.cache_clear()
     for i in range(300):
-        compression.accepts_gzip(request(b"," * 100_000 + str(i).encode()))
-    assert compression._gzip_acceptable.cache_info().currsize <= 1  # all cut to the same value
+        assert not compression.accepts_gzip(request(b"gzip," * 20_000 + str(i).encode()))
+    assert compression._gzip_acceptable.cache_info().currsize == 0
+
+
+async def test_a_body_that_cannot_be_compressed_is_sent_plain(monkeypatch: pytest.MonkeyPatch) -> None:
+    asks = Request({"type": "http", "headers": [(b"accept-encoding", b"gzip")]})
+
+    def fails(*args: Any, **kwargs: Any) -> bytes:
+        raise MemoryError
+
+    monkeypatch.setattr(gzip, "compress", fails)
+    for size in (5000, compression.THREAD_SIZE):
+        body = Encoded(b"x" * size)
+        for _ in range(2):
+            assert await body.choose(asks) == (body.plain, compression.PLAIN)
+
+
+def test_a_compression_cut_short_with_its_event_loop_starts_again_in_the_next() -> None:
+    asks = Request({"type": "http", "headers": [(b"accept-encoding", b"gzip")]})
+    body = Encoded(b"y" * compression.THREAD_SIZE)
+
+    async def leave_it_running() -> asyncio.Future[Any]:
+        left = asyncio.ensure_future(body.choose(asks))
+        await asyncio.sleep(0)  # the compression has begun; the loop ends, cancelling it
+        return left
+
+    assert asyncio.run(leave_it_running()).cancelled()
+    assert body._packing is not None and body._packing.cancelled()  # the compression was cut short
+    sent, headers = asyncio.run(body.choose(asks))
+    assert gzip.decompress(sent) == body.plain and headers == compression.GZIP
 
 
 async def both(client: httpx.AsyncClient, path: str) -> tuple[httpx.Response, httpx.Response]:
@@ -156,6 +191,10 @@ async def test_the_dashboard_page_and_its_fragment(client: httpx.AsyncClient) ->
         assert again.headers["etag"] == tag and again.headers["vary"] == "accept-encoding"  # as its 200 would
     other = await client.get(f"/?month={MONTH}&fragment=1", headers={**GZIP, "if-none-match": 'W/"other"'})
     assert other.status_code == 200
+    # An If-None-Match too long to read is taken as not sent.
+    filler = '"x", ' * (pages.MAX_IF_NONE_MATCH // 5)
+    long = await client.get(f"/?month={MONTH}&fragment=1", headers={**GZIP, "if-none-match": filler + tag})
+    assert long.status_code == 200 and long.content == packed.content
 
 
 @SQLITE

@@ -68,6 +68,7 @@ _JSON = encode_headers({"Content-Type": "application/json"})
 
 
 async def _json(request: Request, body: Encoded) -> Response:
-    """One of the catalog's lists, encoded once per version of the catalog (compressed too, if asked for)."""
+    """One of the catalog's lists, encoded once per version of the catalog and of its prices in force
+    (compressed too, if asked for)."""
     sent, coding = await body.choose(request)
     return respond(sent, 200, _JSON, coding)

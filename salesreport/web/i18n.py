@@ -13,7 +13,7 @@ from babel.dates import format_date, format_time, format_timedelta
 from babel.numbers import format_currency, format_decimal, format_percent
 from starlette.requests import Request
 
-from ..accept import preferences
+from ..accept import header, preferences
 
 LANGUAGES = ("en", "ru")
 COOKIE = "sr_lang"
@@ -106,7 +106,7 @@ def choose(request: Request) -> str:
     for chosen in (request.query_params.get("lang"), request.cookies.get(COOKIE)):
         if chosen in LANGUAGES:
             return chosen
-    return _negotiated(request.headers.get("accept-language", "")[:200])
+    return _negotiated(header(request, "accept-language", 200))
 
 
 # Every page asks, and browsers send few distinct headers: each is negotiated with Babel once.

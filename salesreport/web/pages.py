@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import metrics
+from ..accept import header
 from ..auth import Key
 from ..compression import Encoded
 from ..db.replica import Source
@@ -260,13 +261,13 @@ async def _serve(
     return _remember_language(request, respond(body, 200, _HTML, _SECURITY, fresh, coding))
 
 
-# Of If-None-Match, what is read: the script sends one tag; a longer value is not parsed on every look.
+# The longest If-None-Match read (the script sends one tag); a longer one is taken as not sent.
 MAX_IF_NONE_MATCH = 1000
 
 
 def _known_tags(request: Request) -> frozenset[str]:
     """The tags of the request's ``If-None-Match``, compared weakly (RFC 9110: ``W/"x"`` names ``"x"``)."""
-    value = ",".join(request.headers.getlist("if-none-match"))[:MAX_IF_NONE_MATCH]
+    value = header(request, "if-none-match", MAX_IF_NONE_MATCH)
     return frozenset(tag.strip().removeprefix("W/") for tag in value.split(",") if tag.strip())
 
 
