@@ -28,7 +28,7 @@ log = structlog.get_logger("salesreport.compression")
 # Below this, the header and gzip's own frame save too little to be worth a variant.
 MIN_SIZE = 1024
 # Larger bodies are compressed in a thread (zlib lets go of the GIL), not on the event loop: about
-# a millisecond of the loop's time for 64 KB of JSON.
+# half a millisecond of the loop's time for 64 KB of JSON.
 THREAD_SIZE = 64 * 1024
 LEVEL = 6
 # The longest Accept-Encoding read (see ``accept.header``); a longer one is taken as not sent.
@@ -85,7 +85,12 @@ class Encoded:
         await asyncio.shield(self._packing)
 
     async def _in_thread(self) -> None:
-        self._keep(await asyncio.to_thread(_packed, self.plain))
+        try:
+            packed = await asyncio.to_thread(_packed, self.plain)
+        except Exception:  # no thread to be had (shutting down, or none left): sent plain
+            log.exception("a body could not be compressed in a thread; it is sent plain", size=len(self.plain))
+            packed = None
+        self._keep(packed)
 
     def _keep(self, packed: bytes | None) -> None:
         self._gzipped = packed if packed is not None and len(packed) < len(self.plain) else None

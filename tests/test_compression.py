@@ -141,6 +141,18 @@ async def test_a_body_that_cannot_be_compressed_is_sent_plain(monkeypatch: pytes
             assert await body.choose(asks) == (body.plain, compression.PLAIN)
 
 
+async def test_a_body_with_no_thread_to_compress_it_is_sent_plain(monkeypatch: pytest.MonkeyPatch) -> None:
+    asks = Request({"type": "http", "headers": [(b"accept-encoding", b"gzip")]})
+
+    async def no_thread(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(asyncio, "to_thread", no_thread)
+    body = Encoded(b"z" * compression.THREAD_SIZE)
+    for _ in range(3):
+        assert await body.choose(asks) == (body.plain, compression.PLAIN)
+
+
 def test_a_compression_cut_short_with_its_event_loop_starts_again_in_the_next() -> None:
     asks = Request({"type": "http", "headers": [(b"accept-encoding", b"gzip")]})
     body = Encoded(b"y" * compression.THREAD_SIZE)
@@ -193,7 +205,7 @@ async def test_the_dashboard_page_and_its_fragment(client: httpx.AsyncClient) ->
     assert other.status_code == 200
     # An If-None-Match too long to read is taken as not sent.
     filler = '"x", ' * (pages.MAX_IF_NONE_MATCH // 5)
-    long = await client.get(f"/?month={MONTH}&fragment=1", headers={**GZIP, "if-none-match": filler + tag})
+    long = await client.get(f"/?month={MONTH}&fragment=1", headers={**GZIP, "if-none-match": tag + ", " + filler})
     assert long.status_code == 200 and long.content == packed.content
 
 

@@ -138,6 +138,13 @@ async def test_russian_and_english(client: httpx.AsyncClient, settings: config.S
         ("ru;q=0, en", "en"),
         ("de, ru;q=0.1", "ru"),
         ("x" * 300, "en"),
+        # A browser set to many languages (Firefox's weights): over 200 characters, read whole.
+        (
+            "ru-RU,ru;q=0.94,uk;q=0.89,be;q=0.83,kk;q=0.78,de-DE;q=0.72,de;q=0.67,fr-FR;q=0.61,fr;q=0.56,it;q=0.5,"
+            "es;q=0.44,pt;q=0.39,pl;q=0.33,cs;q=0.28,nl;q=0.22,sv;q=0.17,fi;q=0.11,ja;q=0.09,en-US;q=0.06,en;q=0.01",
+            "ru",
+        ),
+        ("ru, " + "x" * 1000, "en"),  # too long to read: as if not sent
     ):
         page = await client.get("/", params={"month": MONTH}, headers={"accept-language": header})
         assert f'<html lang="{lang}">' in page.text, header
@@ -323,6 +330,8 @@ async def test_behind_a_tls_proxy_the_public_origin_signs_in(settings: config.Se
         ("*/*, text/csv;q=0.5", False),
         ("application/*, text/csv;q=0.5", False),
         ("text/csv, */*;q=0.1", True),
+        # Too long to read: as if not sent (cut at its limit, this one would lose its q=0).
+        ("application/json;q=0.5," + " " * 969 + "text/csv;q=0", False),
     ],
 )
 async def test_csv_by_accept_follows_its_weights(client: httpx.AsyncClient, accept: str, csv_wanted: bool) -> None:
@@ -335,6 +344,12 @@ async def test_csv_by_accept_follows_its_weights(client: httpx.AsyncClient, acce
         response.headers["vary"] == "Accept, Accept-Encoding, Cookie"
         and response.headers["x-content-type-options"] == "nosniff"
     )
+
+
+async def test_accept_sent_as_several_lines_is_read_whole(client: httpx.AsyncClient) -> None:
+    lines = [("accept", "*/*;q=0.1"), ("accept", "text/csv")]
+    response = await client.get("/reports/top-stores", params={"month": MONTH}, headers=lines)
+    assert response.headers["content-type"].startswith("text/csv")
 
 
 async def test_fifty_polls_at_once_cost_one_render(client: httpx.AsyncClient, settings: config.Settings) -> None:
