@@ -187,6 +187,14 @@ def test_a_sale_shows_up_live(server: Server, page: Any) -> None:
         arg=json.dumps(expected, separators=(",", ":")),
         timeout=5000,
     )
+    # Through Granian, the page and the live poll's new fragment came gzip-compressed (fewer bytes on the
+    # wire than the browser decoded), and the poll that found the change was answered in full.
+    sizes = page.evaluate(
+        "() => [performance.getEntriesByType('navigation')[0], ...performance.getEntriesByType('resource')"
+        ".filter(e => e.name.includes('fragment=1'))].map(e => [e.name, e.encodedBodySize, e.decodedBodySize])"
+    )
+    assert len(sizes) >= 2 and all(0 < encoded < decoded / 2 for _, encoded, decoded in sizes if decoded), sizes
+    assert any(decoded for _, _, decoded in sizes[1:]), sizes
 
 
 def test_the_csv_download_is_the_report(server: Server, page: Any) -> None:
