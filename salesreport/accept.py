@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+# The longest header value read: a browser set to many languages sends an Accept-Language of 200
+# characters or more; the service's own script sends one ETag.
+MAX_HEADER = 1000
 
-def header(request: Request, name: str, limit: int) -> str:
+
+def header(request: Request, name: str) -> str:
     """The request's ``name`` header, its lines joined (RFC 9110); "" (as if not sent) if longer than
-    ``limit``: parsing a value cut short could drop an entry's ``q=0``, and a long value would be
+    ``MAX_HEADER``: parsing a value cut short could drop an entry's ``q=0``, and a long value would be
     parsed (and kept in a cache of parsed values) on every request."""
     values = request.headers.getlist(name)
     value = values[0] if len(values) == 1 else ",".join(values)
-    return value if len(value) <= limit else ""
+    return value if len(value) <= MAX_HEADER else ""
 
 
 def weights(header: str) -> list[tuple[str, float]]:

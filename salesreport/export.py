@@ -28,7 +28,7 @@ def wants_csv(request: Request) -> bool:
         if chosen not in ("csv", "json"):
             raise invalid([FieldError(field="format", message="must be csv or json")], "invalid query parameter")
         return chosen == "csv"
-    for kind in preferences(header(request, "accept", 1000)):
+    for kind in preferences(header(request, "accept")):
         kind = kind.lower()
         if kind in ("text/csv", "text/*"):
             return True

@@ -14,8 +14,8 @@ import pytest
 from starlette.requests import Request
 
 from salesreport import compression, config
+from salesreport.accept import MAX_HEADER
 from salesreport.compression import Encoded
-from salesreport.web import pages
 from salesreport.web.assets import URLS
 from tests.conftest import eventually, seed
 
@@ -114,7 +114,7 @@ def test_an_accept_encoding_too_long_to_read_is_taken_as_not_sent() -> None:
     def request(value: bytes) -> Request:
         return Request({"type": "http", "headers": [(b"accept-encoding", value)]})
 
-    assert compression.accepts_gzip(request(b" " * (compression.MAX_HEADER - 4) + b"gzip"))
+    assert compression.accepts_gzip(request(b" " * (MAX_HEADER - 4) + b"gzip"))
     # Cut short, these would read as accepting gzip: they refuse it.
     for refusal in (
         b"br," + b" " * 993 + b"gzip;q=0",
@@ -204,7 +204,7 @@ async def test_the_dashboard_page_and_its_fragment(client: httpx.AsyncClient) ->
     other = await client.get(f"/?month={MONTH}&fragment=1", headers={**GZIP, "if-none-match": 'W/"other"'})
     assert other.status_code == 200
     # An If-None-Match too long to read is taken as not sent.
-    filler = '"x", ' * (pages.MAX_IF_NONE_MATCH // 5)
+    filler = '"x", ' * (MAX_HEADER // 5)
     long = await client.get(f"/?month={MONTH}&fragment=1", headers={**GZIP, "if-none-match": tag + ", " + filler})
     assert long.status_code == 200 and long.content == packed.content
 

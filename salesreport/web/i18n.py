@@ -101,17 +101,12 @@ WORDS: dict[str, dict[str, str]] = {
 assert WORDS["en"].keys() == WORDS["ru"].keys()
 
 
-# The longest Accept-Language read (see ``accept.header``): a browser set to many languages sends 200
-# characters or more; a longer value is taken as not sent.
-MAX_HEADER = 1000
-
-
 def choose(request: Request) -> str:
     """``?lang=`` (the page's switch, remembered in a cookie), else the cookie, else Accept-Language."""
     for chosen in (request.query_params.get("lang"), request.cookies.get(COOKIE)):
         if chosen in LANGUAGES:
             return chosen
-    return _negotiated(header(request, "accept-language", MAX_HEADER))
+    return _negotiated(header(request, "accept-language"))
 
 
 # Every page asks, and browsers send few distinct headers: each is negotiated with Babel once.
