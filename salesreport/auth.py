@@ -153,6 +153,10 @@ class KeyRing:
                 await self._task
         await self._flush_use()
 
+    def stale(self) -> bool:
+        """Whether the keys may have changed since they were loaded: else ``refresh`` has nothing to do."""
+        return self.changes.stale("keys", self.version)
+
     async def refresh(self, *, recheck: bool = False) -> None:
         """Reload the keys if they may have changed; raises if the database is down.
 

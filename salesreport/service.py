@@ -13,12 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from . import config, db
+from . import config, db, headers
 from .auth import KeyRing
 from .cache import Cache
 from .db.replica import Reads, Source
 from .ingestion import Batcher, Catalog
 from .problems import ProblemError, database_errors
+from .timeouts import within
 from .web.views import SETTLE_SECONDS
 
 T = TypeVar("T")
@@ -87,7 +88,7 @@ async def receive_body(request: Request, limit: int, too_large: Callable[[], Pro
     a message of its own, and waiting for it is a round trip to its Rust side (a tenth of a
     millisecond for a lone POST, see BENCHMARKS.md).
     """
-    header = request.headers.get("content-length")
+    header, transfer_encoding = headers.first(request.scope, b"content-length", b"transfer-encoding")
     length = None
     if header is not None:
         if not (header.isascii() and header.isdigit()):
@@ -96,14 +97,14 @@ async def receive_body(request: Request, limit: int, too_large: Callable[[], Pro
         if len(digits) > len(str(limit)) or int(digits) > limit:
             raise too_large()
         length = int(digits)
-        if "transfer-encoding" in request.headers:  # the body is framed by its chunks, not by its length
+        if transfer_encoding is not None:  # the body is framed by its chunks, not by its length
             length = None
     chunks = []
     size = 0
     timeout = service(request).settings.body_timeout
     receive = request.receive
     try:
-        async with asyncio.timeout(timeout):
+        with within(timeout):
             while True:
                 message = await receive()
                 if message["type"] != "http.request":  # the client went away: nobody to answer

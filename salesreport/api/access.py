@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from .. import metrics
+from .. import headers, metrics
 from ..auth import Key, Unauthenticated, is_loopback, names_loopback
 from ..problems import ProblemError, database_errors, forbidden
 from ..service import service
@@ -18,8 +18,9 @@ API_ROLES = ("owner", "pos")
 async def authenticate(request: Request, roles: tuple[str, ...] = API_ROLES) -> Key | None:
     """The caller's key (None while no key exists); 401 without a valid one, 403 if its role is not in ``roles``."""
     keys = service(request).keys
-    with database_errors("cannot load API keys"):
-        await keys.refresh()
+    if keys.stale():
+        with database_errors("cannot load API keys"):
+            await keys.refresh()
     if not keys.protected and not _local(request):
         metrics.key_rejected("not_local")
         raise ProblemError(
@@ -29,7 +30,7 @@ async def authenticate(request: Request, roles: tuple[str, ...] = API_ROLES) -> 
             "create keys (python -m salesreport keys create --role owner) and send one",
             headers={"WWW-Authenticate": 'Bearer realm="salesreport"'},
         )
-    authorization = request.headers.get("authorization")
+    authorization = headers.first(request.scope, b"authorization")[0]
     if authorization is None and request.method == "GET" and COOKIE in request.cookies:
         # A report read from the dashboard (its CSV links): the signed-in owner's session.
         owner = await session_key(request)
@@ -59,10 +60,14 @@ def _local(request: Request) -> bool:
     """Whether the request comes straight from this machine (not through a proxy), sent to a loopback
     name: a page that a browser here loaded from elsewhere and whose name was then pointed at 127.0.0.1
     (DNS rebinding) still sends its own name as Host."""
-    if any(name in _PROXY_HEADERS for name, _ in request.scope["headers"]):
-        return False
-    headers = request.headers
-    return request.client is not None and is_loopback(request.client.host) and names_loopback(headers.get("host", ""))
+    host = None
+    for name, value in request.scope["headers"]:
+        if name in _PROXY_HEADERS:
+            return False
+        if name == b"host" and host is None:
+            host = value.decode("latin-1")
+    client = request.scope.get("client")
+    return client is not None and is_loopback(client[0]) and names_loopback(host or "")
 
 
 async def owner_only(request: Request) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import reports
+from .. import headers, reports
 from ..auth import Key
 from ..ingestion import (
     Batcher,
@@ -31,7 +31,7 @@ MAX_BODY = 1024 * 1024
 
 
 async def read_body(request: Request) -> bytes:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = (headers.first(request.scope, b"content-type")[0] or "").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise ProblemError(415, "Unsupported Media Type", "send the sales as Content-Type: application/json")
     return await receive_body(request, MAX_BODY, _too_large, "body")
