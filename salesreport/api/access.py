@@ -30,8 +30,8 @@ async def authenticate(request: Request, roles: tuple[str, ...] = API_ROLES) -> 
             "create keys (python -m salesreport keys create --role owner) and send one",
             headers={"WWW-Authenticate": 'Bearer realm="salesreport"'},
         )
-    authorization = headers.first(request.scope, b"authorization")[0]
-    if authorization is None and request.method == "GET" and COOKIE in request.cookies:
+    authorization, cookie = headers.first(request.scope, b"authorization", b"cookie")
+    if authorization is None and cookie is not None and request.method == "GET" and COOKIE in request.cookies:
         # A report read from the dashboard (its CSV links): the signed-in owner's session.
         owner = await session_key(request)
         if owner is not None:
