@@ -154,7 +154,8 @@ class KeyRing:
         await self._flush_use()
 
     def stale(self) -> bool:
-        """Whether the keys may have changed since they were loaded: else ``refresh`` has nothing to do."""
+        """Whether the keys may have changed since they were loaded: else ``refresh()`` (without ``recheck``)
+        has nothing to do."""
         return self.changes.stale("keys", self.version)
 
     async def refresh(self, *, recheck: bool = False) -> None:

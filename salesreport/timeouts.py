@@ -5,12 +5,14 @@ ends: about 5 µs per request on uvloop (BENCHMARKS.md, "Notes"), for a timer th
 fires. Here a wait is entered in its loop's table of waits, and a timer armed at the earliest
 deadline cancels the waits whose time has passed, then is armed again at the earliest of the rest;
 a wait that ends in time is struck from the table. Under steady traffic every new deadline is
-later than the timer's, so a request costs two operations on a dict and the timer fires about
-once per timeout.
+later than the timer's, so a request costs two operations on a dict, and the timer fires about
+once per timeout. Waits are kept by their length in the order they began, so by deadline: a
+firing looks at the late waits and at the first that is not, however many wait.
 
 A wait whose time passed ends as with ``asyncio.timeout``: its task is cancelled, and the
 cancellation comes out of the ``with`` block as ``TimeoutError``, unless the task was also
-cancelled from elsewhere meanwhile.
+cancelled from elsewhere meanwhile. It may end up to a millisecond early: uvloop's timers count
+whole milliseconds, and fire up to one early.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import asyncio
 import math
 import weakref
 from types import TracebackType
+
+# A wait this close to its deadline counts as late (uvloop's timers may fire up to 1 ms early).
+SLACK = 0.001
 
 
 class within:
@@ -36,7 +41,8 @@ class within:
         task = asyncio.current_task(loop)
         if task is None:
             raise RuntimeError("within() must be used inside a task")
-        self._task = task
+        # Weakly: a loop closed while a wait is pending is not kept alive by its table.
+        self._task = weakref.ref(task)
         self._cancelling = task.cancelling()
         self.deadline = loop.time() + self.seconds
         table = _tables.get(loop)
@@ -49,31 +55,50 @@ class within:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        self._table.waits.pop(self, None)
-        if self.expired and self._task.uncancel() <= self._cancelling and kind is asyncio.CancelledError:
+        self._table.discard(self)
+        task = self._task()
+        # As asyncio.timeout: the expiry's cancel is taken back whatever ended the block.
+        expired = self.expired and task is not None and task.uncancel() <= self._cancelling
+        if expired and kind is asyncio.CancelledError:
             raise TimeoutError from exc
 
     def _expire(self) -> None:
         self.expired = True
-        self._task.cancel()
+        task = self._task()
+        if task is not None:
+            task.cancel()
 
 
 class _Table:
-    """A loop's waits, in the order they began, and when its timer fires next.
+    """A loop's waits, by their length in seconds, each length's in the order they began (so by
+    deadline), and when its timer fires next.
 
     A timer is never cancelled: one armed earlier than the next (a shorter timeout) just fires
     first, and a timer that finds nothing late arms none unless nothing is armed before the
-    earliest deadline left. The table holds no reference to its loop (the loop's timers hold it).
+    earliest deadline left. Nothing in the table refers to its loop (the loop's timers refer to it).
     """
 
     def __init__(self) -> None:
-        self.waits: dict[within, None] = {}
+        self.waits: dict[float, dict[within, None]] = {}
         self._timer_at = math.inf
 
     def add(self, wait: within, loop: asyncio.AbstractEventLoop) -> None:
-        self.waits[wait] = None
+        same = self.waits.get(wait.seconds)
+        if same is None:
+            same = self.waits[wait.seconds] = {}
+        same[wait] = None
         if wait.deadline < self._timer_at:
             self._arm(wait.deadline, loop)
+
+    def discard(self, wait: within) -> None:
+        same = self.waits.get(wait.seconds)
+        if same is not None and wait in same:
+            del same[wait]
+            if not same:
+                del self.waits[wait.seconds]
+
+    def pending(self) -> int:
+        return sum(map(len, self.waits.values()))
 
     def _arm(self, when: float, loop: asyncio.AbstractEventLoop) -> None:
         self._timer_at = when
@@ -82,16 +107,21 @@ class _Table:
     def _fire(self, when: float, loop: asyncio.AbstractEventLoop) -> None:
         if when == self._timer_at:
             self._timer_at = math.inf
-        now = loop.time()
-        late = [wait for wait in self.waits if wait.deadline <= now]
+        late_after = loop.time() + SLACK
+        late: list[within] = []
+        earliest = math.inf
+        for same in self.waits.values():
+            for wait in same:
+                if wait.deadline > late_after:
+                    earliest = min(earliest, wait.deadline)
+                    break
+                late.append(wait)
         for wait in late:
-            del self.waits[wait]
+            self.discard(wait)
             wait._expire()
-        if self.waits:
-            earliest = min(wait.deadline for wait in self.waits)
-            if earliest < self._timer_at:
-                self._arm(earliest, loop)
+        if earliest < self._timer_at:
+            self._arm(earliest, loop)
 
 
-# By event loop: a loop that is dropped takes its table (and its waits) with it.
+# By event loop: a loop that is dropped takes its table with it.
 _tables: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Table] = weakref.WeakKeyDictionary()

@@ -221,6 +221,11 @@ def test_stateful_sequences_conform_to_the_document(api_schema: Any) -> None:
     machine = api_schema.as_state_machine()
 
     class Machine(machine):  # type: ignore[misc,valid-type]
+        def before_call(self, case: Any) -> None:
+            # A step's body is made acceptable when generated, but a link may then merge in fields
+            # from an earlier request (a refused one's too): made acceptable again, as sent.
+            map_case(None, case)
+
         def validate_response(self, response: Any, case: Any, *args: Any, **kwargs: Any) -> None:
             if not _nothing_left(case, response):
                 super().validate_response(response, case, *args, **kwargs)

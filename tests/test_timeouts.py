@@ -7,8 +7,11 @@ is decided by the timeout alone (the timeouts are short, and nothing here reads 
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
+import uvloop
 
 from salesreport import timeouts
 from salesreport.timeouts import within
@@ -26,7 +29,7 @@ async def test_a_wait_that_ends_in_time_leaves_nothing_behind() -> None:
     with within(60) as wait:
         await done.wait()
     assert not wait.expired
-    assert wait not in _table().waits
+    assert _table().pending() == 0
     await asyncio.sleep(0)  # no cancellation was left pending on the task
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
 
@@ -35,7 +38,7 @@ async def test_a_wait_past_its_time_raises_timeout_error() -> None:
     with pytest.raises(TimeoutError), within(0.05) as wait:
         await asyncio.Event().wait()
     assert wait.expired
-    assert wait not in _table().waits
+    assert _table().pending() == 0
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
 
 
@@ -55,7 +58,7 @@ async def test_a_shorter_wait_begun_later_ends_first() -> None:
     long.cancel()
     with pytest.raises(asyncio.CancelledError):
         await long
-    assert not _table().waits
+    assert _table().pending() == 0
 
 
 async def test_waits_in_a_row_arm_one_timer() -> None:
@@ -99,7 +102,7 @@ async def test_a_timeout_and_a_cancellation_together_stay_a_cancellation() -> No
 
     task = asyncio.create_task(wait())
     await started.wait()
-    wait_in_table = next(iter(_table().waits))
+    (wait_in_table,) = (wait for same in _table().waits.values() for wait in same)
     wait_in_table._expire()  # its time passes...
     task.cancel()  # ...and the task is cancelled from elsewhere in the same turn
     with pytest.raises(asyncio.CancelledError):
@@ -118,3 +121,45 @@ async def test_outside_a_task_it_refuses() -> None:
 
     loop.call_soon(enter)
     assert "inside a task" in str(await refused)
+
+
+def test_a_loop_closed_with_a_wait_pending_is_not_kept_alive() -> None:
+    loop = asyncio.new_event_loop()
+    started = asyncio.Event()
+
+    async def stall() -> None:
+        with within(60):
+            started.set()
+            await asyncio.Event().wait()
+
+    task = loop.create_task(stall())
+    loop.run_until_complete(started.wait())
+    loop.close()  # a test's or an embedded loop, ended while a body was awaited
+    gone = weakref.ref(loop)
+    del loop, task
+    gc.collect()
+    assert gone() is None
+
+
+@pytest.mark.parametrize("seconds", [0.0101, 0.0333])
+def test_a_timer_that_fires_early_does_not_spin(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    # uvloop counts whole milliseconds: its timer may fire before loop.time() reaches the deadline.
+    fired = []
+    fire = timeouts._Table._fire
+
+    def counted(self: timeouts._Table, when: float, loop: asyncio.AbstractEventLoop) -> None:
+        fired.append(when)
+        fire(self, when, loop)
+
+    monkeypatch.setattr(timeouts._Table, "_fire", counted)
+
+    async def wait() -> bool:
+        try:
+            with within(seconds):
+                await asyncio.Event().wait()
+        except TimeoutError:
+            return True
+        return False
+
+    assert uvloop.run(wait())
+    assert len(fired) <= 2
