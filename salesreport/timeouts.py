@@ -18,8 +18,11 @@ whole milliseconds, and fire up to one early.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import math
 import weakref
+from collections import OrderedDict
 from types import TracebackType
 
 # A wait this close to its deadline counts as late (uvloop's timers may fire up to 1 ms early).
@@ -37,6 +40,8 @@ class within:
         self.expired = False
 
     def __enter__(self) -> within:
+        if self.deadline != math.inf:
+            raise RuntimeError("a within() can be entered once")
         loop = asyncio.get_running_loop()
         task = asyncio.current_task(loop)
         if task is None:
@@ -71,23 +76,25 @@ class within:
 
 class _Table:
     """A loop's waits, by their length in seconds, each length's in the order they began (so by
-    deadline), and when its timer fires next.
+    deadline), and the times its timers are armed at.
 
     A timer is never cancelled: one armed earlier than the next (a shorter timeout) just fires
-    first, and a timer that finds nothing late arms none unless nothing is armed before the
-    earliest deadline left. Nothing in the table refers to its loop (the loop's timers refer to it).
+    first. A timer is armed only for a deadline earlier than every armed one, so waits of mixed
+    lengths do not pile timers up. Each length's waits are an ``OrderedDict``: its first entry is
+    found at once however many were struck before it (a dict would step over their empty slots).
+    Nothing in the table refers to its loop (the loop's timers refer to the table).
     """
 
     def __init__(self) -> None:
-        self.waits: dict[float, dict[within, None]] = {}
-        self._timer_at = math.inf
+        self.waits: dict[float, OrderedDict[within, None]] = {}
+        self._armed: list[float] = []  # a heap
 
     def add(self, wait: within, loop: asyncio.AbstractEventLoop) -> None:
         same = self.waits.get(wait.seconds)
         if same is None:
-            same = self.waits[wait.seconds] = {}
+            same = self.waits[wait.seconds] = OrderedDict()
         same[wait] = None
-        if wait.deadline < self._timer_at:
+        if not self._armed or wait.deadline < self._armed[0]:
             self._arm(wait.deadline, loop)
 
     def discard(self, wait: within) -> None:
@@ -101,26 +108,27 @@ class _Table:
         return sum(map(len, self.waits.values()))
 
     def _arm(self, when: float, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer_at = when
+        heapq.heappush(self._armed, when)
         loop.call_at(when, self._fire, when, loop)
 
     def _fire(self, when: float, loop: asyncio.AbstractEventLoop) -> None:
-        if when == self._timer_at:
-            self._timer_at = math.inf
+        self._armed.remove(when)  # mostly the first: timers fire in order
+        heapq.heapify(self._armed)
         late_after = loop.time() + SLACK
-        late: list[within] = []
-        earliest = math.inf
-        for same in self.waits.values():
-            for wait in same:
-                if wait.deadline > late_after:
-                    earliest = min(earliest, wait.deadline)
-                    break
-                late.append(wait)
-        for wait in late:
-            self.discard(wait)
-            wait._expire()
-        if earliest < self._timer_at:
-            self._arm(earliest, loop)
+        late = [
+            wait
+            for same in self.waits.values()
+            for wait in itertools.takewhile(lambda wait: wait.deadline <= late_after, same)
+        ]
+        try:
+            for wait in late:
+                self.discard(wait)
+                wait._expire()
+        finally:
+            # Each length's first wait is its earliest (one that could not be expired included).
+            earliest = min((next(iter(same)).deadline for same in self.waits.values()), default=math.inf)
+            if earliest < (self._armed[0] if self._armed else math.inf):
+                self._arm(earliest, loop)
 
 
 # By event loop: a loop that is dropped takes its table with it.

@@ -64,13 +64,13 @@ async def test_a_shorter_wait_begun_later_ends_first() -> None:
 async def test_waits_in_a_row_arm_one_timer() -> None:
     with within(60):
         pass
-    armed = _table()._timer_at
+    armed = list(_table()._armed)
     done = asyncio.Event()
     done.set()
     for _ in range(100):
         with within(60):
             await done.wait()
-    assert _table()._timer_at == armed  # every later deadline is after the armed one: no new timer
+    assert _table()._armed == armed  # every later deadline is after the armed one: no new timer
 
 
 async def test_a_cancellation_from_elsewhere_is_not_taken_for_the_timeout() -> None:
@@ -163,3 +163,24 @@ def test_a_timer_that_fires_early_does_not_spin(monkeypatch: pytest.MonkeyPatch,
 
     assert uvloop.run(wait())
     assert len(fired) <= 2
+
+
+async def test_waits_of_two_lengths_in_turn_do_not_pile_timers_up() -> None:
+    done = asyncio.Event()
+    done.set()
+    for _ in range(50):
+        with within(60):
+            await done.wait()
+        with pytest.raises(TimeoutError), within(0.001):
+            await asyncio.Event().wait()
+    # The long waits' first timer is still armed: none was armed for the later ones.
+    assert len(_table()._armed) <= 2
+    assert _table().pending() == 0
+
+
+async def test_a_wait_is_entered_once() -> None:
+    wait = within(60)
+    with wait:
+        pass
+    with pytest.raises(RuntimeError, match="once"), wait:
+        pass
