@@ -1,13 +1,14 @@
 """A timeout for the many short waits of requests (a body arriving), with one timer per event loop.
 
-``asyncio.timeout`` arms a timer of the event loop for each wait and disarms it when the wait
-ends: about 5 µs per request on uvloop (BENCHMARKS.md, "Notes"), for a timer that almost never
-fires. Here a wait is entered in its loop's table of waits, and a timer armed at the earliest
-deadline cancels the waits whose time has passed, then is armed again at the earliest of the rest;
-a wait that ends in time is struck from the table. Under steady traffic every new deadline is
-later than the armed timer's, so a request costs an insertion and a deletion (1.6 µs with the
-rest, against about 5), and the timer fires about once per timeout. Waits are kept by their length in the order they began, so by deadline: a
-firing looks at the late waits and at the first that is not, however many wait.
+``asyncio.timeout`` arms a timer of the event loop for each wait and disarms it when the wait ends:
+about 5 µs per request on uvloop (BENCHMARKS.md, "Notes"), for a timer that almost never fires.
+Here a wait is entered in its loop's table of waits, and a timer armed at the earliest deadline
+cancels the waits whose time has passed, then is armed again at the earliest of the rest; a wait
+that ends in time is struck from the table. Under steady traffic every new deadline is later than
+the armed timer's, so a request costs an insertion and a deletion (1.6 µs with the rest, against
+about 5), and the timer fires about once per timeout. Waits are kept by their length in the order
+they began, so by deadline: a firing looks at the late waits and at the first that is not, however
+many wait.
 
 A wait whose time passed ends as with ``asyncio.timeout``: its task is cancelled, and the
 cancellation comes out of the ``with`` block as ``TimeoutError``, unless the task was also
