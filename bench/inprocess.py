@@ -8,6 +8,9 @@ not PostgreSQL's). Give it a migrated database with a catalog of at least 20 sto
 (``demo`` makes one)::
 
     DATABASE_URL=postgresql://... SALESREPORT_LOG_FORMAT=json python bench/inprocess.py 8000 64 > /dev/null
+
+``--request-path``: the writer answers each POST at once, with no database work: the request path
+alone (BENCHMARKS.md, "Notes", ninth part).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from salesreport import config
 from salesreport.api import create_app
+from salesreport.ingestion import parse_sales
 
 
-async def main(n: int, callers: int, target: str) -> str:
+async def main(n: int, callers: int, target: str, request_path: bool = False) -> str:
     app = create_app(config.load())
     path, _, query = target.partition("?")
     post = path == "/sales"
     async with app.router.lifespan_context(app):
+        if request_path:
+            await _answer_at_once(app.state.service.batcher)
 
         async def one(i: int) -> None:
             body = (
@@ -85,13 +92,28 @@ async def main(n: int, callers: int, target: str) -> str:
     return f"{target}, {callers} callers: {cpu / n * 1e6:.0f} µs CPU per request, {n / wall:,.0f} req/s"
 
 
+async def _answer_at_once(batcher: Any) -> None:
+    """``--request-path``: the writer answers every POST at once with one stored sale's answer, so
+    that the figure is the request path alone (no database, no batch, no wake-up of the writer)."""
+    body = msgspec.json.encode({"product_id": 1, "store_id": 1, "quantity": 1})
+    sales, is_array = await parse_sales(body)
+    stored = await batcher.submit(sales, is_array, datetime.now(UTC))
+
+    async def submit(*args: Any, **kwargs: Any) -> Any:
+        return stored
+
+    batcher.submit = submit
+
+
 if __name__ == "__main__":
-    args = sys.argv[1:]
+    flags = [a for a in sys.argv[1:] if a.startswith("--")]
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
     line = uvloop.run(  # the loop ``serve`` runs the app on
         main(
             int(args[0]) if args else 8000,
             int(args[1]) if len(args) > 1 else 64,
             args[2] if len(args) > 2 else "/sales",
+            request_path="--request-path" in flags,
         )
     )
     print(line, file=sys.stderr)
