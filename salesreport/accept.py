@@ -2,21 +2,6 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
-
-# The longest header value read: a browser set to many languages sends an Accept-Language of 200
-# characters or more; the service's own script sends one ETag.
-MAX_HEADER = 1000
-
-
-def header(request: Request, name: str) -> str:
-    """The request's ``name`` header, its lines joined (RFC 9110); "" (as if not sent) if longer than
-    ``MAX_HEADER``: parsing a value cut short could drop an entry's ``q=0``, and a long value would be
-    parsed (and kept in a cache of parsed values) on every request."""
-    values = request.headers.getlist(name)
-    value = values[0] if len(values) == 1 else ",".join(values)
-    return value if len(value) <= MAX_HEADER else ""
-
 
 def weights(header: str) -> list[tuple[str, float]]:
     """Each entry of an ``Accept*`` header with its weight, in the header's order: ``q`` (1 if not

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import structlog
 from starlette.requests import Request
 
-from .accept import header, weights
+from .accept import weights
+from .headers import joined
 
 if TYPE_CHECKING:  # not at run time: the catalog (imported by ``service``) keeps its lists as ``Encoded``
     from .service import RawHeaders
@@ -106,7 +107,7 @@ def _packed(plain: bytes) -> bytes | None:
 
 def accepts_gzip(request: Request) -> bool:
     """Whether the client accepts a gzip-coded body (every ``Accept-Encoding`` header taken together)."""
-    value = header(request, "accept-encoding")
+    value = joined(request.scope, b"accept-encoding")
     return bool(value) and _gzip_acceptable(value)
 
 

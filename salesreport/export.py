@@ -16,7 +16,8 @@ from typing import Any
 import msgspec
 from starlette.requests import Request
 
-from .accept import header, preferences
+from .accept import preferences
+from .headers import joined
 from .problems import invalid
 from .schemas import FieldError, encoder
 
@@ -28,7 +29,7 @@ def wants_csv(request: Request) -> bool:
         if chosen not in ("csv", "json"):
             raise invalid([FieldError(field="format", message="must be csv or json")], "invalid query parameter")
         return chosen == "csv"
-    for kind in preferences(header(request, "accept")):
+    for kind in preferences(joined(request.scope, b"accept")):
         kind = kind.lower()
         if kind in ("text/csv", "text/*"):
             return True

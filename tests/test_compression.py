@@ -14,8 +14,8 @@ import pytest
 from starlette.requests import Request
 
 from salesreport import compression, config
-from salesreport.accept import MAX_HEADER
 from salesreport.compression import Encoded
+from salesreport.headers import MAX_HEADER
 from salesreport.web.assets import URLS
 from tests.conftest import eventually, seed
 

@@ -13,7 +13,8 @@ from babel.dates import format_date, format_time, format_timedelta
 from babel.numbers import format_currency, format_decimal, format_percent
 from starlette.requests import Request
 
-from ..accept import header, preferences
+from ..accept import preferences
+from ..headers import joined
 
 LANGUAGES = ("en", "ru")
 COOKIE = "sr_lang"
@@ -106,7 +107,7 @@ def choose(request: Request) -> str:
     for chosen in (request.query_params.get("lang"), request.cookies.get(COOKIE)):
         if chosen in LANGUAGES:
             return chosen
-    return _negotiated(header(request, "accept-language"))
+    return _negotiated(joined(request.scope, b"accept-language"))
 
 
 # Every page asks, and browsers send few distinct headers: each is negotiated with Babel once.

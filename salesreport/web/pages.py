@@ -22,8 +22,7 @@ from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import metrics
-from ..accept import header
+from .. import headers, metrics
 from ..auth import Key
 from ..compression import Encoded
 from ..db.replica import Source
@@ -263,7 +262,7 @@ async def _serve(
 
 def _known_tags(request: Request) -> frozenset[str]:
     """The tags of the request's ``If-None-Match``, compared weakly (RFC 9110: ``W/"x"`` names ``"x"``)."""
-    value = header(request, "if-none-match")
+    value = headers.joined(request.scope, b"if-none-match")
     return frozenset(tag.strip().removeprefix("W/") for tag in value.split(",") if tag.strip())
 
 
