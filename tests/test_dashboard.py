@@ -17,6 +17,7 @@ import pytest
 from salesreport import config, db, reports
 from tests.conftest import Clock, app_client, eventually, seed
 from tests.test_auth import create, revoke
+from tests.test_metrics import scrape
 
 pytestmark = pytest.mark.anyio
 # Also through PgBouncer in transaction pooling mode (see conftest.database_url).
@@ -511,13 +512,16 @@ async def test_a_held_poll_ends_when_its_browser_goes_away(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
+    before = await scrape(client)
     poll = asyncio.ensure_future(client.app(_poll_scope(tag), messages.get, send))  # type: ignore[attr-defined]
     for _ in range(50):
         await asyncio.sleep(0)
     assert not poll.done() and not sent  # held
+    assert (await scrape(client)).since(before, "salesreport_live_polls_held") == 1
     messages.put_nowait({"type": "http.disconnect"})
     await asyncio.wait_for(poll, 10)
     assert sent[0]["status"] == 304
+    assert (await scrape(client)).since(before, "salesreport_live_polls_held") == 0
 
 
 async def test_a_poll_that_sends_a_body_is_not_read_while_it_is_held(

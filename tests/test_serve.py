@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -412,6 +413,9 @@ def test_a_held_poll_ends_when_its_connection_closes(sqlite_url: str, tmp_path: 
         )
         with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
             sock.sendall(held.encode())
+            # A request whose connection closes before the server starts it is never started (so never
+            # logged): close it once the poll is held.
+            assert held_polls(url, lambda n: n == 1), f"the poll was never held:\n{server.log()}"
         closed = time.monotonic()
         line = None
         while line is None and time.monotonic() < closed + LIVE_WAIT_S / 2:
@@ -419,5 +423,20 @@ def test_a_held_poll_ends_when_its_connection_closes(sqlite_url: str, tmp_path: 
             line = next((entry for entry in lines if entry.get("request_id") == "held-poll"), None)
             if line is None:
                 time.sleep(0.05)  # polling the log, with the deadline above
+        assert held_polls(url, lambda n: n == 0), "the poll ended is still counted as held"
     assert line is not None, f"the poll was not ended within {LIVE_WAIT_S / 2:g} s of its close:\n{server.log()}"
     assert line["status"] == 304
+
+
+def held_polls(url: str, wanted: Callable[[float], bool], within: float = 10) -> bool:
+    """Whether ``salesreport_live_polls_held`` on ``url``'s metrics comes to a value ``wanted`` accepts
+    within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        scraped = httpx.get(f"{url}/metrics", timeout=5).text
+        held = re.search(r"^salesreport_live_polls_held (\S+)$", scraped, re.MULTILINE)
+        if held is not None and wanted(float(held.group(1))):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)  # polling the metrics, with the deadline above

@@ -1,4 +1,4 @@
-"""What each worker counts: requests, rejected keys, the writers, the replica, the pools.
+"""What each worker counts: requests, rejected keys, the writers, the replica, the pools, held polls.
 
 prometheus-client is imported only when a worker records its first sample (``_get``): see the
 package's docstring for why. Each label combination's child is looked up once and kept; a
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -96,6 +98,12 @@ class _Metrics:
             "salesreport_db_pool_size",
             "Connections each pool may hold, summed over the workers",
             ["pool"],
+            multiprocess_mode="livesum",
+            registry=into,
+        )
+        self.polls_held = Gauge(
+            "salesreport_live_polls_held",
+            "Dashboard live polls held open until their page changes, summed over the workers",
             multiprocess_mode="livesum",
             registry=into,
         )
@@ -223,6 +231,18 @@ class WriterMetrics:
         self.queue = m.queue.labels(what)
         self.restarts = m.restarts.labels(what)
         self.queue.set(0)
+
+
+@contextlib.contextmanager
+def poll_held() -> Iterator[None]:
+    """Counts a dashboard's live poll in ``salesreport_live_polls_held`` while it is held: the open
+    dashboards, and a way to see that a poll has reached its wait."""
+    gauge = (_metrics or _get()).polls_held
+    gauge.inc()
+    try:
+        yield
+    finally:
+        gauge.dec()
 
 
 def set_replica_lag(seconds: float) -> None:

@@ -223,32 +223,35 @@ async def _serve(
             loop = asyncio.get_running_loop()
             deadline = loop.time() + LIVE_WAIT_S
             gone = asyncio.ensure_future(_gone(request))
-            try:
-                while built.matches(known) and not svc.draining and loop.time() < deadline:
-                    # A change came before this poll did, while the page is kept for its settle second:
-                    # look again when that second is over rather than wait for the next change.
-                    later = await behind(request, svc.pages, full)
-                    await _first(news.wait(), gone, deadline if later is None else min(deadline, loop.time() + later))
-                    if gone.done() or svc.draining or loop.time() >= deadline:
-                        break
-                    refused = await _viewer(request)  # a revoked key, a closed session: at once
-                    if refused is not None:
-                        return refused
-                    if later is None:
-                        # Changes that come together are shown together (and the page is rendered once);
-                        # the polls that one change woke are answered over the second half of the
-                        # gathering, not in one burst in front of every other request.
-                        gather = random.uniform(LIVE_GATHER_S / 2, LIVE_GATHER_S)
-                        await _first(None, gone, min(loop.time() + gather, deadline))
-                        if gone.done():
+            with metrics.poll_held():
+                try:
+                    while built.matches(known) and not svc.draining and loop.time() < deadline:
+                        # A change came before this poll did, while the page is kept for its settle second:
+                        # look again when that second is over rather than wait for the next change.
+                        later = await behind(request, svc.pages, full)
+                        await _first(
+                            news.wait(), gone, deadline if later is None else min(deadline, loop.time() + later)
+                        )
+                        if gone.done() or svc.draining or loop.time() >= deadline:
                             break
-                        refused = await _viewer(request)
+                        refused = await _viewer(request)  # a revoked key, a closed session: at once
                         if refused is not None:
                             return refused
-                    news = changes.news()
-                    built, source = await cached(request, svc.pages, full, page)
-            finally:
-                gone.cancel()
+                        if later is None:
+                            # Changes that come together are shown together (and the page is rendered once);
+                            # the polls that one change woke are answered over the second half of the
+                            # gathering, not in one burst in front of every other request.
+                            gather = random.uniform(LIVE_GATHER_S / 2, LIVE_GATHER_S)
+                            await _first(None, gone, min(loop.time() + gather, deadline))
+                            if gone.done():
+                                break
+                            refused = await _viewer(request)
+                            if refused is not None:
+                                return refused
+                        news = changes.news()
+                        built, source = await cached(request, svc.pages, full, page)
+                finally:
+                    gone.cancel()
         fresh = encode_headers(freshness_headers(svc, source))
         # no-store: a poll is never written to the browser's cache (the script sends If-None-Match itself).
         if built.matches(known):
