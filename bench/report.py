@@ -303,7 +303,8 @@ def _header(run: Run) -> list[str]:
         "path, rows from `salesreport.demo.sales`, 50,000 per transaction). POST scenarios add their sales on "
         "top, so each stage gives its count at start and end. Every stage, loaded or not, starts with the "
         "server stopped, `VACUUM ANALYZE` and `CHECKPOINT` (SQLite: `ANALYZE` and a WAL checkpoint), and a "
-        "new server; so does the no-op's second run.",
+        "new server; so does the no-op's second run. The one-sale POSTs from one connection, which come after "
+        "the 100-sale POSTs, start after one more checkpoint, as pgbench -c1 starts without one under way.",
         f"- Load: `wrk -t{run.threads} -c{run.connections} -d{run.duration}s --latency` on 127.0.0.1, scripts "
         "`bench/post.lua` and `bench/get.lua`. Every POSTed sale has its own store/product pair (cycling "
         "through all ids) and an idempotency key unique in the run. Errors are non-2xx answers plus wrk "
