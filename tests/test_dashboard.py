@@ -514,10 +514,12 @@ async def test_a_held_poll_ends_when_its_browser_goes_away(
 
     before = await scrape(client)
     poll = asyncio.ensure_future(client.app(_poll_scope(tag), messages.get, send))  # type: ignore[attr-defined]
-    for _ in range(50):
-        await asyncio.sleep(0)
-    assert not poll.done() and not sent  # held
-    assert (await scrape(client)).since(before, "salesreport_live_polls_held") == 1
+
+    async def held() -> bool:
+        return (await scrape(client)).since(before, "salesreport_live_polls_held") == 1
+
+    await eventually(held, what="the poll is held")
+    assert not poll.done() and not sent
     messages.put_nowait({"type": "http.disconnect"})
     await asyncio.wait_for(poll, 10)
     assert sent[0]["status"] == 304

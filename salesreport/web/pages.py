@@ -222,8 +222,8 @@ async def _serve(
             # nothing while nothing changes; a browser that goes away (a tab closed) ends it at once.
             loop = asyncio.get_running_loop()
             deadline = loop.time() + LIVE_WAIT_S
-            gone = asyncio.ensure_future(_gone(request))
             with metrics.poll_held():
+                gone = asyncio.ensure_future(_gone(request))
                 try:
                     while built.matches(known) and not svc.draining and loop.time() < deadline:
                         # A change came before this poll did, while the page is kept for its settle second:
