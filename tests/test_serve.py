@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -33,6 +32,7 @@ from salesreport import drain
 from tests import pg
 from tests.conftest import ROOT
 from tests.test_faults import Server, cli
+from tests.test_metrics import Scrape
 
 OPENSSL = shutil.which("openssl")
 
@@ -434,9 +434,7 @@ def held_polls(url: str, wanted: Callable[[float], bool], within: float = 10) ->
     deadline = time.monotonic() + within
     while True:
         with contextlib.suppress(httpx.TransportError):
-            scraped = httpx.get(f"{url}/metrics", timeout=5).text
-            held = re.search(r"^salesreport_live_polls_held (\S+)$", scraped, re.MULTILINE)
-            if held is not None and wanted(float(held.group(1))):
+            if wanted(Scrape(httpx.get(f"{url}/metrics", timeout=5).text)("salesreport_live_polls_held")):
                 return True
         if time.monotonic() > deadline:
             return False

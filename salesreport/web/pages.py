@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import random
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -222,36 +222,30 @@ async def _serve(
             # nothing while nothing changes; a browser that goes away (a tab closed) ends it at once.
             loop = asyncio.get_running_loop()
             deadline = loop.time() + LIVE_WAIT_S
-            with metrics.poll_held():
-                gone = asyncio.ensure_future(_gone(request))
-                try:
-                    while built.matches(known) and not svc.draining and loop.time() < deadline:
-                        # A change came before this poll did, while the page is kept for its settle second:
-                        # look again when that second is over rather than wait for the next change.
-                        later = await behind(request, svc.pages, full)
-                        await _first(
-                            news.wait(), gone, deadline if later is None else min(deadline, loop.time() + later)
-                        )
-                        if gone.done() or svc.draining or loop.time() >= deadline:
+            with metrics.poll_held(), _watched(request) as gone:
+                while built.matches(known) and not svc.draining and loop.time() < deadline:
+                    # A change came before this poll did, while the page is kept for its settle second:
+                    # look again when that second is over rather than wait for the next change.
+                    later = await behind(request, svc.pages, full)
+                    await _first(news.wait(), gone, deadline if later is None else min(deadline, loop.time() + later))
+                    if gone.done() or svc.draining or loop.time() >= deadline:
+                        break
+                    refused = await _viewer(request)  # a revoked key, a closed session: at once
+                    if refused is not None:
+                        return refused
+                    if later is None:
+                        # Changes that come together are shown together (and the page is rendered once);
+                        # the polls that one change woke are answered over the second half of the
+                        # gathering, not in one burst in front of every other request.
+                        gather = random.uniform(LIVE_GATHER_S / 2, LIVE_GATHER_S)
+                        await _first(None, gone, min(loop.time() + gather, deadline))
+                        if gone.done():
                             break
-                        refused = await _viewer(request)  # a revoked key, a closed session: at once
+                        refused = await _viewer(request)
                         if refused is not None:
                             return refused
-                        if later is None:
-                            # Changes that come together are shown together (and the page is rendered once);
-                            # the polls that one change woke are answered over the second half of the
-                            # gathering, not in one burst in front of every other request.
-                            gather = random.uniform(LIVE_GATHER_S / 2, LIVE_GATHER_S)
-                            await _first(None, gone, min(loop.time() + gather, deadline))
-                            if gone.done():
-                                break
-                            refused = await _viewer(request)
-                            if refused is not None:
-                                return refused
-                        news = changes.news()
-                        built, source = await cached(request, svc.pages, full, page)
-                finally:
-                    gone.cancel()
+                    news = changes.news()
+                    built, source = await cached(request, svc.pages, full, page)
         fresh = encode_headers(freshness_headers(svc, source))
         # no-store: a poll is never written to the browser's cache (the script sends If-None-Match itself).
         if built.matches(known):
@@ -267,6 +261,16 @@ def _known_tags(request: Request) -> frozenset[str]:
     """The tags of the request's ``If-None-Match``, compared weakly (RFC 9110: ``W/"x"`` names ``"x"``)."""
     value = headers.joined(request.scope, b"if-none-match")
     return frozenset(tag.strip().removeprefix("W/") for tag in value.split(",") if tag.strip())
+
+
+@contextlib.contextmanager
+def _watched(request: Request) -> Iterator[asyncio.Future[None]]:
+    """A task that ends once the client of ``request`` has gone away (``_gone``), cancelled on the way out."""
+    gone = asyncio.ensure_future(_gone(request))
+    try:
+        yield gone
+    finally:
+        gone.cancel()
 
 
 async def _gone(request: Request) -> None:
