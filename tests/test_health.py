@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import sqlalchemy as sa
 from salesreport import config
 from salesreport.api import create_app
 from tests import pg
-from tests.conftest import PRODUCTS, STORES, Clock, app_client, count_sales, eventually, seed
+from tests.conftest import PRODUCTS, STORES, Clock, app_client, count_sales, eventually, migrate, seed
 from tests.test_api import assert_problem
 
 pytestmark = pytest.mark.anyio
@@ -195,6 +196,82 @@ async def test_a_read_only_postgresql_is_not_ready_and_sales_get_503(settings: c
         finally:
             await conn.close()
     assert await count_sales(settings) == 0
+
+
+@pytest.fixture
+async def refusing(request: pytest.FixtureRequest, settings: config.Settings) -> AsyncIterator[config.Settings]:
+    """Settings for a migrated, seeded PostgreSQL database of its own, which the test may make refuse
+    connections (``refuse``); it accepts them again, and is dropped, at the end."""
+    if settings.is_sqlite:
+        pytest.skip("PostgreSQL only")
+    cluster: pg.Cluster = request.getfixturevalue("pg_cluster")
+    cluster.psql("DROP DATABASE IF EXISTS refusing")
+    cluster.psql("CREATE DATABASE refusing")
+    migrate(cluster.url("refusing"))
+    own = replace(settings, database_url=config.async_url(cluster.url("refusing")))
+    await seed(own, PRODUCTS, STORES)
+    yield own
+    cluster.psql("ALTER DATABASE refusing ALLOW_CONNECTIONS true")
+    cluster.psql("DROP DATABASE refusing WITH (FORCE)")
+
+
+async def refuse(cluster: pg.Cluster) -> None:
+    """The database ``refusing`` takes no new connection (SQLSTATE 55000), and the ones open are closed."""
+    cluster.psql("ALTER DATABASE refusing ALLOW_CONNECTIONS false")
+    cluster.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'refusing'")
+
+    async def closed() -> bool:
+        conn = await asyncpg.connect(cluster.url())
+        try:
+            return await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = 'refusing'") == 0
+        finally:
+            await conn.close()
+
+    await eventually(closed, what="the database's connections are closed")
+
+
+async def test_an_error_while_connecting_is_unavailable_and_the_same_sqlstate_from_a_statement_is_not(
+    refusing: config.Settings, pg_cluster: pg.Cluster
+) -> None:
+    from salesreport import db
+
+    database = db.connect(refusing)
+    try:
+        async with database.reader.connect() as conn:
+            with pytest.raises(sa.exc.DBAPIError) as statement:
+                await conn.execute(sa.text("SELECT currval('sales_id_seq')"))  # not yet defined in this session
+        await refuse(pg_cluster)
+        with pytest.raises(sa.exc.DBAPIError) as connecting:
+            async with database.writer.connect():
+                pass
+    finally:
+        await database.dispose()
+    assert db.sqlstate(statement.value) == db.sqlstate(connecting.value) == "55000"
+    assert not db.is_unavailable(statement.value)  # a bug: a 500
+    assert db.is_unavailable(connecting.value)  # the database refuses this service now: a 503
+
+
+async def test_a_database_that_refuses_connections_gets_503_and_ready_says_unreachable(
+    refusing: config.Settings, pg_cluster: pg.Cluster, clock: Clock
+) -> None:
+    sale = json.dumps({"product_id": 1, "store_id": 1, "idempotency_key": "till-1-1"})
+    async with app_client(refusing, clock) as client:
+        assert (await client.get("/health/ready")).status_code == 200
+        await refuse(pg_cluster)
+        for _ in range(2):  # the pools' connections found closed, then new ones refused
+            posted = await client.post("/sales", content=sale, headers=JSON)
+            assert_problem(posted, 503)
+            assert posted.headers["retry-after"] == "2"
+            report = await client.get("/reports/top-stores", params={"month": "2026-03"})
+            assert_problem(report, 503)
+            assert "retry-after" in report.headers
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 503
+        assert ready.json()["reason"] == "the database cannot be read: unreachable"
+        pg_cluster.psql("ALTER DATABASE refusing ALLOW_CONNECTIONS true")
+        assert (await client.get("/health/ready")).status_code == 200
+        assert (await client.post("/sales", content=sale, headers=JSON)).status_code == 201
+    assert await count_sales(refusing) == 1
 
 
 async def test_a_broken_sqlite_writer_connection_is_replaced(

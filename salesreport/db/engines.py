@@ -132,6 +132,7 @@ def postgres_engine(url: str | sa.URL, pool_size: int = 5, *, command_timeout: f
         connect_args={"timeout": 5, "command_timeout": command_timeout},
     )
     event.listen(engine.sync_engine, "do_connect", pooling.choose)
+    event.listen(engine.sync_engine, "handle_error", _mark_connecting)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
@@ -192,6 +193,19 @@ _UNAVAILABLE_STATES = {"57P01", "57P02", "57P03", "57014", "25006"}
 _SQLITE_UNAVAILABLE = ("database is locked", "unable to open database", "disk i/o error", "disk is full")
 
 
+# Set on an error raised while connecting (see ``_mark_connecting``).
+_CONNECTING = "salesreport_while_connecting"
+
+
+def _mark_connecting(context: sa.engine.ExceptionContext) -> None:
+    """SQLAlchemy's ``handle_error``: marks an error raised while connecting, which SQLAlchemy tells by
+    having no connection to give. Whatever its SQLSTATE (55000 for a database not accepting
+    connections, 3D000 for one that is gone, class 28 for a refused login), the database refuses
+    this service now; the same codes raised by a statement are a bug (55000: ``currval`` too early)."""
+    if context.connection is None and not context.is_pre_ping and context.sqlalchemy_exception is not None:
+        setattr(context.sqlalchemy_exception, _CONNECTING, True)
+
+
 def sqlstate(exc: BaseException) -> str | None:
     """The SQLSTATE of a driver error, raw or wrapped by SQLAlchemy."""
     state = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "orig", None), "sqlstate", None)
@@ -209,7 +223,7 @@ def is_partition_race(exc: BaseException) -> bool:
 def is_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` says the database cannot be reached now (503, retry),
     rather than that the query or the schema is wrong (a 500 and a bug)."""
-    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+    if isinstance(exc, sa.exc.DBAPIError) and (exc.connection_invalidated or getattr(exc, _CONNECTING, False)):
         return True
     state = sqlstate(exc)
     if state is not None:
