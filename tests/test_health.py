@@ -200,10 +200,8 @@ async def test_a_read_only_postgresql_is_not_ready_and_sales_get_503(settings: c
 
 @pytest.fixture
 async def refusing(request: pytest.FixtureRequest, settings: config.Settings) -> AsyncIterator[config.Settings]:
-    """Settings for a migrated, seeded PostgreSQL database of its own, which the test may make refuse
+    """Settings (PostgreSQL's) for a migrated, seeded database of its own, which the test may make refuse
     connections (``refuse``); it accepts them again, and is dropped, at the end."""
-    if settings.is_sqlite:
-        pytest.skip("PostgreSQL only")
     cluster: pg.Cluster = request.getfixturevalue("pg_cluster")
     cluster.psql("DROP DATABASE IF EXISTS refusing")
     cluster.psql("CREATE DATABASE refusing")
@@ -230,6 +228,7 @@ async def refuse(cluster: pg.Cluster) -> None:
     await eventually(closed, what="the database's connections are closed")
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_an_error_while_connecting_is_unavailable_and_the_same_sqlstate_from_a_statement_is_not(
     refusing: config.Settings, pg_cluster: pg.Cluster
 ) -> None:
@@ -251,6 +250,7 @@ async def test_an_error_while_connecting_is_unavailable_and_the_same_sqlstate_fr
     assert db.is_unavailable(connecting.value)  # the database refuses this service now: a 503
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_a_database_that_refuses_connections_gets_503_and_ready_says_unreachable(
     refusing: config.Settings, pg_cluster: pg.Cluster, clock: Clock
 ) -> None:
