@@ -196,12 +196,20 @@ def parse_money(text: str) -> int:
 # --- ids ---------------------------------------------------------------------------
 
 
+def parse_count(text: str, high: int) -> int | None:
+    """A whole number as a path or query gives it (ASCII digits, 1..``high``), or None. Its digits are
+    counted before ``int()`` reads them: ``int()`` refuses a string of more than 4300 digits (a
+    ValueError, which would be a 500), and a longer one costs time for nothing."""
+    digits = text.lstrip("0")
+    if not text.isascii() or not text.isdigit() or len(digits) > len(str(high)):
+        return None
+    value = int(digits or "0")
+    return value if 1 <= value <= high else None
+
+
 def parse_id(text: str) -> int | None:
     """An id as a path or query gives it (ASCII digits, 1..MAX_ID), or None."""
-    if not text.isascii() or not text.isdigit():
-        return None
-    value = int(text)
-    return value if 1 <= value <= MAX_ID else None
+    return parse_count(text, MAX_ID)
 
 
 # --- months --------------------------------------------------------------------

@@ -134,3 +134,40 @@ async def test_empty_month_is_an_empty_list(client: httpx.AsyncClient) -> None:
 async def test_bad_month_is_422(client: httpx.AsyncClient, path: str, month: str) -> None:
     problem = assert_problem(await client.get(path, params={"month": month}), 422)
     assert problem["errors"][0]["field"] == "month"
+
+
+# More digits than int() reads (4300): refused as any other bad number, not a 500.
+MANY_DIGITS = "1" * 5000
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "field"),
+    [
+        ("/reports/top-stores", {"month": "2026-11", "limit": MANY_DIGITS}, "limit"),
+        ("/reports/top-products", {"limit": MANY_DIGITS}, "limit"),
+        ("/reports/top-products", {"month": "2026-11", "store_id": MANY_DIGITS}, "store_id"),
+        ("/reports/revenue-by-month", {"until": "2026-11", "months": MANY_DIGITS}, "months"),
+        ("/reports/revenue-by-month", {"until": "2026-11", "store_id": MANY_DIGITS}, "store_id"),
+    ],
+)
+async def test_a_number_of_more_digits_than_int_reads_is_422(
+    client: httpx.AsyncClient, path: str, params: dict[str, str], field: str
+) -> None:
+    problem = assert_problem(await client.get(path, params=params), 422)
+    assert problem["errors"][0]["field"] == field
+
+
+async def test_leading_zeros_of_any_number_still_name_the_number(client: httpx.AsyncClient) -> None:
+    zeros = "0" * 5000
+    params = {"until": "2026-11", "months": zeros + "2", "store_id": zeros + "1"}
+    response = await client.get("/reports/revenue-by-month", params=params)
+    assert response.status_code == 200, response.text
+    assert [m["month"] for m in response.json()] == ["2026-10", "2026-11"]
+    limited = await client.get("/reports/top-products", params={"limit": zeros + "1"})
+    assert limited.status_code == 200, limited.text
+
+
+@pytest.mark.parametrize("path", ["/sales/", "/products/", "/stores/"])
+async def test_an_id_of_more_digits_than_int_reads_is_404(client: httpx.AsyncClient, path: str) -> None:
+    response = await client.get(path + MANY_DIGITS)
+    assert response.status_code == 404, response.text

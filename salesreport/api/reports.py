@@ -15,7 +15,16 @@ from ..compression import Encoded
 from ..db.replica import Source
 from ..export import encode_report, wants_csv
 from ..problems import invalid
-from ..schemas import FieldError, MonthRevenue, TopProduct, TopStore, format_month, parse_id, parse_month
+from ..schemas import (
+    FieldError,
+    MonthRevenue,
+    TopProduct,
+    TopStore,
+    format_month,
+    parse_count,
+    parse_id,
+    parse_month,
+)
 from ..service import RawHeaders, cached, encode_headers, freshness_headers, read, respond, service
 from ..zones import zone
 from .access import owner_only
@@ -46,10 +55,11 @@ def _limit_param(request: Request) -> int:
     raw = request.query_params.get("limit")
     if raw is None:
         return reports.LIMIT
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= reports.MAX_LIMIT:
+    limit = parse_count(raw, reports.MAX_LIMIT)
+    if limit is None:
         message = f"must be an integer from 1 to {reports.MAX_LIMIT}"
         raise invalid([FieldError(field="limit", message=message)], "invalid query parameter")
-    return int(raw)
+    return limit
 
 
 def _month_param(request: Request, *, default_current: bool, name: str = "month") -> int | None:
@@ -96,8 +106,8 @@ async def get_revenue_by_month(request: Request) -> Response:
     store_id = _store_param(request)
     last = _month_param(request, default_current=True, name="until")
     assert last is not None
-    raw = request.query_params.get("months", "12")
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= 36:
+    count = parse_count(request.query_params.get("months", "12"), 36)
+    if count is None:
         raise invalid(
             [FieldError(field="months", message="must be an integer from 1 to 36")], "invalid query parameter"
         )
@@ -107,8 +117,8 @@ async def get_revenue_by_month(request: Request) -> Response:
     )
     return await report(
         request,
-        ("revenue-by-month", last, int(raw), store_id),
-        lambda conn: reports.revenue_by_month(conn, last, int(raw), store_id),
+        ("revenue-by-month", last, count, store_id),
+        lambda conn: reports.revenue_by_month(conn, last, count, store_id),
         csv,
     )
 
