@@ -274,6 +274,13 @@ async def test_a_month_before_any_sale_is_shown_empty_as_the_api_says(client: ht
     assert (await client.get("/reports/revenue-by-month", params={"until": "0000-01"})).json() == []
 
 
+async def test_the_first_month_there_is_has_no_month_before_it(client: httpx.AsyncClient) -> None:
+    page = await client.get("/", params={"month": "0001-01"})
+    assert page.status_code == 200, page.text
+    assert rows(page.text, "top-stores") == [] and rows(page.text, "top-products") == []
+    assert (await client.get("/", params={"month": "0001-01", "fragment": "1"})).status_code == 200
+
+
 @pytest.mark.parametrize("month", ["2026-13", "0000-01", "２０２６-06", "2026-6", "\x00", "x" * 5000])
 async def test_a_malformed_month_is_a_400_page_in_the_page_language(client: httpx.AsyncClient, month: str) -> None:
     for path in ("/", "/stores/1"):

@@ -14,7 +14,7 @@ from decimal import Decimal
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import reports
-from ..schemas import MonthRevenue, TopProduct, TopStore, format_month
+from ..schemas import MonthRevenue, TopProduct, TopStore, format_money, format_month
 
 SETTLE_SECONDS = 1.0
 
@@ -46,7 +46,9 @@ class MonthView:
 
     @property
     def previous_revenue(self) -> str:
-        return self.series[-2].revenue
+        # January of the year 1 has no month before it (``reports.months_until`` stops there): nothing
+        # to compare with, as for a month before any sale.
+        return self.series[-2].revenue if len(self.series) > 1 else format_money(0)
 
 
 @dataclass(frozen=True)
