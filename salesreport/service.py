@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from . import config, db, headers
@@ -82,7 +82,8 @@ async def read(
 async def receive_body(request: Request, limit: int, too_large: Callable[[], ProblemError], what: str) -> bytes:
     """The request's body, read straight from ``receive``: at most ``limit`` bytes (``too_large()``
     beyond, or at once if its Content-Length says so), all of it within the body timeout (408
-    otherwise, naming ``what``); 400 if Content-Length is not a number of bytes.
+    otherwise, naming ``what``); 400 if Content-Length is not a number of bytes, or if the body ends before
+    it is whole (a client gone, a malformed chunk).
 
     A body of a known length is complete once that many bytes came: Granian ends every body with
     a message of its own, and waiting for it is a round trip to its Rust side (a tenth of a
@@ -107,8 +108,11 @@ async def receive_body(request: Request, limit: int, too_large: Callable[[], Pro
         with within(timeout):
             while True:
                 message = await receive()
-                if message["type"] != "http.request":  # the client went away: nobody to answer
-                    raise ClientDisconnect()
+                if message["type"] != "http.request":
+                    # The body ended before it was whole: the client went away (then nobody reads this),
+                    # or the server could not read its framing (a malformed chunk: the client does). Its
+                    # fault, not the service's: not a 500, nor logged as an unhandled error.
+                    raise ProblemError(400, "Bad Request", f"the {what} ended before it was complete")
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import httpx
 import pytest
@@ -378,4 +379,44 @@ async def test_idempotency_key_without_control_characters(
 ) -> None:
     problem = assert_problem(await post(client, {"product_id": 1, "store_id": 1, "idempotency_key": key}), 422)
     assert problem["errors"][0]["field"] == "idempotency_key"
+    assert await count_sales(settings) == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"), [("/sales", b"application/json"), ("/signin", b"application/x-www-form-urlencoded")]
+)
+async def test_a_body_that_ends_before_it_is_whole_is_400(
+    client: httpx.AsyncClient, settings: config.Settings, path: str, content_type: bytes
+) -> None:
+    """The client went away mid-body, or the server could not frame it (a malformed chunk, which the
+    app hears as a disconnect): the client's fault, a 400, not an unhandled error and a 500."""
+    messages = [
+        {"type": "http.request", "body": b'{"product_id": 1, ', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"127.0.0.1"), (b"content-type", content_type), (b"content-length", b"40")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+    }
+    await client.app(scope, receive, send)  # type: ignore[attr-defined]
+    assert sent[0]["status"] == 400
+    assert json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["title"] == "Bad Request"
     assert await count_sales(settings) == 0

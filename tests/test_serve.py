@@ -397,6 +397,24 @@ def test_bodies_read_to_their_length_keep_the_connection_and_its_next_requests(s
     assert [json.loads(body)["quantity"] for _, body in answers] == [1, 2, 3]
 
 
+def test_a_malformed_chunk_is_a_400_and_no_unhandled_error(sqlite_url: str, tmp_path: Path) -> None:
+    """A chunked body that Granian cannot frame ends for the app as a disconnect: the client's fault, and
+    it still reads the answer, a 400 (a 500, logged as an unhandled error, before)."""
+    assert cli(sqlite_url, "demo", "--sales", "0", "--stores", "2", "--products", "2").returncode == 0
+    with serving(sqlite_url, tmp_path) as server:
+        wait_live(server, f"http://127.0.0.1:{server.port}/health/live", ssl.create_default_context())
+        body = b'{"store_id": 1, "product_id": 1}'
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+            sock.sendall(
+                b"POST /sales HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\nzz\r\n" + body + b"\r\n0\r\n\r\n"
+            )
+            [(status, answer)] = _responses(sock, 1)
+    assert status == 400, answer
+    assert json.loads(answer)["title"] == "Bad Request"
+    assert "unhandled error" not in server.log(10_000)
+
+
 def test_a_held_poll_ends_when_its_connection_closes(sqlite_url: str, tmp_path: Path) -> None:
     """Through Granian, a dashboard's held poll whose connection closes is answered (its access-log
     line written) at once, not when its 20 s are up."""
