@@ -274,6 +274,25 @@ async def test_a_database_that_refuses_connections_gets_503_and_ready_says_unrea
     assert await count_sales(refusing) == 1
 
 
+async def test_a_driver_error_while_connecting_is_a_fault_not_unavailable(
+    refusing: config.Settings, pg_cluster: pg.Cluster
+) -> None:
+    """asyncpg refusing a DATABASE_URL it cannot use (an error with no SQLSTATE: not the database's) is a
+    fault of the deployment, a 500, while the database's own refusal is a 503."""
+    from salesreport import db
+    from salesreport.db.engines import postgres_engine
+
+    engine = postgres_engine(refusing.database_url + "?ssl=bogus", 1)
+    try:
+        with pytest.raises(sa.exc.DBAPIError) as misconfigured:
+            async with engine.connect():
+                pass
+    finally:
+        await engine.dispose()
+    assert db.sqlstate(misconfigured.value) is None
+    assert not db.is_unavailable(misconfigured.value)
+
+
 async def test_a_broken_sqlite_writer_connection_is_replaced(
     client: httpx.AsyncClient, settings: config.Settings
 ) -> None:

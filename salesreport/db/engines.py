@@ -198,11 +198,19 @@ _CONNECTING = "salesreport_while_connecting"
 
 
 def _mark_connecting(context: sa.engine.ExceptionContext) -> None:
-    """SQLAlchemy's ``handle_error``: marks an error raised while connecting, which SQLAlchemy tells by
-    having no connection to give. Whatever its SQLSTATE (55000 for a database not accepting
-    connections, 3D000 for one that is gone, class 28 for a refused login), the database refuses
-    this service now; the same codes raised by a statement are a bug (55000: ``currval`` too early)."""
-    if context.connection is None and not context.is_pre_ping and context.sqlalchemy_exception is not None:
+    """SQLAlchemy's ``handle_error``: marks an error the database gave while connecting, which
+    SQLAlchemy tells by having no connection to give. Whatever its SQLSTATE (55000 for a database not
+    accepting connections, 3D000 for one that is gone, class 28 for a refused login), the database
+    refuses this service now; the same codes raised by a statement are a bug (55000: ``currval`` too
+    early). Only an error with a SQLSTATE is the database's: the driver's own (asyncpg's
+    ``ClientConfigurationError`` for a DATABASE_URL it cannot use, ``?ssl=bogus``) is a fault of the
+    deployment, a 500, as is any other error of the service's own."""
+    if (
+        context.connection is None
+        and not context.is_pre_ping
+        and context.sqlalchemy_exception is not None
+        and sqlstate(context.original_exception) is not None
+    ):
         setattr(context.sqlalchemy_exception, _CONNECTING, True)
 
 
