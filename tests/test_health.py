@@ -293,6 +293,30 @@ async def test_a_driver_error_while_connecting_is_a_fault_not_unavailable(
     assert not db.is_unavailable(misconfigured.value)
 
 
+async def test_the_writers_connections_closed_while_held_cost_no_sale_once_the_database_is_back(
+    refusing: config.Settings, pg_cluster: pg.Cluster, clock: Clock
+) -> None:
+    """The database restarted (or ended the backends) between two requests: the connections the batchers
+    hold, and those in the pools, are closed. The next requests take new ones rather than failing on the
+    dead ones (a 503 for a database that is back)."""
+    async with app_client(refusing, clock) as client:
+        first = {"product_id": 1, "store_id": 1}
+        assert (await client.post("/sales", json=first)).status_code == 201
+        assert (await client.post("/returns", json={"sale_id": 1})).status_code == 201
+        assert (await client.get("/sales/1")).status_code == 200
+        database = client.app.state.service.db  # type: ignore[attr-defined]
+        assert database.held
+        await refuse(pg_cluster)
+        pg_cluster.psql("ALTER DATABASE refusing ALLOW_CONNECTIONS true")
+        held = list(database.held)
+        await eventually(lambda: all(raw.is_closed() for _, raw, _ in held), what="the held connections closed")
+        assert (await client.get("/sales/1")).status_code == 200  # a reader from the pool
+        assert (await client.get("/health/ready")).status_code == 200
+        assert (await client.post("/sales", json=first)).status_code == 201
+        assert (await client.post("/returns", json={"sale_id": 2})).status_code == 201
+    assert await count_sales(refusing) == 2
+
+
 async def test_a_broken_sqlite_writer_connection_is_replaced(
     client: httpx.AsyncClient, settings: config.Settings
 ) -> None:

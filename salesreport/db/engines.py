@@ -133,6 +133,7 @@ def postgres_engine(url: str | sa.URL, pool_size: int = 5, *, command_timeout: f
     )
     event.listen(engine.sync_engine, "do_connect", pooling.choose)
     event.listen(engine.sync_engine, "handle_error", _mark_connecting)
+    event.listen(engine.sync_engine, "checkout", _closed_in_the_pool)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
@@ -142,6 +143,15 @@ def postgres_engine(url: str | sa.URL, pool_size: int = 5, *, command_timeout: f
             conn.exec_driver_sql(pooling.DURABLE)
 
     return engine
+
+
+def _closed_in_the_pool(_dbapi_connection: Any, _record: Any, proxy: Any) -> None:
+    """SQLAlchemy's ``checkout``: a pooled connection that the server closed while it waited (a restart,
+    its backend ended) is known closed to asyncpg, which heard the socket close: SQLAlchemy then takes a
+    new one in its place, so the first request after the database came back does not fail on it (a 503
+    for a database that answers). No round trip: a connection that is open is not pinged."""
+    if proxy.driver_connection.is_closed():
+        raise sa.exc.DisconnectionError("the connection was closed while in the pool")
 
 
 async def one_snapshot(conn: AsyncConnection) -> AsyncConnection:

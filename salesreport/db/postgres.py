@@ -77,11 +77,18 @@ async def write_connection(database: Database) -> AsyncIterator[tuple[Any, bool]
     checkout, no reset. A connection found dead, or left in an unknown state
     (a cancelled statement), is closed rather than kept.
     """
-    if database.held:
+    conn: Any = None
+    raw: Any = None
+    while database.held:
         conn, raw, pooled = database.held.pop()
-    else:
+        if not raw.is_closed():
+            break
+        # Closed while it was held (the server restarted, or ended its backend): a batch on it would
+        # fail for nothing, and its requests get 503, though the database may be back by now.
+        await _discard(conn)
+        conn = raw = None
+    if conn is None:
         conn = await database.writer.connect()
-        raw = None
     kept = False
     try:
         if raw is None:
@@ -97,8 +104,13 @@ async def write_connection(database: Database) -> AsyncIterator[tuple[Any, bool]
         if kept:
             database.held.append((conn, raw, pooled))
         else:  # cancelled mid-statement, dead, or left in a transaction
-            await conn.invalidate()
-            await conn.close()
+            await _discard(conn)
+
+
+async def _discard(conn: Any) -> None:
+    """A writer's connection that is not to be used again, out of its pool."""
+    await conn.invalidate()
+    await conn.close()
 
 
 def _reusable(raw: Any) -> bool:
