@@ -274,6 +274,7 @@ async def test_a_database_that_refuses_connections_gets_503_and_ready_says_unrea
     assert await count_sales(refusing) == 1
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_a_driver_error_while_connecting_is_a_fault_not_unavailable(
     refusing: config.Settings, pg_cluster: pg.Cluster
 ) -> None:
@@ -293,6 +294,7 @@ async def test_a_driver_error_while_connecting_is_a_fault_not_unavailable(
     assert not db.is_unavailable(misconfigured.value)
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_the_writers_connections_closed_while_held_cost_no_sale_once_the_database_is_back(
     refusing: config.Settings, pg_cluster: pg.Cluster, clock: Clock
 ) -> None:
