@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .schemas import CONTROL_CHARACTERS, MAX_ID, MAX_PRICE, parse_money
+from .schemas import CONTROL_CHARACTERS, MAX_ID, MAX_PRICE, parse_id, parse_money
 from .zones import zone
 
 
@@ -21,11 +21,9 @@ class CatalogError(Exception):
 
 
 def _id(text: str) -> int:
-    if not text.strip().isdigit():
-        raise ValueError(f"id must be a positive integer, got {text!r}")
-    value = int(text)
-    if not 1 <= value <= MAX_ID:
-        raise ValueError(f"id must be between 1 and {MAX_ID}")
+    value = parse_id(text.strip())  # as an id in a URL: ASCII digits, 1 to MAX_ID
+    if value is None:
+        raise ValueError(f"id must be an integer from 1 to {MAX_ID}, got {text[:40]!r}")
     return value
 
 

@@ -90,6 +90,8 @@ async def test_import_and_price_change_keeps_history(
         ("id,name,price\n1,Tea,2.505\n", ":2: price"),
         ("id,name,price\n1,Tea,0\n", ":2: price"),
         ("id,name,price\nx,Tea,1\n", ":2: id"),
+        ("id,name,price\n\u0661\u0662,Tea,1\n", ":2: id"),  # digits, but not ASCII ones
+        ("id,name,price\n" + "9" * 5000 + ",Tea,1\n", ":2: id"),
         ("id,name,price\n1,,1\n", ":2: name"),
         ("id,name,price\n1,Tea\n", ":2: expected 3 fields"),
         ("id,name,price\n1,Tea,1\n1,Tea,2\n", ":3: id 1 appears twice"),
