@@ -87,6 +87,18 @@ async def test_conflicting_replay_is_422(client: httpx.AsyncClient, settings: co
     assert await count_sales(settings) == 1
 
 
+async def test_a_member_given_twice_counts_with_its_last_value(client: httpx.AsyncClient) -> None:
+    body = b'{"product_id": 1, "store_id": 1, "quantity": 1, "idempotency_key": "k", "quantity": 3}'
+    first = await client.post("/sales", content=body, headers={"content-type": "application/json"})
+    assert first.status_code == 201
+    assert first.json()["quantity"] == 3
+    # A replay is judged on that value.
+    assert (
+        await post(client, {"product_id": 1, "store_id": 1, "quantity": 3, "idempotency_key": "k"})
+    ).status_code == 200
+    assert_problem(await post(client, {"product_id": 1, "store_id": 1, "quantity": 1, "idempotency_key": "k"}), 422)
+
+
 async def test_mixed_array_of_replay_and_new_is_201(client: httpx.AsyncClient, settings: config.Settings) -> None:
     first = (await post(client, {"product_id": 1, "store_id": 1, "idempotency_key": "a"})).json()
     response = await post(
