@@ -109,6 +109,21 @@ async def test_bad_product_csv_writes_nothing(
     assert await scalar(settings, sa.select(sa.func.count()).select_from(db.stores)) == 0
 
 
+async def test_import_of_a_catalog_larger_than_a_statements_parameters(
+    database_url: str, settings: config.Settings, tmp_path: Path
+) -> None:
+    # asyncpg takes at most 32,767 parameters per statement: a catalog's ids are looked up in slices.
+    count = 33_000
+    first = write(tmp_path / "p.csv", "id,name,price\n" + "".join(f"{i},P{i},1.00\n" for i in range(1, count + 1)))
+    done = cli(database_url, "import", "--products", first)
+    assert done.returncode == 0, done.stderr[-2000:]
+    changed = write(tmp_path / "p2.csv", "id,name,price\n" + "".join(f"{i},P{i},2.00\n" for i in range(1, count + 1)))
+    done = cli(database_url, "import", "--products", changed, "--effective", "2026-05-06T00:00:00Z")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{count} price changes" in done.stdout
+    assert await scalar(settings, sa.select(sa.func.count()).select_from(db.prices)) == 2 * count
+
+
 async def test_bad_store_csv_names_every_line(database_url: str, tmp_path: Path) -> None:
     text = "id,address,timezone\n1,A,Mars/Olympus\n2,B,UTC\n3,C,\n"
     done = cli(database_url, "import", "--stores", write(tmp_path / "s.csv", text))

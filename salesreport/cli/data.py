@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .. import archive, catalog, config, db, demo, reports
+from ..db.catalog import chunks
 from ..ingestion import store_history
 from ..schemas import format_month
 from .runner import _run
@@ -66,8 +67,11 @@ async def _recorded_since(conn: Any, product_ids: list[int], effective: datetime
     if not product_ids:
         return 0
     s = db.sales
-    query = sa.select(sa.func.count()).where(s.c.product_id.in_(product_ids), s.c.sold_at >= effective)
-    return int(await conn.scalar(query) or 0)
+    total = 0
+    for chunk in chunks(product_ids):
+        query = sa.select(sa.func.count()).where(s.c.product_id.in_(chunk), s.c.sold_at >= effective)
+        total += int(await conn.scalar(query) or 0)
+    return total
 
 
 def _retire(args: argparse.Namespace, settings: config.Settings) -> int:

@@ -25,6 +25,16 @@ def data_version(found: Mapping[str, int]) -> int:
     return sum(version for name, version in found.items() if name == DATA or name.startswith(DATA + ":"))
 
 
+# Ids per statement when a query names many (an import of a whole catalog): asyncpg takes at most
+# 32,767 parameters per statement, SQLite 32,766 variables.
+ID_CHUNK = 10_000
+
+
+def chunks(ids: Sequence[int]) -> list[Sequence[int]]:
+    """``ids`` in slices of at most ``ID_CHUNK``, for queries that name them as parameters."""
+    return [ids[i : i + ID_CHUNK] for i in range(0, len(ids), ID_CHUNK)]
+
+
 class CatalogConflict(Exception):
     """The import would rewrite a price already recorded; nothing was written."""
 
@@ -39,11 +49,11 @@ async def list_prices(
 ) -> dict[int, list[tuple[datetime, int]]]:
     """Each product's price history, oldest first."""
     query = sa.select(prices).order_by(prices.c.product_id, prices.c.effective_from)
-    if product_ids is not None:
-        query = query.where(prices.c.product_id.in_(product_ids))
+    queries = [query] if product_ids is None else [query.where(prices.c.product_id.in_(c)) for c in chunks(product_ids)]
     histories: dict[int, list[tuple[datetime, int]]] = {}
-    for row in await conn.execute(query):
-        histories.setdefault(row.product_id, []).append((row.effective_from, row.price))
+    for each in queries:
+        for row in await conn.execute(each):
+            histories.setdefault(row.product_id, []).append((row.effective_from, row.price))
     return histories
 
 
