@@ -292,6 +292,23 @@ async def test_sqlite_backup_while_a_writer_commits_is_consistent(
     assert 200 <= in_copy <= during and in_copy % 50 == 0
 
 
+async def test_sqlite_backup_of_no_database_fails_and_creates_none(tmp_path: Path) -> None:
+    # sqlite3 would create the missing file, and the copy of that empty database would pass for a backup.
+    missing, copy = tmp_path / "missing.db", tmp_path / "copy.db"
+    done = cli(f"sqlite:///{missing}", "backup", str(copy))
+    assert done.returncode == 1 and "no SQLite database" in done.stderr
+    assert not missing.exists() and not copy.exists()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_sqlite_backup_refuses_to_write_over_the_database(settings: config.Settings) -> None:
+    source = sa.engine.make_url(settings.database_url).database
+    assert source is not None
+    done = cli(plain(settings), "backup", source)
+    assert done.returncode == 2 and "is the database itself" in done.stderr
+    assert cli(plain(settings), "check").returncode == 0
+
+
 def _with_url(settings: config.Settings, url: str) -> config.Settings:
     return replace(settings, database_url=url)
 

@@ -59,11 +59,20 @@ def _backup(args: argparse.Namespace, settings: config.Settings) -> int:
         return 2
     source = sa.engine.make_url(settings.database_url).database or ""
     target = Path(args.file)
+    # sqlite3.connect() would create a missing database, and its empty copy would pass for a backup (a
+    # DATABASE_URL relative to another working directory, as the default is, or misspelled).
+    if not source or source == ":memory:" or not Path(source).is_file():
+        print(f"backup: no SQLite database at {source!r} (DATABASE_URL={settings.database_url})", file=sys.stderr)
+        return 1
+    if target.exists() and target.resolve() == Path(source).resolve():
+        print(f"backup: {target} is the database itself; give another file", file=sys.stderr)
+        return 2
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
     # The online backup API copies one consistent snapshot, however the service writes meanwhile
-    # (in one step: a step-wise copy would start again after each write).
-    with contextlib.closing(sqlite3.connect(source)) as src, contextlib.closing(sqlite3.connect(partial)) as dst:
+    # (in one step: a step-wise copy would start again after each write). mode=rw: never created.
+    opened = sqlite3.connect(f"{Path(source).resolve().as_uri()}?mode=rw", uri=True)
+    with contextlib.closing(opened) as src, contextlib.closing(sqlite3.connect(partial)) as dst:
         src.backup(dst)
     os.replace(partial, target)
     print(f"backed up {source} to {target}")
