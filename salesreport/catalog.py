@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,21 @@ STORE_COLUMNS: dict[str, Callable[[str], Any]] = {"id": _id, "address": _text(50
 OPTIONAL_COLUMNS: dict[str, Callable[[str], Any]] = {"retired": _retired}
 
 
+def _records(reader: Any, path: Path, problems: list[str]) -> Iterator[tuple[int, list[str]]]:
+    """Each record with the line it starts on (a quoted field may span lines); a file the reader cannot
+    read on (a field over the csv module's limit) ends with a problem naming the line, not a traceback."""
+    while True:
+        line = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            problems.append(f"{path}:{line}: cannot read the file from here on: {exc}")
+            return
+        yield line, fields
+
+
 def read_csv(path: Path, columns: dict[str, Callable[[str], Any]]) -> list[dict[str, Any]]:
     """Parse a catalog CSV; raise CatalogError naming every bad line."""
     try:
@@ -84,7 +99,7 @@ def read_csv(path: Path, columns: dict[str, Callable[[str], Any]]) -> list[dict[
         )
     rows: dict[int, dict[str, Any]] = {}
     problems: list[str] = []
-    for line, fields in enumerate(reader, start=2):
+    for line, fields in _records(reader, path, problems):
         if not fields:
             continue
         if len(fields) != len(expected):

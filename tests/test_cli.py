@@ -96,6 +96,8 @@ async def test_import_and_price_change_keeps_history(
         ("id,name,price\n1,Tea\n", ":2: expected 3 fields"),
         ("id,name,price\n1,Tea,1\n1,Tea,2\n", ":3: id 1 appears twice"),
         ("name,id,price\n1,Tea,1\n", ":1: the header"),
+        # A quoted field over two lines: the next record's line is the file's.
+        ('id,name,price\n1,"Tea\nleaves",1\nx,Tea,1\n', ":4: id"),
     ],
 )
 async def test_bad_product_csv_writes_nothing(
@@ -122,6 +124,13 @@ async def test_import_of_a_catalog_larger_than_a_statements_parameters(
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{count} price changes" in done.stdout
     assert await scalar(settings, sa.select(sa.func.count()).select_from(db.prices)) == 2 * count
+
+
+async def test_a_field_past_the_csv_readers_limit_is_named(database_url: str, tmp_path: Path) -> None:
+    text = "id,name,price\n1,Tea,1\n2," + "x" * 140_000 + ",1\n"  # over the csv module's 128 KiB
+    done = cli(database_url, "import", "--products", write(tmp_path / "p.csv", text))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert ":3: cannot read the file from here on: field larger than field limit" in done.stderr
 
 
 async def test_bad_store_csv_names_every_line(database_url: str, tmp_path: Path) -> None:
