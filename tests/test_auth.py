@@ -116,6 +116,15 @@ async def test_revoking_takes_effect_at_once(
     assert "revoked" in cli(database_url, "keys", "list").stdout
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    "args", [("revoke", "99999999999999999999"), ("create", "--role", "pos", "--store", "99999999999999999999")]
+)
+async def test_a_key_or_store_id_past_a_bigint_is_a_usage_error(database_url: str, args: tuple[str, ...]) -> None:
+    done = cli(database_url, "keys", *args)
+    assert done.returncode == 2 and "must be between 1 and" in done.stderr and "Traceback" not in done.stderr
+
+
 async def test_last_use_is_recorded(client: httpx.AsyncClient, settings: config.Settings, database_url: str) -> None:
     _, owner = await create(settings, "owner")
     assert (await call(client, "GET", "/products", None, owner)).status_code == 200

@@ -121,10 +121,10 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--role", choices=auth.ROLES, required=True, help="owner: everything; pos: one store's tills; metrics: /metrics"
     )
-    create.add_argument("--store", type=int, help="the store a pos key may post for")
+    create.add_argument("--store", type=_bounded(1, MAX_ID), help="the store a pos key may post for")
     keys_sub.add_parser("list", help="one line per key: id role store created last-used [revoked]")
     revoke = keys_sub.add_parser("revoke", help="revoke a key at once, on every worker")
-    revoke.add_argument("id", type=int)
+    revoke.add_argument("id", type=_bounded(1, MAX_ID))
     keys.set_defaults(func=_keys)
     srv = sub.add_parser("serve", help="run the HTTP service")
     srv.add_argument("--host", default="127.0.0.1")
