@@ -18,7 +18,7 @@ from starlette.requests import Request
 
 from .accept import preferences
 from .headers import joined
-from .problems import invalid
+from .problems import PRIVATE, invalid
 from .schemas import FieldError, encoder
 
 
@@ -41,7 +41,7 @@ def wants_csv(request: Request) -> bool:
 # Reports are live figures, read with a key or a session cookie: no shared cache may keep them, and the
 # same URL answers JSON or CSV by Accept, gzip-compressed or not by Accept-Encoding (see ``compression``).
 _REPORT_HEADERS = {
-    "Cache-Control": "private, no-store",
+    **PRIVATE,
     "Vary": "Accept, Accept-Encoding, Cookie",
     "X-Content-Type-Options": "nosniff",
 }

@@ -47,8 +47,13 @@ def problem_response(problem: Problem, headers: Mapping[str, str] | None = None)
     return Response(encoder.encode(problem), status_code=problem.status, media_type=PROBLEM, headers=headers)
 
 
-def json_response(value: Any, status: int = 200) -> Response:
-    return Response(encoder.encode(value), status_code=status, media_type="application/json")
+# An answer read with a key or a session cookie (a report, the catalog, a sale, the metrics): no shared
+# cache may keep it.
+PRIVATE = {"Cache-Control": "private, no-store"}
+
+
+def json_response(value: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(encoder.encode(value), status_code=status, media_type="application/json", headers=headers)
 
 
 def invalid(

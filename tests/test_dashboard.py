@@ -188,6 +188,21 @@ async def test_sign_in_and_out(client: httpx.AsyncClient, settings: config.Setti
     assert owner not in cookie
     assert (await client.get("/", params={"month": MONTH})).status_code == 200
     assert (await client.get("/reports/top-stores", params={"format": "csv"})).status_code == 200  # the CSV links
+    # It reads what an owner key reads, and no shared cache keeps any of it.
+    sale = await client.post(
+        "/sales", json={"product_id": 1, "store_id": 1}, headers={"authorization": f"Bearer {owner}"}
+    )
+    for path in (
+        "/products",
+        "/products/1",
+        "/stores",
+        f"/sales/{sale.json()['id']}",
+        "/reports/top-products",
+        "/metrics",
+    ):
+        read = await client.get(path)
+        assert read.status_code == 200, (path, read.text)
+        assert read.headers["cache-control"] == "private, no-store", path
     # A session reads; it does not write.
     assert (await client.post("/sales", json={"product_id": 1, "store_id": 1})).status_code == 401
 

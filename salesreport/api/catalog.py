@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from ..compression import Encoded
 from ..ingestion import Catalog
-from ..problems import ProblemError, database_errors, invalid, json_response
+from ..problems import PRIVATE, ProblemError, database_errors, invalid, json_response
 from ..schemas import FieldError, parse_id
 from ..service import encode_headers, respond, service
 from .access import authenticate
@@ -54,7 +54,7 @@ async def get_product(request: Request) -> Response:
         product = (await fresh_catalog(request, ask=True)).product(product_id, service(request).clock())
     if product is None:
         raise ProblemError(404, "Not Found", f"no product {product_id}")
-    return json_response(product)
+    return json_response(product, headers=PRIVATE)
 
 
 async def get_stores(request: Request) -> Response:
@@ -64,7 +64,7 @@ async def get_stores(request: Request) -> Response:
     return await _json(request, catalog.all_stores_json if include_retired else catalog.stores_json)
 
 
-_JSON = encode_headers({"Content-Type": "application/json"})
+_JSON = encode_headers({"Content-Type": "application/json", **PRIVATE})
 
 
 async def _json(request: Request, body: Encoded) -> Response:

@@ -9,7 +9,7 @@ from starlette.routing import Route
 
 from .. import metrics
 from ..health import health_live, health_ready
-from ..problems import json_response
+from ..problems import PRIVATE, json_response
 from ..web import pages, signin
 from ..web.assets import static
 from .access import authenticate
@@ -23,7 +23,7 @@ async def get_metrics(request: Request) -> Response:
     metrics.flush_requests()  # this worker's requests of this turn, first (on the event loop)
     # Reading every worker's file is blocking I/O: off the event loop.
     body, content_type = await run_in_threadpool(metrics.exposition)
-    return Response(body, media_type=content_type)
+    return Response(body, media_type=content_type, headers=PRIVATE)
 
 
 async def openapi(request: Request) -> Response:

@@ -21,7 +21,7 @@ from ..ingestion import (
     parse_returns,
     parse_sales,
 )
-from ..problems import ProblemError, forbidden, invalid, json_response, unavailable
+from ..problems import PRIVATE, ProblemError, forbidden, invalid, json_response, unavailable
 from ..schemas import FieldError
 from ..service import freshness_headers, read, receive_body, service
 from .access import authenticate
@@ -138,6 +138,6 @@ async def get_sale(request: Request) -> Response:
         raise ProblemError(404, "Not Found", f"no sale {sale_id}")
     if key is not None and key.role == "pos" and key.store_id != sale.store_id:
         raise forbidden(f"this key may read the sales of store {key.store_id} only")
-    response = json_response(sale)
+    response = json_response(sale, headers=PRIVATE)
     response.headers.update(freshness_headers(service(request), source))
     return response
