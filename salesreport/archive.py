@@ -16,9 +16,10 @@ of its own:
    deleted), on SQLite the sales are deleted;
 5. the month is recorded in ``archived_months``.
 
-A month is archived only once every idempotency key of its sales has expired
-(``SALESREPORT_KEY_LIFETIME_DAYS`` after the sale was received; ``Recent`` otherwise): a till's retry of
-a sale must find it, not store it anew. The locks wait at most ``LOCK_TIMEOUT`` for another
+A month is archived only once every idempotency key of its sales, and of their returns, has expired
+(``SALESREPORT_KEY_LIFETIME_DAYS`` after the sale or the return was received; ``Recent`` otherwise): a
+till's retry of a sale must find it, not store it anew, and a retry of a return must find the return,
+not be refused as the return of a sale that is gone. The locks wait at most ``LOCK_TIMEOUT`` for another
 transaction (a long writer; for the partition's detaching, a long reader such as ``pg_dump`` too, which
 is why that lock is tried before the export), which would otherwise queue every request behind the
 archive (``Busy``, and no file of the month is left). No file is ever written over (``Exists``).
@@ -53,11 +54,12 @@ LOCK_TIMEOUT = "5s"
 
 
 class Recent(Exception):
-    """A sale of the month was received so lately that its idempotency key still names it."""
+    """A sale of the month, or a return of one of its sales, was received so lately that its idempotency
+    key still names it."""
 
-    def __init__(self, month: int, live_until: datetime) -> None:
+    def __init__(self, month: int, live_until: datetime, what: str = "a sale") -> None:
         super().__init__(
-            f"{format_month(month)} has a sale whose idempotency key lives until {live_until.isoformat()} "
+            f"{format_month(month)} has {what} whose idempotency key lives until {live_until.isoformat()} "
             "(SALESREPORT_KEY_LIFETIME_DAYS after it was received): a retry of it must still find it, so the "
             "month can be archived from then on"
         )
@@ -149,6 +151,13 @@ async def _archive_month(
     if latest is not None and latest > live_after(now, key_lifetime):
         raise Recent(month, latest + key_lifetime)
     returns_of_month = r.c.sale_id.in_(sa.select(s.c.id).where(of_month))
+    # A return of one of its sales (made in any month) leaves with it: a retry of the return must find
+    # it too, not be refused as the return of a sale that no longer exists.
+    latest = await conn.scalar(
+        sa.select(sa.func.max(r.c.received_at)).where(returns_of_month, r.c.idempotency_key.is_not(None))
+    )
+    if latest is not None and latest > live_after(now, key_lifetime):
+        raise Recent(month, latest + key_lifetime, "a return of one of its sales")
     if not await conn.scalar(sa.select(sa.exists().where(of_month))):
         if split:
             await _drop_partition(conn, month)

@@ -142,6 +142,27 @@ async def test_a_month_whose_keys_still_live_is_not_archived(
         assert retried.status_code == 200 and retried.json()["id"] == first["id"]
 
 
+async def test_a_month_whose_returns_keys_still_live_is_not_archived(
+    settings: config.Settings, clock: Clock, tmp_path: Path
+) -> None:
+    """A return leaves with its sale: a till's retry of it must find it, not be refused as the return of
+    a sale that is gone (its refund counted, the till told it was not)."""
+    clock.set("2025-10-15T12:00:00Z")
+    async with app_client(settings, clock) as client:
+        sale = await post(client, "/sales", AUGUST_31)  # no key: nothing of the sale itself holds the month
+        clock.set("2999-01-01T00:00:00Z")  # the return is received "now", whenever the archive runs
+        give_back = {"sale_id": sale["id"], "idempotency_key": "till-7-r-000001"}
+        first = await post(client, "/returns", give_back)
+        refused = cli(plain(settings), "archive", "--before", "2025-10", "--to", str(tmp_path / "archive"))
+        assert refused.returncode == 1
+        assert "2025-08 has a return of one of its sales whose idempotency key lives until 2999-01-31" in (
+            refused.stderr
+        )
+        assert list((tmp_path / "archive").iterdir()) == [] and await count_sales(settings) == 1
+        retried = await client.post("/returns", json=give_back)
+        assert retried.status_code == 200 and retried.json()["id"] == first["id"]
+
+
 async def test_archive_refuses_this_month_and_later(settings: config.Settings, tmp_path: Path) -> None:
     done = cli(plain(settings), "archive", "--before", "2999-01", "--to", str(tmp_path))
     assert done.returncode == 2 and "after this month" in done.stderr
