@@ -59,6 +59,9 @@ def granian(address: str, port: int, workers: int, tls: tuple[Path, Path] | None
         http=HTTPModes.http1,
         backlog=2048,
         http1_settings=HTTP1Settings(header_read_timeout=10_000),
+        # A worker that dies (killed by the kernel for memory, a crash in native code) is started again;
+        # without this one dead worker would stop the whole server, the other workers with it.
+        respawn_failed_workers=True,
         log_access=False,
         ssl_cert=tls[0] if tls else None,
         ssl_key=tls[1] if tls else None,

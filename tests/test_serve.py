@@ -457,3 +457,43 @@ def held_polls(url: str, wanted: Callable[[float], bool], within: float = 10) ->
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)  # polling the metrics, with the deadline above
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux: from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                if int(stat.rpartition(")")[2].split()[1]) == pid:
+                    found.append(int(entry))
+    return found
+
+
+def test_a_worker_killed_is_started_again_and_the_metrics_stay_right(sqlite_url: str, tmp_path: Path) -> None:
+    """A worker that dies (SIGKILL: the kernel's OOM killer) is started again; the server goes on, its
+    counters keep what the dead worker counted, and its pools are not counted twice."""
+    assert cli(sqlite_url, "demo", "--sales", "0", "--stores", "2", "--products", "2").returncode == 0
+    with serving(sqlite_url, tmp_path) as server:
+        url = f"http://127.0.0.1:{server.port}"
+        wait_live(server, f"{url}/health/live", ssl.create_default_context())
+        sale = {"product_id": 1, "store_id": 1}
+        assert httpx.post(f"{url}/sales", json=sale, timeout=10).status_code == 201
+        before = Scrape(httpx.get(f"{url}/metrics", timeout=5).text)
+        assert before("salesreport_sales_stored_total") == 1
+        [worker] = _children(server.proc.pid)
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while not (others := [pid for pid in _children(server.proc.pid) if pid != worker]):
+            assert server.proc.poll() is None, f"the server exited with {server.proc.returncode}:\n{server.log()}"
+            assert time.monotonic() < deadline, f"no worker was started again:\n{server.log()}"
+            time.sleep(0.05)  # polling the processes, with the deadline above
+        assert len(others) == 1
+        assert wait_live(server, f"{url}/health/live", ssl.create_default_context()).status_code == 200
+        assert httpx.post(f"{url}/sales", json=sale, timeout=10).status_code == 201
+        after = Scrape(httpx.get(f"{url}/metrics", timeout=5).text)
+        assert after("salesreport_sales_stored_total") == 2
+        for pool in ("reader", "writer"):
+            assert after("salesreport_db_pool_size", pool=pool) == before("salesreport_db_pool_size", pool=pool)
+        assert server.proc.poll() is None
