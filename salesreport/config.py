@@ -35,16 +35,55 @@ def _float(name: str, default: float, low: float, high: float) -> float:
     return value
 
 
-def async_url(url: str) -> str:
-    """Map the user-facing URL to the async driver SQLAlchemy should use."""
+def async_url(url: str, name: str = "DATABASE_URL") -> str:
+    """Map the user-facing URL to the async driver SQLAlchemy should use; a PostgreSQL URL that the
+    driver could not take (a port that is not a number, an option it does not know) stops with a
+    message naming ``name``."""
     if url.startswith("sqlite:"):
         return "sqlite+aiosqlite:" + url[len("sqlite:") :]
     for prefix in ("postgresql:", "postgres:"):
         if url.startswith(prefix):
-            return "postgresql+asyncpg:" + url[len(prefix) :]
-    if url.startswith(("sqlite+aiosqlite:", "postgresql+asyncpg:")):
+            return _postgres_url(name, "postgresql+asyncpg:" + url[len(prefix) :], url)
+    if url.startswith("postgresql+asyncpg:"):
+        return _postgres_url(name, url, url)
+    if url.startswith("sqlite+aiosqlite:"):
         return url
-    raise SystemExit(f"DATABASE_URL must start with sqlite:/// or postgresql://, got {url!r}")
+    raise SystemExit(f"{name} must start with sqlite:/// or postgresql://, got {url!r}")
+
+
+# What a PostgreSQL URL's query may hold besides what asyncpg.connect takes: SQLAlchemy's own option.
+_SQLALCHEMY_OPTIONS = frozenset({"prepared_statement_cache_size"})
+
+
+def _postgres_url(name: str, url: str, raw: str) -> str:
+    import inspect
+
+    import asyncpg
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)  # a port that is not a number is a ValueError here
+        if parsed.port is not None and not 0 < parsed.port < 65536:
+            raise ValueError(f"port {parsed.port} is not between 1 and 65535")
+    except (ValueError, ArgumentError) as exc:
+        raise SystemExit(f"{name} is not a database URL ({exc}): {_hidden(raw)!r}") from None
+    known = set(inspect.signature(asyncpg.connect).parameters) | _SQLALCHEMY_OPTIONS
+    unknown = sorted(set(parsed.query) - known)
+    if unknown:
+        hint = " (TLS is ssl=require, verify-full, …: sslmode is libpq's spelling)" if "sslmode" in unknown else ""
+        raise SystemExit(f"{name} has options the PostgreSQL driver does not know: {', '.join(unknown)}{hint}")
+    return url
+
+
+def _hidden(url: str) -> str:
+    """``url`` without its password, for a message."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +166,7 @@ def _read_url() -> str | None:
     raw = os.environ.get("DATABASE_READ_URL")
     if not raw:
         return None
-    url = async_url(raw)
+    url = async_url(raw, "DATABASE_READ_URL")
     if not url.startswith("postgresql"):
         raise SystemExit(f"DATABASE_READ_URL must start with postgresql://, got {raw!r}")
     return url

@@ -173,3 +173,28 @@ def test_access_lines_are_written_whole_in_writes_a_pipe_keeps_whole(monkeypatch
     lines = b"".join(writes).decode().splitlines()
     assert [json.loads(line)["request_id"] for line in lines] == [f"r{i}" for i in range(200)]
     assert len(writes) < 20  # not a write per line
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://u:secret@h:abc/d", "is not a database URL"),  # the driver's int() traceback before
+        ("postgresql://u@h:70000/d", "between 1 and 65535"),
+        ("postgresql://u@h/d?sslmode=require", "sslmode is libpq's spelling"),  # asyncpg's TypeError before
+        ("postgres://u@h/d?application=x", "options the PostgreSQL driver does not know: application"),
+    ],
+)
+@pytest.mark.parametrize("name", ["DATABASE_URL", "DATABASE_READ_URL"])
+def test_postgresql_urls_the_driver_cannot_take_stop_with_a_message(
+    monkeypatch: pytest.MonkeyPatch, name: str, url: str, message: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@h/d")
+    monkeypatch.setenv(name, url)
+    with pytest.raises(SystemExit, match=name) as stopped:
+        config.load()
+    assert message in str(stopped.value) and "secret" not in str(stopped.value)
+
+
+def test_postgresql_urls_keep_the_drivers_options() -> None:
+    url = "postgresql://u@h:5433/d?ssl=require&prepared_statement_cache_size=0"
+    assert config.async_url(url) == "postgresql+asyncpg" + url.removeprefix("postgresql")
