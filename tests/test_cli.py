@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +165,31 @@ async def test_demo_then_check_then_repair(database_url: str, settings: config.S
 
 async def test_import_needs_a_file(database_url: str) -> None:
     assert cli(database_url, "import").returncode == 2
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_command_on_a_missing_sqlite_file_says_so_and_creates_none(database_url: str, tmp_path: Path) -> None:
+    missing = tmp_path / "misspelled.db"
+    for args in (("check",), ("keys", "list"), ("demo", "--sales", "0")):
+        done = cli(f"sqlite:///{missing}", *args)
+        assert done.returncode == 1, (args, done.stderr)
+        assert f"no SQLite database at '{missing}'" in done.stderr and "Traceback" not in done.stderr
+    assert not missing.exists()
+    assert cli(f"sqlite:///{missing}", "migrate").returncode == 0  # migrate creates it
+    assert cli(f"sqlite:///{missing}", "check").returncode == 0
+
+
+async def test_a_command_on_a_database_without_the_schema_says_run_migrate(database_url: str, tmp_path: Path) -> None:
+    if database_url.startswith("sqlite"):
+        bare = f"sqlite:///{tmp_path / 'bare.db'}"
+        sqlite3.connect(tmp_path / "bare.db").close()
+    else:
+        bare = database_url.rsplit("/", 1)[0] + "/postgres"  # the cluster's own database: no tables of ours
+    for args in (("check",), ("keys", "list"), ("archive", "--before", "2025-01", "--to", str(tmp_path / "a"))):
+        done = cli(bare, *args)
+        assert done.returncode == 1, (args, done.stderr)
+        assert "the database has no schema" in done.stderr and "salesreport migrate" in done.stderr
+        assert "Traceback" not in done.stderr
 
 
 async def test_repair_spreads_a_sum_beyond_one_slot_over_several(

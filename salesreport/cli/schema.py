@@ -45,7 +45,7 @@ def _migrate(args: argparse.Namespace, settings: config.Settings) -> int:
                     print(f"partitions made: {', '.join(partitions.name(m) for m in made)}")
         return 0
 
-    return _run(months_ahead, settings)
+    return _run(months_ahead, settings, migrated=False)
 
 
 def _workers_serving(settings: config.Settings) -> int:
@@ -61,4 +61,4 @@ def _workers_serving(settings: config.Settings) -> int:
             has_workers = await conn.run_sync(lambda sync: sa.inspect(sync).has_table("workers"))
             return len(await serving(conn)) if has_workers else 0
 
-    return _run(count, settings)
+    return _run(count, settings, migrated=False)
