@@ -403,11 +403,17 @@ class Bench:
         """A checkpoint, done before it returns (the service may run): the WAL of the runs before is
         written back now, not while the next run is measured."""
         if self.kind == "sqlite":
-            with contextlib.closing(self.sqlite()) as conn:
-                # Blocked past the busy timeout, it does not raise: it says so in its first column.
-                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            if busy:
-                raise RuntimeError("SQLite's WAL checkpoint was blocked by another connection")
+            # Blocked past the busy timeout, it does not raise: it says so in its first column. A reader
+            # of the service still on an older snapshot blocks it until its read ends: tried again.
+            deadline = time.monotonic() + 60
+            while True:
+                with contextlib.closing(self.sqlite()) as conn:
+                    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not busy:
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError("SQLite's WAL checkpoint was blocked by another connection for 60 s")
+                time.sleep(0.2)
         else:
             assert self.cluster is not None
             self.cluster.query("CHECKPOINT", DATABASE)
