@@ -242,3 +242,21 @@ async def scalar(settings: config.Settings, query: Any) -> Any:
 
 async def count_sales(settings: config.Settings) -> int:
     return int(await scalar(settings, sa.select(sa.func.count()).select_from(db.sales)))
+
+
+def http_scope(method: str, path: str, headers: list[tuple[bytes, bytes]], query: bytes = b"") -> dict[str, Any]:
+    """The ASGI scope of a request from a loopback client, for a test that drives the app's messages itself."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": query,
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+    }

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from salesreport import config, db, reports
-from tests.conftest import Clock, app_client, eventually, seed
+from tests.conftest import Clock, app_client, eventually, http_scope, seed
 from tests.test_auth import create, revoke
 from tests.test_metrics import scrape
 
@@ -504,20 +504,8 @@ async def test_a_held_poll_answers_304_when_its_time_is_up_or_the_worker_drains(
 
 def _poll_scope(tag: str) -> dict[str, Any]:
     """The ASGI scope of a live poll of the month's page, sent with the page's ETag ``tag``."""
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/",
-        "raw_path": b"/",
-        "root_path": "",
-        "query_string": f"month={MONTH}&fragment=1&wait=1".encode(),
-        "headers": [(b"host", b"127.0.0.1"), (b"if-none-match", tag.encode())],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 80),
-    }
+    query = f"month={MONTH}&fragment=1&wait=1".encode()
+    return http_scope("GET", "/", [(b"host", b"127.0.0.1"), (b"if-none-match", tag.encode())], query)
 
 
 async def test_a_held_poll_ends_when_its_browser_goes_away(

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from salesreport import config
-from tests.conftest import Clock, app_client, count_sales
+from tests.conftest import Clock, app_client, count_sales, http_scope
 from tests.test_api import assert_problem
 
 pytestmark = pytest.mark.anyio
@@ -414,20 +414,8 @@ async def test_a_body_that_ends_before_it_is_whole_is_400(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"127.0.0.1"), (b"content-type", content_type), (b"content-length", b"40")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 80),
-    }
+    headers = [(b"host", b"127.0.0.1"), (b"content-type", content_type), (b"content-length", b"40")]
+    scope = http_scope("POST", path, headers)
     await client.app(scope, receive, send)  # type: ignore[attr-defined]
     assert sent[0]["status"] == 400
     assert json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["title"] == "Bad Request"

@@ -32,9 +32,10 @@ def _run(coro: Callable[[db.Database], Awaitable[int]], settings: config.Setting
             if migrated:
                 async with database.reader.connect() as conn:
                     revision = await db.schema_revision(conn)
-                if revision != head_revision():
+                head = head_revision()
+                if revision != head:
                     at = "has no schema" if revision is None else f"has the schema of revision {revision}"
-                    print(f"the database {at}, this code needs {head_revision()}: {MIGRATE}", file=sys.stderr)
+                    print(f"the database {at}, this code needs {head}: {MIGRATE}", file=sys.stderr)
                     return 1
             return await coro(database)
         finally:
