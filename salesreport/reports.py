@@ -17,13 +17,13 @@ LIMIT = 10
 MAX_LIMIT = 100
 
 
-def _sum(column: sa.ColumnElement[Any], label: str) -> sa.Label[Any]:
+def _sum(column: sa.Column[Any], label: str) -> sa.Label[Any]:
     # sum(bigint) is numeric on PostgreSQL; any total here fits a bigint.
     return sa.cast(sa.func.sum(column), sa.BigInteger).label(label)
 
 
 def _top(
-    rollup: sa.FromClause,
+    rollup: sa.Table,
     key: str,
     rank: str,
     others: tuple[str, ...],
@@ -59,78 +59,32 @@ def _top(
     )
 
 
+_sm, _pm, _pt, _spm = db.store_month, db.product_month, db.product_total, db.store_product_month
 _month: sa.BindParameter[int] = sa.bindparam("month")
 _PRODUCT = ("returned", "revenue")
-
-
-@dataclass(frozen=True)
-class _Statements:
-    """The reports' statements over the rollups as read from one database. Built once: the reports run
-    often, and building a select costs more than running it."""
-
-    top_stores: sa.Select[Any]
-    top_products_of_month: sa.Select[Any]
-    top_products: sa.Select[Any]
-    top_products_of_store: sa.Select[Any]
-    revenue_by_month: sa.Select[Any]
-    store_revenue_by_month: sa.Select[Any]
-    store_revenues: sa.Select[Any]
-
-
-def _statements(rollups: dict[str, sa.FromClause]) -> _Statements:
-    sm, pm, pt, spm = (rollups[t] for t in ("store_month", "product_month", "product_total", "store_product_month"))
-    by_month = (
-        sa.select(
-            sm.c.month,
-            _sum(sm.c.revenue, "revenue"),
-            _sum(sm.c.refunds, "refunds"),
-            _sum(sm.c.discounts, "discounts"),
-            _sum(sm.c.sales, "sales"),
-        )
-        .where(sm.c.month.between(sa.bindparam("first"), sa.bindparam("last")))
-        .group_by(sm.c.month)
-    )
-    return _Statements(
-        top_stores=_top(
-            sm, "store_id", "revenue", ("refunds", "discounts"), db.stores, ("id", "address"), sm.c.month == _month
-        ),
-        top_products_of_month=_top(
-            pm, "product_id", "quantity", _PRODUCT, db.products, ("id", "name"), pm.c.month == _month
-        ),
-        top_products=_top(pt, "product_id", "quantity", _PRODUCT, db.products, ("id", "name")),
-        top_products_of_store=_top(
-            spm,
-            "product_id",
-            "quantity",
-            _PRODUCT,
-            db.products,
-            ("id", "name"),
-            spm.c.store_id == sa.bindparam("store_id"),
-            spm.c.month == _month,
-        ),
-        revenue_by_month=by_month,
-        store_revenue_by_month=by_month.where(sm.c.store_id == sa.bindparam("store_id")),
-        store_revenues=sa.select(sm.c.store_id, _sum(sm.c.revenue, "revenue"))
-        .where(sm.c.month == _month)
-        .group_by(sm.c.store_id),
-    )
-
-
-# On PostgreSQL each rollup with the lone sales not yet added to it (``db.unrolled``); SQLite's writer
-# adds every sale to the rollups itself, and reading the empty table there would double a report's time.
-_BY_DIALECT = {
-    "postgresql": _statements(dict(db.LIVE)),
-    "sqlite": _statements({name: db.metadata.tables[name] for name in db.ROLLUP_KEYS}),
-}
-
-
-def _of(conn: AsyncConnection) -> _Statements:
-    return _BY_DIALECT[conn.dialect.name]
+# Built once: the reports run often, and building a select costs more than running it.
+_TOP_STORES = _top(
+    _sm, "store_id", "revenue", ("refunds", "discounts"), db.stores, ("id", "address"), _sm.c.month == _month
+)
+_TOP_PRODUCTS_OF_MONTH = _top(
+    _pm, "product_id", "quantity", _PRODUCT, db.products, ("id", "name"), _pm.c.month == _month
+)
+_TOP_PRODUCTS = _top(_pt, "product_id", "quantity", _PRODUCT, db.products, ("id", "name"))
+_TOP_PRODUCTS_OF_STORE = _top(
+    _spm,
+    "product_id",
+    "quantity",
+    _PRODUCT,
+    db.products,
+    ("id", "name"),
+    _spm.c.store_id == sa.bindparam("store_id"),
+    _spm.c.month == _month,
+)
 
 
 async def top_stores(conn: AsyncConnection, month: int, limit: int = LIMIT) -> list[TopStore]:
     """The stores with the highest net revenue in ``month`` (store-local), any with a sale or a return in it."""
-    result = await conn.execute(_of(conn).top_stores, {"month": month, "limit": limit})
+    result = await conn.execute(_TOP_STORES, {"month": month, "limit": limit})
     return [
         TopStore(
             id=r.id,
@@ -144,6 +98,20 @@ async def top_stores(conn: AsyncConnection, month: int, limit: int = LIMIT) -> l
     ]
 
 
+_REVENUE_BY_MONTH = (
+    sa.select(
+        _sm.c.month,
+        _sum(_sm.c.revenue, "revenue"),
+        _sum(_sm.c.refunds, "refunds"),
+        _sum(_sm.c.discounts, "discounts"),
+        _sum(_sm.c.sales, "sales"),
+    )
+    .where(_sm.c.month.between(sa.bindparam("first"), sa.bindparam("last")))
+    .group_by(_sm.c.month)
+)
+_STORE_REVENUE_BY_MONTH = _REVENUE_BY_MONTH.where(_sm.c.store_id == sa.bindparam("store_id"))
+
+
 async def top_products(
     conn: AsyncConnection, month: int | None, limit: int = LIMIT, store_id: int | None = None
 ) -> list[TopProduct]:
@@ -151,13 +119,11 @@ async def top_products(
     store in ``month`` (returns counted at the store that took them back)."""
     if store_id is not None:
         assert month is not None
-        result = await conn.execute(
-            _of(conn).top_products_of_store, {"month": month, "store_id": store_id, "limit": limit}
-        )
+        result = await conn.execute(_TOP_PRODUCTS_OF_STORE, {"month": month, "store_id": store_id, "limit": limit})
     elif month is None:
-        result = await conn.execute(_of(conn).top_products, {"limit": limit})
+        result = await conn.execute(_TOP_PRODUCTS, {"limit": limit})
     else:
-        result = await conn.execute(_of(conn).top_products_of_month, {"month": month, "limit": limit})
+        result = await conn.execute(_TOP_PRODUCTS_OF_MONTH, {"month": month, "limit": limit})
     return [
         TopProduct(
             id=r.id,
@@ -171,10 +137,15 @@ async def top_products(
     ]
 
 
+_STORE_REVENUES = (
+    sa.select(_sm.c.store_id, _sum(_sm.c.revenue, "revenue")).where(_sm.c.month == _month).group_by(_sm.c.store_id)
+)
+
+
 async def store_ranks(conn: AsyncConnection, month: int) -> dict[int, int]:
     """Every store's rank by net revenue in ``month`` (as top-stores ranks them: ties by id), of those
     with a sale or a return in it."""
-    rows = (await conn.execute(_of(conn).store_revenues, {"month": month})).all()
+    rows = (await conn.execute(_STORE_REVENUES, {"month": month})).all()
     ordered = sorted(rows, key=lambda r: (-r.revenue, r.store_id))
     return {r.store_id: rank for rank, r in enumerate(ordered, start=1)}
 
@@ -197,9 +168,9 @@ async def revenue_by_month(
         return []
     params = {"first": months[0], "last": last}
     if store_id is None:
-        result = await conn.execute(_of(conn).revenue_by_month, params)
+        result = await conn.execute(_REVENUE_BY_MONTH, params)
     else:
-        result = await conn.execute(_of(conn).store_revenue_by_month, {**params, "store_id": store_id})
+        result = await conn.execute(_STORE_REVENUE_BY_MONTH, {**params, "store_id": store_id})
     found = {r.month: r for r in result}
     rows = []
     for month in months:
@@ -289,8 +260,8 @@ async def raw_sums(
 
 
 async def _stored(conn: AsyncConnection, name: str) -> dict[tuple[int, ...], tuple[int, ...]]:
-    """A rollup as its slots, and the lone sales not yet added to it, sum up."""
-    table = db.LIVE[name]
+    """A rollup table as its slots sum up."""
+    table = db.metadata.tables[name]
     keys = [table.c[k] for k in db.ROLLUP_KEYS[name]]
     result = await conn.execute(
         sa.select(*keys, *(sa.func.sum(table.c[c]) for c in db.ROLLUP_COLUMNS[name])).group_by(*keys)
@@ -337,7 +308,6 @@ async def rebuild(conn: AsyncConnection) -> None:
     (``db.ROLLUP_LIMIT``), over as many slots as it needs.
     """
     expected = await recompute(conn)
-    await conn.execute(sa.delete(db.unrolled_sales))
     for name in db.ROLLUP_COLUMNS:
         table = db.metadata.tables[name]
         await conn.execute(sa.delete(table))

@@ -1,8 +1,7 @@
 """A worker's daily upkeep of a partitioned PostgreSQL database: the months ahead, the expired keys.
 
 At start and then every day each worker makes the partitions of the months around now (see
-``db.partitions``), folds the lone sales a stopped worker left (``db.unrolled``) and deletes the
-idempotency keys that have outlived the key lifetime. Workers doing
+``db.partitions``) and deletes the idempotency keys that have outlived the key lifetime. Workers doing
 it together are harmless: partitions are made under an advisory lock, and a key is deleted once.
 Nothing here is needed for a sale to be stored (a month without a partition goes to the DEFAULT
 one), so a failure is logged and tried again the next day. SQLite has nothing to keep.
@@ -18,7 +17,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from . import db
-from .db import partitions, unrolled
+from .db import partitions
 from .db.engines import postgres_engine
 from .ingestion.replay import live_after
 
@@ -51,8 +50,6 @@ class Upkeep:
             if not await partitions.partitioned(conn):
                 return  # a schema older than this code's: /health/ready says so
             made = await partitions.ensure_around(conn, now)
-        # What a stopped worker left unfolded; folds are also made after each lone sale.
-        folded = await unrolled.fold(self._database)
         # On a connection of its own, without the requests' statement limit: the first prune after
         # migration 0005 may delete every key of the past, and the writer's few connections are the sales'.
         engine = postgres_engine(self._database.writer.url, 1)
@@ -61,13 +58,8 @@ class Upkeep:
                 pruned = await partitions.prune_keys(conn, live_after(now, self._key_lifetime))
         finally:
             await engine.dispose()
-        if made or pruned or folded:
-            log.info(
-                "upkeep",
-                partitions_made=[partitions.name(m) for m in made],
-                keys_pruned=pruned,
-                lone_sales_folded=folded,
-            )
+        if made or pruned:
+            log.info("upkeep", partitions_made=[partitions.name(m) for m in made], keys_pruned=pruned)
 
     async def _run(self) -> None:
         while True:

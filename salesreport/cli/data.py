@@ -142,8 +142,8 @@ def _check(args: argparse.Namespace, settings: config.Settings) -> int:
                     # Sales first: every batch takes it first, so none can hold a lock this waits behind.
                     await conn.execute(
                         sa.text(
-                            "LOCK TABLE sales, returns, store_month, product_month, product_total, "
-                            "store_product_month, unrolled_sales IN EXCLUSIVE MODE"
+                            "LOCK TABLE sales, returns, store_month, product_month, product_total, store_product_month "
+                            "IN EXCLUSIVE MODE"
                         )
                     )
                 found = await reports.differences(conn)

@@ -5,8 +5,7 @@
 ``catalog`` products, prices, stores, change counters · ``rollups`` what a sale
 and a return add to the reports, and the bulk path · ``batch`` the steps of a
 batch's transaction (sales or returns), run by ``postgres`` and ``sqlite``,
-each database's writer · ``unrolled`` lone sales not yet in the rollups, and
-the rollups as readers see them.
+each database's writer.
 """
 
 from .batch import BatchJob, Key, ReturnJob, Row
@@ -59,17 +58,14 @@ from .schema import (
     store_month,
     store_product_month,
     stores,
-    unrolled_sales,
     versions,
     workers,
 )
-from .unrolled import LIVE
 
 __all__ = [
     "ARCHIVED",
     "BEGINNING",
     "DATA",
-    "LIVE",
     "ROLLUP_COLUMNS",
     "ROLLUP_KEYS",
     "ROLLUP_LIMIT",
@@ -114,7 +110,6 @@ __all__ = [
     "store_month",
     "store_product_month",
     "stores",
-    "unrolled_sales",
     "upsert",
     "versions",
     "workers",

@@ -18,7 +18,6 @@ from .schema import SLOTS
 
 if TYPE_CHECKING:
     from .sqlite import SQLiteWriter
-    from .unrolled import Folder
 
 SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA busy_timeout=10000")
 # The writer's own connections (PostgreSQL): the batches, the keys' last-used
@@ -53,20 +52,12 @@ class Database:
     # The batchers' connections between two batches (see ``postgres.write_connection``).
     # Each: SQLAlchemy's connection, asyncpg's under it, and whether it goes through a pooler.
     held: list[tuple[AsyncConnection, Any, bool]] = field(default_factory=list)
-    # When the lone sales written by this process are added to the rollups (``unrolled``).
-    folder: Folder = field(init=False)
-
-    def __post_init__(self) -> None:
-        from .unrolled import Folder, fold
-
-        object.__setattr__(self, "folder", Folder(lambda: fold(self)))
 
     @property
     def dialect(self) -> str:
         return self.writer.dialect.name
 
     async def dispose(self) -> None:
-        await self.folder.close()
         while self.held:
             await self.held.pop()[0].close()
         await self.reader.dispose()

@@ -42,10 +42,7 @@ async def write_batch(database: Database, job: BatchJob, slot: int) -> Any:
     async with write_connection(database) as (raw, pooled):
         if not keys and not pooled:  # through a pooler, synchronous_commit is set in a transaction
             rows = job.plan({})
-            lone = len(rows) == 1  # written at once, not waiting for its rollups (``unrolled``)
-            ids = await insert_sales(raw, rows, slot, strict=True, unrolled=lone) if rows else []
-            if lone:
-                database.folder.due()
+            ids = await insert_sales(raw, rows, slot, strict=True) if rows else []
             return job.resolve(ids, {})
         async with _transaction(raw, pooled):
             stored = await find_sales(raw, keys, job.live_after) if keys else {}
@@ -146,65 +143,12 @@ async def find_sales(raw: Any, keys: Collection[Key], live_after: datetime) -> d
     return {(r["store_id"], r["idempotency_key"]): dict(r) for r in records}
 
 
-def slot_cte(slots: str) -> str:
-    """The CTE ``slot``: the first rollup slot of the array ``slots`` that no other batch holds (``preference``)."""
-    return f"""slot AS (
-    SELECT coalesce(
-        (SELECT s FROM unnest({slots}::int[]) AS s WHERE pg_try_advisory_xact_lock({SLOT_LOCKS}, s) LIMIT 1),
-        ({slots}::int[])[1]
-    ) AS slot
-)"""
-
-
-def add_sales(source: str) -> str:
-    """The CTEs adding the sales of the CTE ``source`` (store_id, product_id, month, quantity, amount,
-    discount) to the four rollups, in the slot of the CTE ``slot``: ``rollups.Rollups.add_sale`` in SQL."""
-    return f"""by_store AS (
-    INSERT INTO store_month AS r (store_id, month, slot, revenue, sales, refunds, discounts)
-    SELECT store_id, month, (SELECT slot FROM slot), sum(amount), count(*), 0, sum(discount)
-    FROM {source} GROUP BY store_id, month ORDER BY store_id, month
-    ON CONFLICT (store_id, month, slot)
-    DO UPDATE SET revenue = r.revenue + excluded.revenue, sales = r.sales + excluded.sales,
-                  discounts = r.discounts + excluded.discounts
-), by_product AS (
-    INSERT INTO product_month AS r (product_id, month, slot, quantity, returned, revenue)
-    SELECT product_id, month, (SELECT slot FROM slot), sum(quantity), 0, sum(amount)
-    FROM {source} GROUP BY product_id, month ORDER BY product_id, month
-    ON CONFLICT (product_id, month, slot)
-    DO UPDATE SET quantity = r.quantity + excluded.quantity, revenue = r.revenue + excluded.revenue
-), total AS (
-    INSERT INTO product_total AS r (product_id, slot, quantity, returned, revenue)
-    SELECT product_id, (SELECT slot FROM slot), sum(quantity), 0, sum(amount)
-    FROM {source} GROUP BY product_id ORDER BY product_id
-    ON CONFLICT (product_id, slot)
-    DO UPDATE SET quantity = r.quantity + excluded.quantity, revenue = r.revenue + excluded.revenue
-), by_store_product AS (
-    INSERT INTO store_product_month AS r (store_id, product_id, month, slot, quantity, returned, revenue)
-    SELECT store_id, product_id, month, (SELECT slot FROM slot), sum(quantity), 0, sum(amount)
-    FROM {source} GROUP BY store_id, product_id, month ORDER BY store_id, product_id, month
-    ON CONFLICT (store_id, product_id, month, slot)
-    DO UPDATE SET quantity = r.quantity + excluded.quantity, revenue = r.revenue + excluded.revenue
-)"""
-
-
-def _data(slot: str) -> str:
-    """The CTE bumping the reports' data counter of ``slot`` (see ``catalog.DATA``), if anything was inserted."""
-    return f"""data AS (
-    INSERT INTO versions AS v (name, version)
-    SELECT 'data:' || {slot}, 1 WHERE EXISTS (SELECT FROM inserted)
-    ON CONFLICT (name) DO UPDATE SET version = v.version + 1
-)"""
-
-
-def _insert(*, strict: bool) -> str:
-    """The CTEs ``input`` and ``inserted``: the sales of the statement's arrays, their keys, their rows.
-
-    Sequence values follow the ORDER BY of the SELECT, so ids sorted ascending are in row order. A keyed
-    sale is inserted only if its key went into ``sale_keys`` (the unique index a partitioned ``sales``
-    cannot have); ``strict``: a key stored before fails the statement whole (a unique violation) instead.
-    """
-    on_conflict = "" if strict else "\n    ON CONFLICT (store_id, idempotency_key) DO NOTHING"
-    return f"""WITH input AS (
+# Sequence values follow the ORDER BY of the SELECT, so ids sorted ascending
+# are in row order. A keyed sale is inserted only if its key went into
+# ``sale_keys`` (the unique index a partitioned ``sales`` cannot have).
+# The rollup sums are ``rollups.Rollups.add_sales`` in SQL.
+_INSERT = f"""
+WITH input AS (
     SELECT nextval('sales_id_seq') AS id, t.* FROM (
         SELECT * FROM unnest($1::text::bigint[], $2::text::bigint[], $3::text::int[], $4::text::bigint[],
                              $5::text::timestamptz[], $6::text::timestamptz[], $7::text::int[], $8::text[],
@@ -216,7 +160,8 @@ def _insert(*, strict: bool) -> str:
 ), keyed AS (
     INSERT INTO sale_keys (store_id, idempotency_key, sale_id, month, received_at)
     SELECT store_id, idempotency_key, id, month, received_at FROM input
-    WHERE idempotency_key IS NOT NULL ORDER BY ord{on_conflict}
+    WHERE idempotency_key IS NOT NULL ORDER BY ord
+    ON CONFLICT (store_id, idempotency_key) DO NOTHING
     RETURNING sale_id
 ), inserted AS (
     INSERT INTO sales (id, store_id, product_id, quantity, unit_price, amount, sold_at, received_at, month,
@@ -226,49 +171,68 @@ def _insert(*, strict: bool) -> str:
     FROM input WHERE idempotency_key IS NULL OR id IN (SELECT sale_id FROM keyed) ORDER BY ord
     RETURNING id, store_id, product_id, quantity, amount, (catalog_price - unit_price) * quantity AS discount,
               month, idempotency_key
-)"""
-
-
-_ROLLUPS = f"""{slot_cte("$11")}, {add_sales("inserted")}, {_data("(SELECT slot FROM slot)")}"""
-_INSERT = f"""{_insert(strict=False)}, {_ROLLUPS}
+), slot AS (
+    -- The first rollup slot no other batch holds, from this writer's own on (see ``_preference``).
+    SELECT coalesce(
+        (SELECT s FROM unnest($11::int[]) AS s WHERE pg_try_advisory_xact_lock({SLOT_LOCKS}, s) LIMIT 1), $11[1]
+    ) AS slot
+), by_store AS (
+    INSERT INTO store_month AS r (store_id, month, slot, revenue, sales, refunds, discounts)
+    SELECT store_id, month, (SELECT slot FROM slot), sum(amount), count(*), 0, sum(discount)
+    FROM inserted GROUP BY store_id, month ORDER BY store_id, month
+    ON CONFLICT (store_id, month, slot)
+    DO UPDATE SET revenue = r.revenue + excluded.revenue, sales = r.sales + excluded.sales,
+                  discounts = r.discounts + excluded.discounts
+), by_product AS (
+    INSERT INTO product_month AS r (product_id, month, slot, quantity, returned, revenue)
+    SELECT product_id, month, (SELECT slot FROM slot), sum(quantity), 0, sum(amount)
+    FROM inserted GROUP BY product_id, month ORDER BY product_id, month
+    ON CONFLICT (product_id, month, slot)
+    DO UPDATE SET quantity = r.quantity + excluded.quantity, revenue = r.revenue + excluded.revenue
+), total AS (
+    INSERT INTO product_total AS r (product_id, slot, quantity, returned, revenue)
+    SELECT product_id, (SELECT slot FROM slot), sum(quantity), 0, sum(amount)
+    FROM inserted GROUP BY product_id ORDER BY product_id
+    ON CONFLICT (product_id, slot)
+    DO UPDATE SET quantity = r.quantity + excluded.quantity, revenue = r.revenue + excluded.revenue
+), by_store_product AS (
+    INSERT INTO store_product_month AS r (store_id, product_id, month, slot, quantity, returned, revenue)
+    SELECT store_id, product_id, month, (SELECT slot FROM slot), sum(quantity), 0, sum(amount)
+    FROM inserted GROUP BY store_id, product_id, month ORDER BY store_id, product_id, month
+    ON CONFLICT (store_id, product_id, month, slot)
+    DO UPDATE SET quantity = r.quantity + excluded.quantity, revenue = r.revenue + excluded.revenue
+), data AS (
+    -- The reports' data changed: this slot's counter (see ``catalog.DATA``), if anything was inserted.
+    INSERT INTO versions AS v (name, version)
+    SELECT 'data:' || (SELECT slot FROM slot), 1 WHERE EXISTS (SELECT FROM inserted)
+    ON CONFLICT (name) DO UPDATE SET version = v.version + 1
+)
 SELECT id, store_id, idempotency_key FROM inserted ORDER BY id
 """
-# The first attempt's statement: every row is inserted, and its ids come back as one array (a record per
-# row costs the client ~0.4 µs more).
-_INSERT_STRICT = f"""{_insert(strict=True)}, {_ROLLUPS}
-SELECT array_agg(id ORDER BY id) FROM inserted
-"""
-# A lone sale's first attempt: as ``_INSERT_STRICT``, but the sale goes into ``unrolled_sales`` rather
-# than into the rollups (``unrolled``); the data counter is this writer's own slot's ($11).
-_INSERT_LONE = f"""{_insert(strict=True)}, unrolled AS (
-    INSERT INTO unrolled_sales (sale_id, store_id, product_id, month, quantity, amount, discount)
-    SELECT id, store_id, product_id, month, quantity, amount, discount FROM inserted
-), {_data("$11::int")}
-SELECT array_agg(id ORDER BY id) FROM inserted
-"""
 
 
-async def insert_sales(
-    raw: Any, rows: Sequence[Row], slot: int, *, strict: bool = False, unrolled: bool = False
-) -> list[int | None]:
+# The first attempt's statement: a key stored before fails it whole (unique violation), so every row
+# is inserted, and its ids come back as one array (a record per row costs the client ~0.4 µs more).
+_INSERT_STRICT = _INSERT.replace("    ON CONFLICT (store_id, idempotency_key) DO NOTHING\n", "", 1).replace(
+    "SELECT id, store_id, idempotency_key FROM inserted ORDER BY id", "SELECT array_agg(id ORDER BY id) FROM inserted"
+)
+assert _INSERT_STRICT.count("ON CONFLICT") == _INSERT.count("ON CONFLICT") - 1 and "array_agg" in _INSERT_STRICT
+
+
+async def insert_sales(raw: Any, rows: Sequence[Row], slot: int, *, strict: bool = False) -> list[int | None]:
     """Insert priced sales, add them to the rollups, return their ids in the order given.
 
     A row whose key is stored already (or by another writer meanwhile) is left
     out, and its id is None; ``strict``: it fails the statement instead.
-    ``unrolled``: one sale, strict, into ``unrolled_sales`` rather than the rollups.
     """
     order = sorted(range(len(rows)), key=lambda i: key_order(rows[i]))
     ordered = [rows[i] for i in order]
     arrays = _arrays(ordered, [c for c in INSERT_COLUMNS if c != "amount"])  # amount: computed in SQL
-    if unrolled:
-        assert strict and len(rows) == 1
-        ids: list[int | None] = await raw.fetchval(_INSERT_LONE, *arrays, slot)
-        return ids
     if strict:
-        ids = await raw.fetchval(_INSERT_STRICT, *arrays, preference(slot))
+        ids: list[int | None] = await raw.fetchval(_INSERT_STRICT, *arrays, _preference(slot))
         assert len(ids) == len(rows)
         return unsort(order, ids)
-    records = await raw.fetch(_INSERT, *arrays, preference(slot))
+    records = await raw.fetch(_INSERT, *arrays, _preference(slot))
     return unsort(order, _ids_in_order(ordered, records))
 
 
@@ -362,7 +326,12 @@ WITH input AS (
     FROM input ORDER BY ord
     ON CONFLICT (store_id, idempotency_key) DO NOTHING
     RETURNING id, sale_id, store_id, product_id, quantity, amount, month, idempotency_key
-), {slot_cte("$11")}, by_sale AS (
+), slot AS (
+    -- The first rollup slot no other batch holds, from this writer's own on (see ``_preference``).
+    SELECT coalesce(
+        (SELECT s FROM unnest($11::int[]) AS s WHERE pg_try_advisory_xact_lock({SLOT_LOCKS}, s) LIMIT 1), $11[1]
+    ) AS slot
+), by_sale AS (
     UPDATE sales s SET returned = s.returned + i.quantity
     FROM (SELECT sale_id, sum(quantity) AS quantity FROM inserted GROUP BY sale_id) i
     WHERE s.id = i.sale_id
@@ -393,7 +362,12 @@ WITH input AS (
     ON CONFLICT (store_id, product_id, month, slot)
     DO UPDATE SET quantity = r.quantity + excluded.quantity, returned = r.returned + excluded.returned,
                   revenue = r.revenue + excluded.revenue
-), {_data("(SELECT slot FROM slot)")}
+), data AS (
+    -- The reports' data changed: this slot's counter (see ``catalog.DATA``), if anything was inserted.
+    INSERT INTO versions AS v (name, version)
+    SELECT 'data:' || (SELECT slot FROM slot), 1 WHERE EXISTS (SELECT FROM inserted)
+    ON CONFLICT (name) DO UPDATE SET version = v.version + 1
+)
 SELECT id, store_id, idempotency_key FROM inserted ORDER BY id
 """
 
@@ -404,11 +378,11 @@ async def insert_returns(raw: Any, rows: Sequence[Row], slot: int) -> list[int |
     order = sorted(range(len(rows)), key=lambda i: key_order(rows[i]))
     ordered = [rows[i] for i in order]
     arrays = _arrays(ordered, [c for c in RETURN_INSERT_COLUMNS if c != "amount"])
-    records = await raw.fetch(_INSERT_RETURNS, *arrays, preference(slot))
+    records = await raw.fetch(_INSERT_RETURNS, *arrays, _preference(slot))
     return unsort(order, _ids_in_order(ordered, records))
 
 
-def preference(slot: int) -> list[int]:
+def _preference(slot: int) -> list[int]:
     """The rollup slots in the order a writer whose own slot is ``slot`` tries them.
 
     Each batch takes the first that no other batch in flight holds (an

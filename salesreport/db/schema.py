@@ -217,24 +217,6 @@ store_product_month = sa.Table(
     within_limit("store_product_month", *ROLLUP_COLUMNS["store_product_month"]),
 )
 
-# PostgreSQL: a lone sale (a batch of one) stored but not yet added to the rollups. Its statement
-# inserts this row instead of updating four rollup rows, which halves the time a lone till waits;
-# ``db.unrolled`` folds the rows into the rollups a moment later, and every reader of PostgreSQL's
-# rollups adds what is still here (``db.unrolled.LIVE``), so a report never misses the sale meanwhile. What a
-# row adds is what its sale adds (``rollups.Rollups.add_sale``). No index: rows are only inserted and
-# then all deleted at once. Empty on SQLite, whose writer adds every sale to the rollups itself.
-unrolled_sales = sa.Table(
-    "unrolled_sales",
-    metadata,
-    sa.Column("sale_id", sa.BigInteger, nullable=False),
-    sa.Column("store_id", sa.BigInteger, nullable=False),
-    sa.Column("product_id", sa.BigInteger, nullable=False),
-    sa.Column("month", sa.Integer, nullable=False),
-    sa.Column("quantity", sa.BigInteger, nullable=False),
-    sa.Column("amount", sa.BigInteger, nullable=False),
-    sa.Column("discount", sa.BigInteger, nullable=False),
-)
-
 # Months whose raw sales (and the returns of those sales) were archived to files and removed
 # (``archive``); one row per run that archived the month (a late sale of an archived month is
 # archived again by a later run, into files of its own).
