@@ -304,7 +304,9 @@ def _header(run: Run) -> list[str]:
         "top, so each stage gives its count at start and end. Every stage, loaded or not, starts with the "
         "server stopped, `VACUUM ANALYZE` and `CHECKPOINT` (SQLite: `ANALYZE` and a WAL checkpoint), and a "
         "new server; so does the no-op's second run. The one-sale POSTs from one connection, which come after "
-        "the 100-sale POSTs, start after one more checkpoint, as pgbench -c1 starts without one under way.",
+        "the 100-sale POSTs, start as pgbench -c1 does, on a quiet cluster: the server running, the "
+        "autovacuum under way let finish, then `VACUUM ANALYZE` of what the POSTs wrote (SQLite: nothing) "
+        "and one more checkpoint.",
         f"- Load: `wrk -t{run.threads} -c{run.connections} -d{run.duration}s --latency` on 127.0.0.1, scripts "
         "`bench/post.lua` and `bench/get.lua`. Every POSTed sale has its own store/product pair (cycling "
         "through all ids) and an idempotency key unique in the run. Errors are non-2xx answers plus wrk "
