@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -177,6 +178,19 @@ async def test_a_command_on_a_missing_sqlite_file_says_so_and_creates_none(datab
     assert not missing.exists()
     assert cli(f"sqlite:///{missing}", "migrate").returncode == 0  # migrate creates it
     assert cli(f"sqlite:///{missing}", "check").returncode == 0
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_serve_on_a_missing_sqlite_file_says_so_and_creates_none(database_url: str, tmp_path: Path) -> None:
+    missing = tmp_path / "misspelled.db"
+    # A port held here: were the file not refused first, serve would stop at the port, never serve.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        done = cli(f"sqlite:///{missing}", "serve", "--port", str(held.getsockname()[1]))
+    assert done.returncode == 1, done.stderr
+    assert f"no SQLite database at '{missing}'" in done.stderr and "Traceback" not in done.stderr
+    assert not missing.exists()
 
 
 async def test_a_command_on_a_database_without_the_schema_says_run_migrate(database_url: str, tmp_path: Path) -> None:

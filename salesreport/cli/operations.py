@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from .. import archive, auth, config, db, metrics, server
 from ..db import partitions
 from ..schemas import format_month
-from .runner import _run
+from .runner import _run, missing_sqlite_file
 
 
 def _archive(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -130,6 +130,8 @@ def _serve(args: argparse.Namespace, settings: config.Settings) -> int:
     except server.ServeError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if missing_sqlite_file(settings):  # its workers would each create an empty database and serve it
+        return 1
     if not auth.is_loopback(args.host) and _any_key(settings) == 0:
         print(
             f"refusing to serve on {args.host}: no API key exists, so anyone could post sales and read revenue.\n"
