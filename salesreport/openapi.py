@@ -10,6 +10,7 @@ import msgspec
 from . import __version__
 from .schemas import (
     MAX_ID,
+    MONTH_PATTERN,
     MonthRevenue,
     Problem,
     Product,
@@ -49,7 +50,7 @@ _MONTH = {
     "name": "month",
     "in": "query",
     "required": False,
-    "schema": {"type": "string", "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$", "examples": ["2026-11"]},
+    "schema": {"type": "string", "pattern": MONTH_PATTERN, "examples": ["2026-11"]},
 }
 _LIMIT = {
     "name": "limit",

@@ -214,14 +214,16 @@ def parse_id(text: str) -> int | None:
 
 # --- months --------------------------------------------------------------------
 
-_MONTH = re.compile(r"^([0-9]{4})-(0[1-9]|1[0-2])$")
+# A year 0001..9999 (the calendar has no year 0) and a month 01..12; the API's document gives the same.
+MONTH_PATTERN = r"^([1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])-(0[1-9]|1[0-2])$"
+_MONTH = re.compile(MONTH_PATTERN)
 
 
 def parse_month(text: str) -> int:
     """``"2026-11"`` → ``202611``; anything else raises ValueError."""
     match = _MONTH.fullmatch(text)
     if not match:
-        raise ValueError("month must be YYYY-MM with a month 01..12")
+        raise ValueError("month must be YYYY-MM with a year 0001..9999 and a month 01..12")
     return int(match.group(1)) * 100 + int(match.group(2))
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from salesreport import config, db, reports
 from tests.conftest import Clock, app_client, eventually, http_scope, seed
+from tests.test_api import assert_problem
 from tests.test_auth import create, revoke
 from tests.test_metrics import scrape
 
@@ -286,7 +287,16 @@ async def test_a_month_before_any_sale_is_shown_empty_as_the_api_says(client: ht
     assert (await client.get("/stores/1", params={"month": month})).status_code == 200
     series = await client.get("/reports/revenue-by-month", params={"until": "0001-02", "months": 12})
     assert [m["month"] for m in series.json()] == ["0001-01", "0001-02"]
-    assert (await client.get("/reports/revenue-by-month", params={"until": "0000-01"})).json() == []
+
+
+async def test_the_year_0_is_refused_as_the_page_refuses_it(client: httpx.AsyncClient) -> None:
+    for path, name in (
+        ("/reports/revenue-by-month", "until"),
+        ("/reports/top-stores", "month"),
+        ("/reports/top-products", "month"),
+    ):
+        problem = assert_problem(await client.get(path, params={name: "0000-01"}), 422)
+        assert problem["errors"][0]["field"] == name and "0001..9999" in problem["errors"][0]["message"]
 
 
 async def test_the_first_month_there_is_has_no_month_before_it(client: httpx.AsyncClient) -> None:

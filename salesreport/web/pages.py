@@ -113,10 +113,9 @@ def _month(request: Request) -> int | None:
     raw = request.query_params.get("month")
     if raw:
         try:
-            month = parse_month(raw)
+            return parse_month(raw)
         except ValueError:
             return None
-        return month if month > 100 else None  # there is no year 0 to name
     now = svc.clock().astimezone(zone(svc.settings.default_timezone))
     return now.year * 100 + now.month
 
