@@ -107,7 +107,9 @@ _REVENUE_BY_MONTH = (
         _sum(_sm.c.sales, "sales"),
     )
     .where(_sm.c.month.between(sa.bindparam("first"), sa.bindparam("last")))
-    .group_by(_sm.c.month)
+    # By store: a store's sums fit a BIGINT (its slots are bounded, see ``db.ROLLUP_LIMIT``), the
+    # chain's need not, so the stores are added up here.
+    .group_by(_sm.c.month, _sm.c.store_id)
 )
 _STORE_REVENUE_BY_MONTH = _REVENUE_BY_MONTH.where(_sm.c.store_id == sa.bindparam("store_id"))
 
@@ -171,11 +173,14 @@ async def revenue_by_month(
         result = await conn.execute(_REVENUE_BY_MONTH, params)
     else:
         result = await conn.execute(_STORE_REVENUE_BY_MONTH, {**params, "store_id": store_id})
-    found = {r.month: r for r in result}
+    found: dict[int, list[int]] = {}
+    for r in result:
+        sums = found.setdefault(r.month, [0, 0, 0, 0])
+        for i, value in enumerate((r.revenue, r.refunds, r.discounts, r.sales)):
+            sums[i] += value
     rows = []
     for month in months:
-        r = found.get(month)
-        revenue, refunds, discounts, sales = (r.revenue, r.refunds, r.discounts, r.sales) if r else (0, 0, 0, 0)
+        revenue, refunds, discounts, sales = found.get(month, (0, 0, 0, 0))
         rows.append(
             MonthRevenue(
                 month=format_month(month),

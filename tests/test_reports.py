@@ -7,7 +7,8 @@ import json
 import httpx
 import pytest
 
-from salesreport import config
+from salesreport import config, db
+from salesreport.schemas import format_money
 from tests.conftest import seed
 from tests.test_api import assert_problem
 
@@ -120,6 +121,34 @@ async def test_top_products_ties_and_limit(client: httpx.AsyncClient, settings: 
     assert top[5:] == [(10, 5), (11, 5), (12, 5), (13, 5), (14, 5)]
     names = (await client.get("/reports/top-products")).json()
     assert names[0] == {"id": 24, "name": "Item 24", "quantity": 24, "sold": 24, "returned": 0, "revenue": "24.00"}
+
+
+async def test_the_chains_month_may_pass_what_one_store_can_hold(
+    client: httpx.AsyncClient, settings: config.Settings
+) -> None:
+    # Twenty stores, each with a month at its rollup's bound (a few thousand sales of 10,000 units at
+    # the highest price): the chain's month is past what a BIGINT holds, though every store's fits.
+    stores = [{"id": i, "address": f"Store {i}", "timezone": "UTC"} for i in range(100, 120)]
+    await seed(settings, [], stores)
+    rollups = db.Rollups()
+    for store in stores:
+        rollups.add_sale(store["id"], store["id"], 202606, 1, db.ROLLUP_LIMIT, db.ROLLUP_LIMIT, 1)
+    database = db.connect(settings)
+    try:
+        async with database.writer.begin() as conn:
+            await db.add_to_rollups(conn, 0, rollups)
+            await db.bump_version(conn, db.DATA)
+    finally:
+        await database.dispose()
+    whole = format_money(20 * db.ROLLUP_LIMIT)
+    response = await client.get("/reports/revenue-by-month", params={"until": "2026-06", "months": "1"})
+    assert response.status_code == 200, response.text
+    assert response.json() == [
+        {"month": "2026-06", "revenue": whole, "gross": whole, "refunds": "0.00", "discounts": whole, "sales": 20}
+    ]
+    store = await client.get("/reports/revenue-by-month", params={"until": "2026-06", "months": "1", "store_id": 100})
+    assert store.json()[0]["revenue"] == format_money(db.ROLLUP_LIMIT)
+    assert (await client.get("/", params={"month": "2026-06"})).status_code == 200
 
 
 async def test_empty_month_is_an_empty_list(client: httpx.AsyncClient) -> None:
