@@ -17,8 +17,8 @@ LIMIT = 10
 MAX_LIMIT = 100
 
 
-def _sum(column: sa.Column[Any], label: str) -> sa.Label[Any]:
-    # sum(bigint) is numeric on PostgreSQL; any total here fits a bigint.
+def _sum(column: sa.ColumnElement[Any], label: str) -> sa.Label[Any]:
+    # sum(bigint) is numeric on PostgreSQL; every total asked for fits a bigint (see _REVENUE_BY_MONTH).
     return sa.cast(sa.func.sum(column), sa.BigInteger).label(label)
 
 
@@ -98,18 +98,20 @@ async def top_stores(conn: AsyncConnection, month: int, limit: int = LIMIT) -> l
     ]
 
 
+# A store's sums fit a BIGINT (its slots are bounded, see ``db.ROLLUP_LIMIT``); the chain's need not.
+# So each figure is summed in two parts that do, its quotient by 2^32 and its remainder (both
+# databases' integer division truncates, and a remainder takes the dividend's sign), and put back
+# together here: exact, and still one row per month.
+_SPLIT = 2**32
+_FIGURES = ("revenue", "refunds", "discounts", "sales")
 _REVENUE_BY_MONTH = (
     sa.select(
         _sm.c.month,
-        _sum(_sm.c.revenue, "revenue"),
-        _sum(_sm.c.refunds, "refunds"),
-        _sum(_sm.c.discounts, "discounts"),
-        _sum(_sm.c.sales, "sales"),
+        *(_sum(_sm.c[name].op("/")(_SPLIT), f"{name}_high") for name in _FIGURES),
+        *(_sum(_sm.c[name].op("%")(_SPLIT), f"{name}_low") for name in _FIGURES),
     )
     .where(_sm.c.month.between(sa.bindparam("first"), sa.bindparam("last")))
-    # By store: a store's sums fit a BIGINT (its slots are bounded, see ``db.ROLLUP_LIMIT``), the
-    # chain's need not, so the stores are added up here.
-    .group_by(_sm.c.month, _sm.c.store_id)
+    .group_by(_sm.c.month)
 )
 _STORE_REVENUE_BY_MONTH = _REVENUE_BY_MONTH.where(_sm.c.store_id == sa.bindparam("store_id"))
 
@@ -173,11 +175,9 @@ async def revenue_by_month(
         result = await conn.execute(_REVENUE_BY_MONTH, params)
     else:
         result = await conn.execute(_STORE_REVENUE_BY_MONTH, {**params, "store_id": store_id})
-    found: dict[int, list[int]] = {}
-    for r in result:
-        sums = found.setdefault(r.month, [0, 0, 0, 0])
-        for i, value in enumerate((r.revenue, r.refunds, r.discounts, r.sales)):
-            sums[i] += value
+    found = {
+        r.month: tuple(r[f"{name}_high"] * _SPLIT + r[f"{name}_low"] for name in _FIGURES) for r in result.mappings()
+    }
     rows = []
     for month in months:
         revenue, refunds, discounts, sales = found.get(month, (0, 0, 0, 0))
