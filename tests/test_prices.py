@@ -217,6 +217,27 @@ async def test_product_detail_lists_its_price_history(
     assert big["id"] == 9_000_000_000_000_000_000 and big["price"] == "0.01"
 
 
+async def test_a_back_dated_change_counts_only_the_sales_it_would_have_priced(
+    client: httpx.AsyncClient, database_url: str, tmp_path: Path
+) -> None:
+    import_products(database_url, tmp_path, BREAD_AT_50, "--effective", "2026-11-10T00:00:00Z")
+    await history_has(client, 2, 2)
+    for day in ("2026-11-06", "2026-11-08", "2026-11-11", "2026-11-12"):
+        await sell(client, {"product_id": 2, "store_id": 1, "sold_at": f"{day}T12:00:00Z"})
+    # Back-dated to the 5th: the sales of the 6th and 8th were recorded at the old price; those of the 11th
+    # and 12th fall under the change of the 10th, which this one does not touch.
+    done = cli(
+        database_url,
+        "import",
+        "--products",
+        write(tmp_path / "p.csv", "id,name,price\n2,Bread,48.00\n"),
+        "--effective",
+        "2026-11-05T00:00:00Z",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "note: 2 sales of these products dated from 2026-11-05T00:00:00+00:00 on" in done.stderr
+
+
 async def test_an_unknown_product_is_404(client: httpx.AsyncClient) -> None:
     for raw in ["5", "0", "abc", "-1", "1.0", "+2", "9223372036854775808", "%C2%B2", "1e3", "9" * 30]:
         assert_problem(await client.get(f"/products/{raw}"), 404)

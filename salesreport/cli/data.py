@@ -63,13 +63,19 @@ def _import(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 async def _recorded_since(conn: Any, product_ids: list[int], effective: datetime) -> int:
-    """Sales of these products already recorded and dated at or after ``effective`` (a back-dated change)."""
+    """Sales of these products already recorded that a change from ``effective`` would have priced (a
+    back-dated change): dated at or after it, and before the product's next change after it, if any."""
     if not product_ids:
         return 0
-    s = db.sales
+    s, p = db.sales, db.prices
+    later_change = sa.exists().where(
+        p.c.product_id == s.c.product_id, p.c.effective_from > effective, p.c.effective_from <= s.c.sold_at
+    )
     total = 0
     for chunk in chunks(product_ids):
-        query = sa.select(sa.func.count()).where(s.c.product_id.in_(chunk), s.c.sold_at >= effective)
+        query = sa.select(sa.func.count()).where(
+            s.c.product_id.in_(chunk), s.c.sold_at >= effective, sa.not_(later_change)
+        )
         total += int(await conn.scalar(query) or 0)
     return total
 
