@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 def weights(header: str) -> list[tuple[str, float]]:
     """Each entry of an ``Accept*`` header with its weight, in the header's order: ``q`` (1 if not
@@ -27,3 +29,24 @@ def preferences(header: str) -> list[str]:
     keep the header's order."""
     wanted = [(-quality, position, entry) for position, (entry, quality) in enumerate(weights(header)) if quality > 0]
     return [entry for _, _, entry in sorted(wanted)]
+
+
+def choose(header: str, offers: Sequence[str]) -> str | None:
+    """The offer (a media type) that an ``Accept`` header prefers, or None if it accepts none.
+
+    Each offer takes the weight of the most specific range that names it (``type/subtype`` over
+    ``type/*`` over ``*/*``, RFC 9110 12.5.1), so ``text/*, text/csv;q=0`` refuses CSV; the highest
+    weight above 0 wins; on a tie, the offer whose range came first in the header, then the first offer.
+    """
+    entries = [(entry.lower(), quality) for entry, quality in weights(header)]
+    ranked = []
+    for index, offer in enumerate(offers):
+        ranges = {offer: 3, f"{offer.partition('/')[0]}/*": 2, "*/*": 1}
+        match = None  # (specificity, weight, position)
+        for position, (entry, quality) in enumerate(entries):
+            specificity = ranges.get(entry, 0)
+            if specificity and (match is None or specificity > match[0]):
+                match = (specificity, quality, position)
+        if match is not None and match[1] > 0:
+            ranked.append((-match[1], match[2], index, offer))
+    return min(ranked)[3] if ranked else None

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 from starlette.requests import Request
 
-from .accept import preferences
+from .accept import choose
 from .headers import joined
 from .problems import PRIVATE, invalid
 from .schemas import FieldError, encoder
@@ -29,13 +29,8 @@ def wants_csv(request: Request) -> bool:
         if chosen not in ("csv", "json"):
             raise invalid([FieldError(field="format", message="must be csv or json")], "invalid query parameter")
         return chosen == "csv"
-    for kind in preferences(joined(request.scope, b"accept")):
-        kind = kind.lower()
-        if kind in ("text/csv", "text/*"):
-            return True
-        if kind in ("application/json", "application/*", "*/*"):
-            return False
-    return False
+    # JSON first: it is the answer when both are as welcome, or neither is.
+    return choose(joined(request.scope, b"accept"), ("application/json", "text/csv")) == "text/csv"
 
 
 # Reports are live figures, read with a key or a session cookie: no shared cache may keep them, and the

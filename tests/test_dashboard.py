@@ -363,6 +363,11 @@ async def test_behind_a_tls_proxy_the_public_origin_signs_in(settings: config.Se
         ("*/*, text/csv;q=0.5", False),
         ("application/*, text/csv;q=0.5", False),
         ("text/csv, */*;q=0.1", True),
+        ("text/csv, application/json", True),
+        ("TEXT/*, application/json;q=0.5", True),
+        # The most specific range names an offer's weight: CSV at 0.1 here, below JSON's 0.5.
+        ("text/*;q=0.9, text/csv;q=0.1, application/json;q=0.5", False),
+        ("text/*, text/csv;q=0", False),
         # Too long to read: as if not sent (cut at its limit, this one would lose its q=0).
         ("application/json;q=0.5," + " " * 969 + "text/csv;q=0", False),
     ],
