@@ -46,7 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import db, reports
 from .db import partitions
-from .ingestion.replay import live_after
+from .ingestion.replay import is_live
 from .schemas import format_month
 
 _PAGE = 10_000
@@ -148,7 +148,7 @@ async def _archive_month(
     latest = await conn.scalar(
         sa.select(sa.func.max(s.c.received_at)).where(of_month, s.c.idempotency_key.is_not(None))
     )
-    if latest is not None and latest > live_after(now, key_lifetime):
+    if latest is not None and is_live(latest, now, key_lifetime):
         raise Recent(month, latest + key_lifetime)
     returns_of_month = r.c.sale_id.in_(sa.select(s.c.id).where(of_month))
     # A return of one of its sales (made in any month) leaves with it: a retry of the return must find
@@ -156,7 +156,7 @@ async def _archive_month(
     latest = await conn.scalar(
         sa.select(sa.func.max(r.c.received_at)).where(returns_of_month, r.c.idempotency_key.is_not(None))
     )
-    if latest is not None and latest > live_after(now, key_lifetime):
+    if latest is not None and is_live(latest, now, key_lifetime):
         raise Recent(month, latest + key_lifetime, "a return of one of its sales")
     if not await conn.scalar(sa.select(sa.exists().where(of_month))):
         if split:

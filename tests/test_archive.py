@@ -372,3 +372,24 @@ async def test_archive_and_backup_to_where_they_cannot_write_say_so(settings: co
     if settings.is_sqlite:
         nowhere = cli(plain(settings), "backup", str(tmp_path / "missing" / "copy.db"))
         assert nowhere.returncode == 1 and "backup: " in nowhere.stderr and "Traceback" not in nowhere.stderr
+
+
+async def test_a_key_on_its_last_instant_still_holds_its_month(
+    client: httpx.AsyncClient, settings: config.Settings, tmp_path: Path
+) -> None:
+    """The lookups find a key received exactly one lifetime ago (``replay.is_live``): so must the archive."""
+    lifetime = timedelta(days=30)
+    await post(client, "/sales", {**AUGUST_31, "idempotency_key": "till-7-000002"})  # received at NOW
+    database = db.connect(settings)
+    try:
+        with pytest.raises(archive.Recent):
+            async with database.writer.begin() as conn:
+                await archive.archive_month(conn, 202508, tmp_path, NOW + lifetime, lifetime)
+        assert await count_sales(settings) == 1
+        async with database.writer.begin() as conn:
+            done = await archive.archive_month(
+                conn, 202508, tmp_path, NOW + lifetime + timedelta(microseconds=1), lifetime
+            )
+        assert done is not None and done.sales == 1
+    finally:
+        await database.dispose()

@@ -45,8 +45,14 @@ def is_return_replay(first: Mapping[str, Any], item: ReturnIn) -> bool:
 
 
 def live_after(now: datetime, lifetime: timedelta) -> datetime:
-    """Keys of sales received before this instant have expired: they may be used again."""
+    """Keys of sales received before this instant have expired: they may be used again. (The lookups
+    say the same in SQL: ``received_at >= live_after``.)"""
     return now - lifetime
+
+
+def is_live(received_at: datetime, now: datetime, lifetime: timedelta) -> bool:
+    """Whether a key received at ``received_at`` still names its sale (or return) at ``now``."""
+    return received_at >= live_after(now, lifetime)
 
 
 def conflict(index: int | None, what: str = "sale") -> FieldError:
