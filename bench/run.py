@@ -392,16 +392,11 @@ class Bench:
             log("ANALYZE and a WAL checkpoint")
             with contextlib.closing(self.sqlite()) as conn:
                 conn.execute("ANALYZE")
-        else:
-            assert self.cluster is not None
-            self.wait_for_autovacuum()
-            log("VACUUM ANALYZE and CHECKPOINT")
-            self.cluster.query("VACUUM ANALYZE", DATABASE)
-        self.checkpoint()
+        self.quiet()
 
     def quiet(self) -> None:
-        """With the service running but idle: what the runs before it left to vacuum and to write back is
-        done now, not while the next run is measured."""
+        """What the runs before left to vacuum and to write back, done now (the service may run, idle),
+        not while the next run is measured."""
         if self.kind == "postgresql":
             assert self.cluster is not None
             self.wait_for_autovacuum()
