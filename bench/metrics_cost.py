@@ -64,7 +64,7 @@ def _measure() -> None:
     app = create_app(settings)
     recorded = metrics.record_request
 
-    def nothing(*_: Any) -> None:
+    def nothing(method: str, route: str | None, status: int, seconds: float) -> None:
         pass
 
     async def run() -> tuple[list[float], list[float]]:

@@ -52,6 +52,7 @@ from report import Backend, Run, Scenario, Soak, Stage, Verification
 from services import Postgres, Server, log
 
 from salesreport import demo
+from tests import pg
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -193,7 +194,7 @@ class Bench:
     workdir: Path
     kind: str = "postgresql"  # the backend being measured: a key of BACKENDS
     cluster: Postgres | None = None
-    bouncer: services.pg.Bouncer | None = None
+    bouncer: pg.Bouncer | None = None
     server: Server | None = None
     products_csv: Path | None = None
     stores_csv: Path | None = None
@@ -706,7 +707,7 @@ SELECT
         if self.bouncer is not None:
             with contextlib.suppress(OSError):
                 shutil.copyfile(self.bouncer.root / "pgbouncer.log", OUT / "pgbouncer.log")
-            services.pg.stop_bouncer(self.bouncer)
+            pg.stop_bouncer(self.bouncer)
             self.bouncer = None
         if self.cluster is not None:
             with contextlib.suppress(OSError):
