@@ -117,6 +117,21 @@ def _reusable(raw: Any) -> bool:
     return raw is not None and not raw.is_closed() and not raw.is_in_transaction()
 
 
+# The two statements' common steps, after their ``inserted`` rows (parameter $11: ``_preference``).
+_SLOT = f"""), slot AS (
+    -- The first rollup slot no other batch holds, from this writer's own on (see ``_preference``).
+    SELECT coalesce(
+        (SELECT s FROM unnest($11::int[]) AS s WHERE pg_try_advisory_xact_lock({SLOT_LOCKS}, s) LIMIT 1), $11[1]
+    ) AS slot
+"""
+_DATA = """), data AS (
+    -- The reports' data changed: this slot's counter (see ``catalog.DATA``), if anything was inserted.
+    INSERT INTO versions AS v (name, version)
+    SELECT 'data:' || (SELECT slot FROM slot), 1 WHERE EXISTS (SELECT FROM inserted)
+    ON CONFLICT (name) DO UPDATE SET version = v.version + 1
+"""
+
+
 # Keys live in ``sale_keys`` (``sales`` is partitioned, see ``schema``); its month finds the sale's partition.
 _FIND = f"""
 WITH k AS (
@@ -171,12 +186,7 @@ WITH input AS (
     FROM input WHERE idempotency_key IS NULL OR id IN (SELECT sale_id FROM keyed) ORDER BY ord
     RETURNING id, store_id, product_id, quantity, amount, (catalog_price - unit_price) * quantity AS discount,
               month, idempotency_key
-), slot AS (
-    -- The first rollup slot no other batch holds, from this writer's own on (see ``_preference``).
-    SELECT coalesce(
-        (SELECT s FROM unnest($11::int[]) AS s WHERE pg_try_advisory_xact_lock({SLOT_LOCKS}, s) LIMIT 1), $11[1]
-    ) AS slot
-), by_store AS (
+{_SLOT}), by_store AS (
     INSERT INTO store_month AS r (store_id, month, slot, revenue, sales, refunds, discounts)
     SELECT store_id, month, (SELECT slot FROM slot), sum(amount), count(*), 0, sum(discount)
     FROM inserted GROUP BY store_id, month ORDER BY store_id, month
@@ -201,12 +211,7 @@ WITH input AS (
     FROM inserted GROUP BY store_id, product_id, month ORDER BY store_id, product_id, month
     ON CONFLICT (store_id, product_id, month, slot)
     DO UPDATE SET quantity = r.quantity + excluded.quantity, revenue = r.revenue + excluded.revenue
-), data AS (
-    -- The reports' data changed: this slot's counter (see ``catalog.DATA``), if anything was inserted.
-    INSERT INTO versions AS v (name, version)
-    SELECT 'data:' || (SELECT slot FROM slot), 1 WHERE EXISTS (SELECT FROM inserted)
-    ON CONFLICT (name) DO UPDATE SET version = v.version + 1
-)
+{_DATA})
 SELECT id, store_id, idempotency_key FROM inserted ORDER BY id
 """
 
@@ -326,12 +331,7 @@ WITH input AS (
     FROM input ORDER BY ord
     ON CONFLICT (store_id, idempotency_key) DO NOTHING
     RETURNING id, sale_id, store_id, product_id, quantity, amount, month, idempotency_key
-), slot AS (
-    -- The first rollup slot no other batch holds, from this writer's own on (see ``_preference``).
-    SELECT coalesce(
-        (SELECT s FROM unnest($11::int[]) AS s WHERE pg_try_advisory_xact_lock({SLOT_LOCKS}, s) LIMIT 1), $11[1]
-    ) AS slot
-), by_sale AS (
+{_SLOT}), by_sale AS (
     UPDATE sales s SET returned = s.returned + i.quantity
     FROM (SELECT sale_id, sum(quantity) AS quantity FROM inserted GROUP BY sale_id) i
     WHERE s.id = i.sale_id
@@ -362,12 +362,7 @@ WITH input AS (
     ON CONFLICT (store_id, product_id, month, slot)
     DO UPDATE SET quantity = r.quantity + excluded.quantity, returned = r.returned + excluded.returned,
                   revenue = r.revenue + excluded.revenue
-), data AS (
-    -- The reports' data changed: this slot's counter (see ``catalog.DATA``), if anything was inserted.
-    INSERT INTO versions AS v (name, version)
-    SELECT 'data:' || (SELECT slot FROM slot), 1 WHERE EXISTS (SELECT FROM inserted)
-    ON CONFLICT (name) DO UPDATE SET version = v.version + 1
-)
+{_DATA})
 SELECT id, store_id, idempotency_key FROM inserted ORDER BY id
 """
 
