@@ -249,3 +249,60 @@ async def test_migrate_refuses_while_workers_serve_an_older_schema(
             await conn.execute(sa.text("UPDATE alembic_version SET version_num = :head"), {"head": head})
         await database.dispose()
     assert cli(database_url, "migrate").returncode == 0  # at the head: nothing to do, nothing refused
+
+
+def alembic(database_url: str, verb: str, revision: str) -> subprocess.CompletedProcess[str]:
+    """Alembic's ``upgrade`` or ``downgrade`` to ``revision``, with the service's own configuration."""
+    code = (
+        "import sys; from alembic import command; from salesreport import config; "
+        "from salesreport.cli.schema import alembic_config; "
+        "getattr(command, sys.argv[1])(alembic_config(config.load()), sys.argv[2])"
+    )
+    env = {**os.environ, "DATABASE_URL": database_url}
+    return subprocess.run(
+        [sys.executable, "-c", code, verb, revision], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+async def test_the_newest_migration_goes_down_and_up_keeping_the_rollups_and_their_bound(
+    database_url: str, settings: config.Settings, clock: Clock
+) -> None:
+    from alembic.script import ScriptDirectory
+
+    from salesreport.cli.schema import alembic_config
+
+    scripts = ScriptDirectory.from_config(alembic_config(settings))
+    head = scripts.get_current_head()
+    assert head is not None
+    previous = scripts.get_revision(head).down_revision
+    assert isinstance(previous, str)
+    big = db.ROLLUP_LIMIT - 1
+    sale = {"product_id": 1, "quantity": 1, "unit_price": big, "catalog_price": big, "amount": big, "month": 202611}
+    database = db.connect(settings)
+    async with database.writer.begin() as conn:
+        await db.store_history(
+            conn, [{**sale, "sold_at": clock(), "received_at": clock(), "store_id": 1, "idempotency_key": None}]
+        )
+    await database.dispose()
+
+    async def crossing_the_bound_is_refused() -> None:
+        database = db.connect(settings)
+        try:
+            with pytest.raises(sa.exc.IntegrityError):
+                async with database.writer.begin() as conn:
+                    await conn.execute(sa.text("UPDATE store_month SET revenue = revenue + 2"))
+        finally:
+            await database.dispose()
+
+    try:
+        down = alembic(database_url, "downgrade", previous)
+        assert down.returncode == 0, down.stderr
+        await crossing_the_bound_is_refused()
+    finally:
+        up = alembic(database_url, "upgrade", "head")  # the other tests' database, whatever happened
+    assert up.returncode == 0, up.stderr
+    checked = cli(database_url, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    await crossing_the_bound_is_refused()
+    assert await scalar(settings, sa.text("SELECT version_num FROM alembic_version")) == head
+    assert int(await scalar(settings, sa.select(sa.func.sum(db.store_month.c.revenue)))) == big

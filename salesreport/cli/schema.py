@@ -6,6 +6,7 @@ import argparse
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -15,10 +16,12 @@ from ..db import partitions
 from ..health import head_revision
 from .runner import _run
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 
 def _migrate(args: argparse.Namespace, settings: config.Settings) -> int:
     from alembic import command
-    from alembic.config import Config
 
     if not args.while_serving:
         workers = _workers_serving(settings)
@@ -31,10 +34,7 @@ def _migrate(args: argparse.Namespace, settings: config.Settings) -> int:
                 file=sys.stderr,
             )
             return 1
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).parent.parent / "migrations"))
-    cfg.set_main_option("sqlalchemy.url", settings.database_url.replace("%", "%%"))
-    command.upgrade(cfg, "head")
+    command.upgrade(alembic_config(settings), "head")
     print("schema is up to date")
 
     async def months_ahead(database: db.Database) -> int:
@@ -46,6 +46,16 @@ def _migrate(args: argparse.Namespace, settings: config.Settings) -> int:
         return 0
 
     return _run(months_ahead, settings, migrated=False)
+
+
+def alembic_config(settings: config.Settings) -> Config:
+    """Alembic's configuration for this service's migrations and database."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent.parent / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", settings.database_url.replace("%", "%%"))
+    return cfg
 
 
 def _workers_serving(settings: config.Settings) -> int:

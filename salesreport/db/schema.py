@@ -27,6 +27,10 @@ BEGINNING = datetime(2000, 1, 1, tzinfo=UTC)
 # request that would cross it fails alone), so that the sum of all slots
 # always fits a BIGINT: on SQLite an integer overflow silently becomes a float.
 ROLLUP_LIMIT = 2**59
+# On PostgreSQL the rollups' value columns are of this domain over bigint, which holds the bound
+# (migration 0008: a CHECK per table costs every statement that writes it a parse); on SQLite
+# each rollup table has its CHECK (``within_limit``).
+ROLLUP_DOMAIN = "rollup_value"
 # Each rollup's key columns (besides ``slot``) and value columns.
 ROLLUP_KEYS = {
     "store_month": ("store_id", "month"),
@@ -63,8 +67,9 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
 
 def within_limit(table: str, *columns: str) -> sa.CheckConstraint:
+    """The bound of ``table``'s values on SQLite (PostgreSQL: ``ROLLUP_DOMAIN``)."""
     bound = " AND ".join(f"{c} BETWEEN -{ROLLUP_LIMIT} AND {ROLLUP_LIMIT}" for c in columns)
-    return sa.CheckConstraint(bound, name=f"{table}_within_limit")
+    return sa.CheckConstraint(bound, name=f"{table}_within_limit").ddl_if(dialect="sqlite")
 
 
 metadata = sa.MetaData()
