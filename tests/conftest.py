@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import httpx
 import pytest
@@ -128,13 +128,13 @@ def settings(database_url: str) -> config.Settings:
     return replace(base, database_url=config.async_url(database_url), default_timezone="UTC", log_format="console")
 
 
-STORES = [
+STORES: list[dict[str, Any]] = [
     {"id": 1, "address": "1 Red Square, Moscow", "timezone": "Europe/Moscow"},
     {"id": 2, "address": "5 Svetlanskaya, Vladivostok", "timezone": "Asia/Vladivostok"},
     {"id": 3, "address": "350 5th Ave, New York", "timezone": "America/New_York"},
     {"id": 4, "address": "Alexanderplatz 1, Berlin", "timezone": "Europe/Berlin"},
 ]
-PRODUCTS = [
+PRODUCTS: list[dict[str, Any]] = [
     {"id": 1, "name": "Milk", "price": 10},  # 0.10
     {"id": 2, "name": "Bread", "price": 4550},  # 45.50
     {"id": 3, "name": "Coffee", "price": 123456},  # 1234.56
@@ -209,9 +209,21 @@ async def client(settings: config.Settings, clock: Clock) -> AsyncIterator[httpx
 T = TypeVar("T")
 
 
+@overload
 async def eventually(
-    predicate: Callable[[], T | Awaitable[T]], within: float = 5.0, *, every: float = 0.005, what: str = ""
-) -> T:
+    predicate: Callable[[], Awaitable[T | None]], within: float = 5.0, *, every: float = 0.005, what: str = ""
+) -> T: ...
+
+
+@overload
+async def eventually(
+    predicate: Callable[[], T | None], within: float = 5.0, *, every: float = 0.005, what: str = ""
+) -> T: ...
+
+
+async def eventually(
+    predicate: Callable[[], object], within: float = 5.0, *, every: float = 0.005, what: str = ""
+) -> object:
     """Poll ``predicate`` (a function or a coroutine function) until it returns something true, and return that.
 
     It is called every ``every`` seconds; if it is still false after ``within`` seconds, the test fails,
@@ -224,7 +236,7 @@ async def eventually(
         if inspect.isawaitable(value):
             value = await value
         if value:
-            return value  # type: ignore[return-value]
+            return value
         if time.monotonic() >= deadline:
             name = what or getattr(predicate, "__qualname__", repr(predicate))
             raise AssertionError(f"still not so after {within:g} s: {name} (last: {value!r})")

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 
-from salesreport import logs
+from salesreport import config, logs
 from tests.conftest import PRODUCTS, STORES
 
 pytestmark = pytest.mark.anyio
 
 
-def assert_problem(response: httpx.Response, status: int) -> dict:
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/problem+json"
-    body = response.json()
+    body: dict[str, Any] = response.json()
     assert body["status"] == status
     assert body["title"] and body["detail"]
     return body
@@ -69,14 +71,14 @@ async def test_openapi_declares_every_status(client: httpx.AsyncClient) -> None:
     assert len(PRODUCTS) == 4
 
 
-async def test_slow_body_gets_408(settings, database_url) -> None:  # type: ignore[no-untyped-def]
+async def test_slow_body_gets_408(settings: config.Settings, database_url: str) -> None:
     from dataclasses import replace
 
     from salesreport.api import create_app
 
     app = create_app(replace(settings, body_timeout=0.2))
 
-    async def slow():  # type: ignore[no-untyped-def]
+    async def slow() -> AsyncIterator[bytes]:
         yield b'{"product_id": 1,'
         # On purpose: a client that stalls mid-body, far longer than the 0.2 s the app allows it
         # (the app gives up at 0.2 s and cancels this wait; nothing here waits for an event).

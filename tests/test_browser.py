@@ -141,10 +141,11 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 def _table(page: Any, table: str) -> list[list[str]]:
-    return page.eval_on_selector_all(
+    rows: list[list[str]] = page.eval_on_selector_all(
         f"#{table} tbody tr[data-id]",
         "rows => rows.map(r => [r.dataset.id, ...[...r.querySelectorAll('[data-value]')].map(c => c.dataset.value)])",
     )
+    return rows
 
 
 def test_the_tables_are_the_reports(server: Server, page: Any) -> None:

@@ -144,7 +144,14 @@ async def test_the_commands_that_rewrite_the_rollups_are_seen(
     assert await top_stores(client) == [(1, STORES[0]["address"], "45.50")]
     ticks = Ticks()
     svc(client).catalog.changes.clock = ticks
-    sale = {"store_id": 1, "product_id": 2, "quantity": 1, "unit_price": 100, "catalog_price": 100, "amount": 100}
+    sale: dict[str, Any] = {
+        "store_id": 1,
+        "product_id": 2,
+        "quantity": 1,
+        "unit_price": 100,
+        "catalog_price": 100,
+        "amount": 100,
+    }
     sale |= {"month": int(MONTH.replace("-", "")), "sold_at": clock(), "received_at": clock(), "idempotency_key": None}
     database = db.connect(settings)
     try:

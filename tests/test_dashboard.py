@@ -13,8 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from salesreport import config, db, reports
+from salesreport.changes import Changes
 from tests.conftest import Clock, app_client, eventually, http_scope, seed
 from tests.test_api import assert_problem
 from tests.test_auth import create, revoke
@@ -25,7 +27,7 @@ pytestmark = pytest.mark.anyio
 THROUGH_PGBOUNCER = True
 
 MONTH = "2026-06"
-CYRILLIC = {"id": 7, "address": "ул. Ленина, 1, Омск", "timezone": "Asia/Omsk"}
+CYRILLIC: dict[str, Any] = {"id": 7, "address": "ул. Ленина, 1, Омск", "timezone": "Asia/Omsk"}
 
 
 async def sell(client: httpx.AsyncClient, body: Any, key: str | None = None) -> None:
@@ -397,16 +399,16 @@ async def test_fifty_polls_at_once_cost_one_render(client: httpx.AsyncClient, se
     built = 0
     month_view = views.month_view
 
-    async def counted(*args: Any) -> Any:
+    async def counted(conn: AsyncConnection, month: int) -> views.MonthView:
         nonlocal built
         built += 1
-        return await month_view(*args)
+        return await month_view(conn, month)
 
-    views.month_view = counted  # type: ignore[assignment]
+    views.month_view = counted
     try:
         polls = await asyncio.gather(*(client.get("/", params={"month": MONTH, "fragment": "1"}) for _ in range(50)))
     finally:
-        views.month_view = month_view  # type: ignore[assignment]
+        views.month_view = month_view
     assert {p.status_code for p in polls} == {200} and len({p.headers["etag"] for p in polls}) == 1
     assert built == 1
 
@@ -721,7 +723,7 @@ async def test_a_worker_never_answers_a_newer_page_with_an_older_one(settings: c
         b.app.state.service.pages.clock = lambda: 0.0  # type: ignore[attr-defined]  # B's settle never ends
         params = {"month": MONTH, "fragment": "1"}
         old = await b.get("/", params=params)
-        changes = b.app.state.service.catalog.changes  # type: ignore[attr-defined]
+        changes: Changes = b.app.state.service.catalog.changes  # type: ignore[attr-defined]
         before = await changes.stamp()
         await sell(a, {"product_id": 3, "store_id": 3, "sold_at": f"{MONTH}-11T10:00:00Z"})
         new = await a.get("/", params=params)

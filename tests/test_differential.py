@@ -41,11 +41,11 @@ import math
 import random
 import re
 import shutil
-from collections.abc import Awaitable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import sqlalchemy as sa
@@ -613,10 +613,19 @@ SETTINGS = settings(
 )
 
 
+class _RunsStateMachine(Protocol):
+    """The signature of Hypothesis's ``run_state_machine_as_test``, which Hypothesis leaves unannotated."""
+
+    def __call__(self, state_machine_factory: Callable[[], RuleBasedStateMachine], *, settings: settings) -> None: ...
+
+
+run_as_test: _RunsStateMachine = run_state_machine_as_test
+
+
 def test_sqlite_and_postgresql_answer_alike(pg_cluster: pg.Cluster, sqlite_template: Path, tmp_path: Path) -> None:
     env = Env(pg_cluster.url("salesreport"), sqlite_template, tmp_path)
     with _logging_restored():
-        run_state_machine_as_test(lambda: Differential(env), settings=SETTINGS)
+        run_as_test(lambda: Differential(env), settings=SETTINGS)
 
 
 @contextlib.contextmanager

@@ -42,8 +42,7 @@ from schemathesis.generation.modes import GenerationMode
 
 from salesreport import auth, config, db
 from salesreport.api import MAX_BODY, create_app
-from salesreport.catalog import MAX_PRICE
-from salesreport.schemas import MAX_ID, SalesIn
+from salesreport.schemas import MAX_ID, MAX_PRICE, SalesIn
 from tests.conftest import NOW, PRODUCTS, STORES, Clock, count_sales, seed
 
 PRODUCT_IDS = [p["id"] for p in PRODUCTS]
@@ -292,7 +291,7 @@ def assert_refused(response: httpx.Response, statuses: Collection[int]) -> dict[
     """A 4xx among ``statuses``, in the problem+json format."""
     assert response.status_code in statuses, f"{response.status_code}: {response.text}"
     assert response.headers["content-type"] == "application/problem+json", response.headers
-    problem = response.json()
+    problem: dict[str, Any] = response.json()
     assert problem["status"] == response.status_code
     assert isinstance(problem["title"], str)
     assert problem["title"]
@@ -587,7 +586,9 @@ async def test_revenue_is_the_exact_sum_of_quantity_times_price(
     month: tuple[int, int],
     as_array: bool,
 ) -> None:
-    products = [{"id": next(_product_ids), "name": f"fuzz {price}", "price": price} for price in price_list]
+    products: list[dict[str, Any]] = [
+        {"id": next(_product_ids), "name": f"fuzz {price}", "price": price} for price in price_list
+    ]
     await seed(settings, products, [])  # new products, new prices: the service picks them up
     label = f"{month[0]:04d}-{month[1]:02d}"
     sold_at = f"{label}-15T12:00:00Z"  # the 15th at noon is in this month in every time zone

@@ -221,7 +221,8 @@ async def refuse(cluster: pg.Cluster) -> None:
     async def closed() -> bool:
         conn = await asyncpg.connect(cluster.url())
         try:
-            return await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = 'refusing'") == 0
+            left: int = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = 'refusing'")
+            return left == 0
         finally:
             await conn.close()
 

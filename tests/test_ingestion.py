@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from salesreport import config, db, reports
 from salesreport.api import create_app
 from salesreport.changes import Changes
-from salesreport.ingestion import Batcher, Catalog, Rejected, SaleIn, Unavailable
+from salesreport.ingestion import Batcher, Catalog, Rejected, SaleIn, Stored, Unavailable
 from tests.conftest import NOW, PRODUCTS, STORES, Clock, count_sales, eventually, seed
 from tests.test_health import execute, holding_the_writer
 
@@ -43,14 +43,14 @@ async def running_batcher(settings: config.Settings, **options: Any) -> AsyncIte
 
 
 @pytest.fixture
-async def batcher(settings: config.Settings):  # type: ignore[no-untyped-def]
+async def batcher(settings: config.Settings) -> AsyncIterator[Batcher]:
     # A long flush interval so that concurrent submissions share one batch.
     async with running_batcher(settings, flush_ms=200, queue_max_sales=10) as b:
         yield b
 
 
 @pytest.fixture
-async def at_once(settings: config.Settings):  # type: ignore[no-untyped-def]
+async def at_once(settings: config.Settings) -> AsyncIterator[tuple[Batcher, list[list[int]]]]:
     """A batcher as ``serve`` runs it (no wait for company), whose writes are recorded: the products of each."""
     writes: list[list[int]] = []
 
@@ -62,8 +62,8 @@ async def at_once(settings: config.Settings):  # type: ignore[no-untyped-def]
         yield b, writes
 
 
-def sale(product_id: int = 1, store_id: int = 1, **kw: object) -> SaleIn:
-    return SaleIn(product_id=product_id, store_id=store_id, **kw)  # type: ignore[arg-type]
+def sale(product_id: int = 1, store_id: int = 1, **kw: Any) -> SaleIn:
+    return SaleIn(product_id=product_id, store_id=store_id, **kw)
 
 
 async def test_a_failing_request_fails_alone(batcher: Batcher, settings: config.Settings) -> None:
@@ -79,6 +79,7 @@ async def test_a_failing_request_fails_alone(batcher: Batcher, settings: config.
     )
     assert isinstance(results[1], Rejected)
     assert [e.index for e in results[1].errors] == [1]
+    assert isinstance(results[0], Stored) and isinstance(results[2], Stored) and isinstance(results[3], Stored)
     assert results[0].created and results[2].created
     assert results[3].items == stored.items and results[3].new == [False]
     assert await count_sales(settings) == 3
@@ -92,6 +93,7 @@ async def test_one_key_twice_in_one_batch_is_one_sale(batcher: Batcher, settings
         batcher.submit([sale(2, idempotency_key="same")], False, now),
         return_exceptions=True,
     )
+    assert isinstance(first, Stored) and isinstance(second, Stored)
     assert first.items == second.items and first.created
     assert not second.created  # a replay of its batch-mate: 200, not 201
     assert isinstance(other, Rejected)
@@ -178,6 +180,7 @@ async def test_a_value_the_database_refuses_fails_alone(batcher: Batcher, settin
     )
     assert isinstance(results[1], Rejected)
     assert results[1].errors[0].field == "body"
+    assert isinstance(results[0], Stored) and isinstance(results[2], Stored)
     assert results[0].created and results[2].created
     assert await count_sales(settings) == 2
 

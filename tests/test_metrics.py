@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -305,9 +306,11 @@ def stored_by_worker(directory: Path) -> dict[str, float]:
     """Each worker's own count of sales stored, from the files the scrape sums."""
     from prometheus_client.mmap_dict import MmapedDict
 
-    counts = {}
+    # prometheus_client leaves this unannotated: it yields (key, value, timestamp, position) per sample.
+    read_all_values: Callable[[str], Iterator[tuple[str, float, float, int]]] = MmapedDict.read_all_values_from_file
+    counts: dict[str, float] = {}
     for path in directory.glob("counter_*.db"):
-        values = MmapedDict.read_all_values_from_file(str(path))
+        values = read_all_values(str(path))
         counts[path.stem] = sum(v for key, v, *_ in values if json.loads(key)[1] == "salesreport_sales_stored_total")
     return counts
 

@@ -122,7 +122,8 @@ async def test_a_worker_prunes_the_keys_that_outlived_their_lifetime(settings: c
     async with app_client(settings, clock) as client:
 
         async def pruned() -> bool:
-            return await scalar(settings, keys) == 0
+            left: int = await scalar(settings, keys)
+            return left == 0
 
         await eventually(pruned, within=20, what="the expired key is pruned")
         # The old sale keeps its key as history; the key may name a new sale.

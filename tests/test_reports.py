@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import pytest
@@ -128,7 +129,7 @@ async def test_the_chains_month_may_pass_what_one_store_can_hold(
 ) -> None:
     # Twenty stores, each with a month at its rollup's bound (a few thousand sales of 10,000 units at
     # the highest price): the chain's month is past what a BIGINT holds, though every store's fits.
-    stores = [{"id": i, "address": f"Store {i}", "timezone": "UTC"} for i in range(100, 120)]
+    stores: list[dict[str, Any]] = [{"id": i, "address": f"Store {i}", "timezone": "UTC"} for i in range(100, 120)]
     await seed(settings, [], stores)
     rollups = db.Rollups()
     for store in stores:
@@ -146,8 +147,10 @@ async def test_the_chains_month_may_pass_what_one_store_can_hold(
     assert response.json() == [
         {"month": "2026-06", "revenue": whole, "gross": whole, "refunds": "0.00", "discounts": whole, "sales": 20}
     ]
-    store = await client.get("/reports/revenue-by-month", params={"until": "2026-06", "months": "1", "store_id": 100})
-    assert store.json()[0]["revenue"] == format_money(db.ROLLUP_LIMIT)
+    one_store = await client.get(
+        "/reports/revenue-by-month", params={"until": "2026-06", "months": "1", "store_id": 100}
+    )
+    assert one_store.json()[0]["revenue"] == format_money(db.ROLLUP_LIMIT)
     assert (await client.get("/", params={"month": "2026-06"})).status_code == 200
 
 

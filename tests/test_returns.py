@@ -654,13 +654,13 @@ async def test_net_revenue_is_sales_less_refunds(
         assert Decimal(sale["amount"]) == Decimal(sale["unit_price"]) * sale["quantity"]
         left[sale["id"]] = sale["quantity"]
     items = []
-    for which, quantity, store, after in returns:
+    for which, quantity, taken_by, minutes_after in returns:
         sale = stored[which % len(stored)]
         item: dict[str, Any] = {"sale_id": sale["id"], "quantity": quantity}
-        if store is not None:
-            item["store_id"] = store
-        if after is not None:
-            instant = min(datetime.fromisoformat(sale["sold_at"]) + timedelta(minutes=after), now)
+        if taken_by is not None:
+            item["store_id"] = taken_by
+        if minutes_after is not None:
+            instant = min(datetime.fromisoformat(sale["sold_at"]) + timedelta(minutes=minutes_after), now)
             item["returned_at"] = instant.isoformat()
         items.append(item)
     note(f"sales={body} returns={items} as_array={as_array}")

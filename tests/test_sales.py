@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -145,9 +146,9 @@ async def test_every_sale_of_a_large_mixed_array_gets_its_own_id(client: httpx.A
         for i in range(0, 600, 7)
     ]
     assert (await post(client, earlier)).status_code == 201
-    sales = []
+    sales: list[dict[str, object]] = []
     for i in range(600):
-        sale = {"product_id": 1 + (i * 7) % 3, "store_id": 1 + (i * 5) % 4, "quantity": 1 + i % 5}
+        sale: dict[str, object] = {"product_id": 1 + (i * 7) % 3, "store_id": 1 + (i * 5) % 4, "quantity": 1 + i % 5}
         if i % 7 == 0:
             sale = earlier[i // 7]  # a replay of a sale stored before
         elif i % 3 == 0:
@@ -270,9 +271,9 @@ async def test_json_with_charset_is_accepted(client: httpx.AsyncClient) -> None:
 
 async def test_a_content_length_not_a_number_is_400(client: httpx.AsyncClient, settings: config.Settings) -> None:
     body = b'{"product_id": 1, "store_id": 1}'
-    for length in ("1e3", "-1", b"\xb2", "32 "):
+    for length in (b"1e3", b"-1", b"\xb2", b"32 "):
         response = await client.post(
-            "/sales", content=body, headers={"content-type": "application/json", "content-length": length}
+            "/sales", content=body, headers={b"content-type": b"application/json", b"content-length": length}
         )
         assert_problem(response, 400)
     assert await count_sales(settings) == 0
@@ -290,7 +291,7 @@ async def test_body_over_one_mib_is_413(client: httpx.AsyncClient, settings: con
     response = await client.post("/sales", content=body, headers={"content-type": "application/json"})
     assert_problem(response, 413)
 
-    async def chunks():  # no Content-Length: the limit holds while streaming
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the limit holds while streaming
         for _ in range(20):
             yield b" " * 65536
 
@@ -402,7 +403,7 @@ async def test_a_body_that_ends_before_it_is_whole_is_400(
 ) -> None:
     """The client went away mid-body, or the server could not frame it (a malformed chunk, which the
     app hears as a disconnect): the client's fault, a 400, not an unhandled error and a 500."""
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"type": "http.request", "body": b'{"product_id": 1, ', "more_body": True},
         {"type": "http.disconnect"},
     ]

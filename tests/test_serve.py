@@ -352,7 +352,8 @@ def test_serves_on_a_host_name(sqlite_url: str, tmp_path: Path) -> None:
 
 def _responses(sock: socket.socket, count: int, within: float = 20) -> list[tuple[int, bytes]]:
     """``count`` HTTP/1.1 responses read from ``sock`` (status and body, framed by Content-Length)."""
-    received, answers = b"", []
+    received = b""
+    answers: list[tuple[int, bytes]] = []
     deadline = time.monotonic() + within
     while len(answers) < count:
         head_end = received.find(b"\r\n\r\n")

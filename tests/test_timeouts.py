@@ -31,7 +31,8 @@ async def test_a_wait_that_ends_in_time_leaves_nothing_behind() -> None:
     assert not wait.expired
     assert _table().pending() == 0
     await asyncio.sleep(0)  # no cancellation was left pending on the task
-    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
 
 
 async def test_a_wait_past_its_time_raises_timeout_error() -> None:
@@ -39,7 +40,8 @@ async def test_a_wait_past_its_time_raises_timeout_error() -> None:
         await asyncio.Event().wait()
     assert wait.expired
     assert _table().pending() == 0
-    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
 
 
 async def test_a_shorter_wait_begun_later_ends_first() -> None:
