@@ -44,7 +44,7 @@ test-clock: $(VENV)/.dev
 lint: $(VENV)/.dev
 	$(BIN)/ruff check salesreport tests bench
 	$(BIN)/ruff format --check salesreport tests bench
-	$(BIN)/mypy salesreport
+	$(BIN)/mypy
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
