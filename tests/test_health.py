@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -350,3 +351,99 @@ async def test_concurrent_readiness_probes_share_one(client: httpx.AsyncClient) 
     answers = await asyncio.gather(*(client.get("/health/ready") for _ in range(30)))
     assert all(a.status_code == 200 for a in answers)
     assert 1 <= len(runs) < 30
+
+
+class Relay:
+    """A TCP relay to PostgreSQL that can be slow to pass a closing on: what the server sends reaches the
+    client at once, but while ``holding`` the server's end of a connection (a backend ended) is passed on
+    only at ``release()``, as over a network that delivers the last bytes before the FIN."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.holding = False
+        self.alive: set[int] = set()  # the connections the server has not ended, by number
+        self.ended: set[int] = set()  # those it ended, whose end the client has not been told yet
+        self._count = 0
+        self._released = asyncio.Event()
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Relay:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.release()
+        assert self._server is not None
+        self._server.close()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def _relay(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+        server_in, server_out = await asyncio.open_connection(*self.target)
+        self._count += 1
+        number = self._count
+        self.alive.add(number)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, from_server: bool) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            if from_server:
+                self.alive.discard(number)
+                if self.holding:
+                    self.ended.add(number)
+                    await self._released.wait()
+            sink.close()
+
+        await asyncio.gather(pipe(client_in, server_out, False), pipe(server_in, client_out, True))
+
+
+@contextlib.asynccontextmanager
+async def _released_at_exit(relay: Relay) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        relay.release()  # before the app closes its connections, which waits for their ends
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_connection_the_database_ended_is_503_until_it_is_gone(
+    settings: config.Settings, clock: Clock, pg_cluster: pg.Cluster
+) -> None:
+    """A backend ended (a restart, ``pg_terminate_backend``) sends its client an error before it closes the
+    connection; a batch that takes the connection in between is told the database is away (503), not a 500,
+    and the next batch after the close gets a new connection."""
+    url = sa.engine.make_url(settings.database_url)
+    async with Relay((url.host or "127.0.0.1", url.port or 5432)) as relay:
+        relayed = replace(settings, database_url=url.set(port=relay.port).render_as_string(hide_password=False))
+        async with app_client(relayed, clock) as client, _released_at_exit(relay):
+            first = await client.post("/sales", content=json.dumps({"product_id": 1, "store_id": 1}), headers=JSON)
+            assert first.status_code == 201, first.text  # the batcher keeps its connection for the next batch
+            relay.holding = True
+            open_before = set(relay.alive)
+            pg_cluster.psql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = 'salesreport' AND pid <> pg_backend_pid()"
+            )
+            await eventually(lambda: relay.ended >= open_before, what="the backends ended")
+            await asyncio.sleep(0)  # the service's turn to read what the relay passed on
+            sale = {"product_id": 2, "store_id": 1, "idempotency_key": "after-the-end"}
+            response = await client.post("/sales", content=json.dumps(sale), headers=JSON)
+            assert_problem(response, 503)
+            assert response.headers["retry-after"]
+            relay.release()
+
+            async def stored() -> bool:
+                retry = await client.post("/sales", content=json.dumps(sale), headers=JSON)
+                assert retry.status_code in (201, 503), retry.text
+                return retry.status_code == 201
+
+            await eventually(stored, what="the sale is stored once the connections are closed")
+    assert await count_sales(settings) == 2

@@ -255,4 +255,8 @@ def is_unavailable(exc: BaseException) -> bool:
             return any(words in str(error).lower() for words in _SQLITE_UNAVAILABLE)
         if type(error).__name__ == "InterfaceError" and "closed" in str(error):  # asyncpg: connection is closed
             return True
+        if type(error).__name__ == "InternalClientError":
+            # asyncpg's protocol upset by a message the server sent unasked on an idle connection: the
+            # error of a backend that ended (a restart, pg_terminate_backend), read before its close.
+            return True
     return False

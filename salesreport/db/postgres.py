@@ -29,7 +29,7 @@ from .batch import (
     key_order,
     unsort,
 )
-from .engines import Database, driver_connection
+from .engines import Database, driver_connection, is_unavailable
 from .pooling import DURABLE, is_pooled
 from .schema import SLOTS
 
@@ -97,8 +97,10 @@ async def write_connection(database: Database) -> AsyncIterator[tuple[Any, bool]
             pooled = is_pooled((await conn.get_raw_connection()).info)
         try:
             yield raw, pooled
-        except Exception:
-            kept = _reusable(raw)  # an error the server reported leaves the connection usable
+        except Exception as exc:
+            # An error the server reported leaves the connection usable; one that says the database is
+            # away may have left it ended by the server, its close not read yet.
+            kept = _reusable(raw) and not is_unavailable(exc)
             raise
         kept = _reusable(raw)
     finally:
