@@ -100,6 +100,30 @@ async def test_a_member_given_twice_counts_with_its_last_value(client: httpx.Asy
     assert_problem(await post(client, {"product_id": 1, "store_id": 1, "quantity": 1, "idempotency_key": "k"}), 422)
 
 
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        (b'{"product_id": "x", "product_id": 1, "store_id": 1}', [(None, "product_id")]),
+        (b'{"product_id": 1, "store_id": 1, "quantity": 0, "quantity": 2}', [(None, "quantity")]),
+        (
+            b'[{"product_id": 1, "store_id": 1}, {"product_id": 1, "store_id": 1, "sold_at": "soon",'
+            b' "sold_at": "2026-11-20T11:00:00Z"}]',
+            [(1, "sold_at")],
+        ),
+    ],
+)
+async def test_a_member_given_twice_with_a_refused_value_is_422_naming_it(
+    client: httpx.AsyncClient, settings: config.Settings, body: bytes, fields: list[tuple[int | None, str]]
+) -> None:
+    """Every value given for a member is checked, though only the last counts: a refused one is named."""
+    response = await client.post("/sales", content=body, headers={"content-type": "application/json"})
+    problem = assert_problem(response, 422)
+    assert [(e.get("index"), e["field"]) for e in problem["errors"]] == fields
+    assert problem["error_count"] == len(fields)
+    assert all(e["message"] for e in problem["errors"])
+    assert await count_sales(settings) == 0
+
+
 async def test_mixed_array_of_replay_and_new_is_201(client: httpx.AsyncClient, settings: config.Settings) -> None:
     first = (await post(client, {"product_id": 1, "store_id": 1, "idempotency_key": "a"})).json()
     response = await post(

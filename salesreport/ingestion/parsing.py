@@ -34,6 +34,7 @@ class Parser:
         self.fields = msgspec.structs.fields(item)
         self.known = frozenset(f.encode_name for f in self.fields)
         self.decoder = msgspec.json.Decoder(body)
+        self.item_decoder = msgspec.json.Decoder(item)
         self.noun = noun
 
     async def parse(self, body: bytes) -> tuple[list[Any], bool]:
@@ -121,6 +122,10 @@ async def explain(body: bytes, parser: Parser = SALES) -> tuple[list[FieldError]
         except _MALFORMED as exc:
             raise Malformed(str(exc)) from None
         count, listed = _item_errors(item, index, parser)
+        if count == 0:
+            refused = _refused_value(raw, index, parser)
+            if refused is not None:
+                count, listed = 1, iter([refused])
         total += count
         errors.extend(islice(listed, MAX_ERRORS - len(errors)))
         decoded_bytes += size
@@ -137,6 +142,20 @@ def _item_errors(item: Any, index: int | None, parser: Parser) -> tuple[int, Ite
     unknown = len(item.keys() - parser.known)
     field_errors = list(_field_errors(item, index, parser))
     return unknown + len(field_errors), _chain_unknown(item, index, field_errors, parser)
+
+
+def _refused_value(raw: bytes | msgspec.Raw, index: int | None, parser: Parser) -> FieldError | None:
+    """Why the typed decoder refuses an item whose fields, as decoded, are each valid: a member given
+    more than once, a value before its last one invalid (the decoder checks every value it is given,
+    though only the last counts; a decoded object keeps the last alone)."""
+    try:
+        parser.item_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        message, _, path = str(exc).partition(" - at `$.")
+        field = re.split(r"[.\[`]", path, maxsplit=1)[0] or "body"
+        suffix = "; every value of a member given more than once must be valid"
+        return FieldError(field=field[:64], index=index, message=message[:200] + suffix)
+    return None
 
 
 def _chain_unknown(
