@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
@@ -306,3 +307,35 @@ async def test_the_newest_migration_goes_down_and_up_keeping_the_rollups_and_the
     await crossing_the_bound_is_refused()
     assert await scalar(settings, sa.text("SELECT version_num FROM alembic_version")) == head
     assert int(await scalar(settings, sa.select(sa.func.sum(db.store_month.c.revenue)))) == big
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_migration_that_fails_on_sqlite_leaves_the_schema_as_it_was(database_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    url = f"sqlite:///{path}"
+    older = alembic(url, "upgrade", "0002")  # as an older version of this code would have
+    assert older.returncode == 0, older.stderr
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        # A sale whose amount is past a rollup slot's bound: 0003's rebuild of the product rollups fails
+        # on its last statement, after it has created and copied tables.
+        conn.execute("INSERT INTO products VALUES (1, 'Tea', 100)")
+        conn.execute(
+            "INSERT INTO sales (store_id, product_id, quantity, unit_price, amount, sold_at, received_at, month) "
+            f"VALUES (1, 1, 1, 1, {2**60}, '2026-01-01 00:00:00', '2026-01-01 00:00:00', 202601)"
+        )
+        conn.commit()
+
+    def tables() -> set[str]:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    before = tables()
+    assert cli(url, "migrate").returncode == 1
+    assert tables() == before  # not one table of 0003 (prices, returns) left behind
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
+        conn.execute("DELETE FROM sales")
+        conn.commit()
+    done = cli(url, "migrate")  # once the cause is gone, the same command finishes the upgrade
+    assert done.returncode == 0, done.stderr
+    assert cli(url, "check").returncode == 0
