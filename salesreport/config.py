@@ -67,7 +67,7 @@ def _postgres_url(name: str, url: str, raw: str) -> str:
         if parsed.port is not None and not 0 < parsed.port < 65536:
             raise ValueError(f"port {parsed.port} is not between 1 and 65535")
     except (ValueError, ArgumentError) as exc:
-        raise SystemExit(f"{name} is not a database URL ({exc}): {_hidden(raw)!r}") from None
+        raise SystemExit(f"{name} is not a database URL ({exc}): {hidden(raw)!r}") from None
     known = set(inspect.signature(asyncpg.connect).parameters) | _SQLALCHEMY_OPTIONS
     unknown = sorted(set(parsed.query) - known)
     if unknown:
@@ -76,7 +76,7 @@ def _postgres_url(name: str, url: str, raw: str) -> str:
     return url
 
 
-def _hidden(url: str) -> str:
+def hidden(url: str) -> str:
     """``url`` without its password, for a message."""
     from sqlalchemy.engine import make_url
 

@@ -339,3 +339,19 @@ async def test_a_migration_that_fails_on_sqlite_leaves_the_schema_as_it_was(data
     done = cli(url, "migrate")  # once the cause is gone, the same command finishes the upgrade
     assert done.returncode == 0, done.stderr
     assert cli(url, "check").returncode == 0
+
+
+async def test_a_database_that_refuses_the_command_is_named_without_a_traceback(
+    database_url: str, tmp_path: Path
+) -> None:
+    if database_url.startswith("sqlite"):
+        refusing = f"sqlite:///{tmp_path / 'no-such-directory' / 'sales.db'}"
+        args: tuple[str, ...] = ("migrate",)  # migrate creates the file, but not its directory
+        words = "unable to open database file"
+    else:
+        refusing = database_url.rsplit("/", 1)[0] + "/no_such_database"
+        args = ("keys", "list")
+        words = 'database "no_such_database" does not exist'
+    done = cli(refusing, *args)
+    assert done.returncode == 1
+    assert "refused" in done.stderr and words in done.stderr and "Traceback" not in done.stderr

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import sqlalchemy as sa
+
 from .. import auth, config, db
 from ..schemas import MAX_ID, parse_month
 from .data import _check, _demo, _import, _retire
@@ -142,9 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     func: Command = args.func
     try:
         return func(args, settings)
+    except sa.exc.DBAPIError as exc:
+        # The database refused the command (no such database or role, a wrong password, a file it cannot
+        # open, a row a migration cannot take): in its own words, without a traceback.
+        where = config.hidden(settings.database_url)
+        print(f"{args.command}: the database at {where} refused: {exc.orig}", file=sys.stderr)
+        return 1
     except (OSError, sqlite3.Error) as exc:
-        # A file that cannot be written or read (a full disk, a missing directory): say so, without a traceback.
-        if isinstance(exc, OSError) and getattr(exc, "errno", None) is None:
+        # A file that cannot be written or read (a full disk, a missing directory), a database that cannot
+        # be reached (refused, timed out, no such host): say so, without a traceback.
+        unreachable = isinstance(exc, ConnectionError | TimeoutError)
+        if isinstance(exc, OSError) and getattr(exc, "errno", None) is None and not unreachable:
             raise
-        print(f"{args.command}: {exc}", file=sys.stderr)
+        print(f"{args.command}: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
