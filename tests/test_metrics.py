@@ -377,3 +377,27 @@ def test_a_configured_directory_that_holds_anything_else_is_refused(tmp_path: Pa
     assert refused.returncode != 0
     assert "must be a directory of its own" in refused.stderr and "sales.db" in refused.stderr
     assert cli(url, "check").returncode == 0  # the database is whole
+
+
+async def test_a_configured_directory_another_server_uses_is_refused(tmp_path: Path) -> None:
+    """Emptied at the second server's start, it would lose the first one's counts, and each scrape
+    would add up both servers' requests."""
+    url = f"sqlite:///{tmp_path / 'sales.db'}"
+    assert cli(url, "migrate").returncode == 0
+    await seeded(url)
+    directory = tmp_path / "metrics"
+    env = {metrics.MULTIPROC_DIR: str(directory)}
+    first, second = Servers(url, 1, tmp_path, env=env), Servers(url, 1, tmp_path / "second", env=env)
+    (tmp_path / "second").mkdir()
+    try:
+        serving = await first.start_ready()
+        async with httpx.AsyncClient(base_url=serving.url, timeout=10) as http:
+            assert (await http.post("/sales", json=sale("first-server"))).status_code == 201
+        refused = second.start()
+        assert await asyncio.to_thread(refused.proc.wait, 60) != 0
+        assert "in use by another server" in refused.log()
+        async with httpx.AsyncClient(base_url=serving.url, timeout=10) as http:
+            assert (await scrape(http))("salesreport_sales_stored_total") == 1
+    finally:
+        first.kill_all()
+        second.kill_all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import os
 import re
@@ -83,6 +84,24 @@ def _plain_file(path: Path) -> bool:
 
 
 @contextlib.contextmanager
+def _held(path: Path) -> Iterator[None]:
+    """Hold ``path`` for this server (a lock on the directory itself, let go when the process ends, however
+    it ends): another server given the same directory would empty it of this one's samples, and each
+    server's scrape would then count the other's requests."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(
+                f"{MULTIPROC_DIR} {path} is in use by another server: give each server a directory of its own"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def shared_directory() -> Iterator[Path]:
     """For ``serve``, around the server: the directory its workers write their samples to.
 
@@ -104,9 +123,10 @@ def shared_directory() -> Iterator[Path]:
                 f"{MULTIPROC_DIR} must be a directory of its own; {path} holds {', '.join(others[:3])}"
                 + (f" and {len(others) - 3} more" if len(others) > 3 else "")
             )
-        for old in path.iterdir():
-            old.unlink()
-        yield path
+        with _held(path):
+            for old in path.iterdir():
+                old.unlink()
+            yield path
         return
     for old in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
         pid = old.name[len(_PREFIX) :].partition("-")[0]
