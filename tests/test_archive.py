@@ -372,6 +372,10 @@ async def test_archive_and_backup_to_where_they_cannot_write_say_so(settings: co
     if settings.is_sqlite:
         nowhere = cli(plain(settings), "backup", str(tmp_path / "missing" / "copy.db"))
         assert nowhere.returncode == 1 and "backup: " in nowhere.stderr and "Traceback" not in nowhere.stderr
+        for directory in (str(tmp_path), "", "."):  # a directory is not a file name: nothing is copied into it
+            into = cli(plain(settings), "backup", directory)
+            assert into.returncode == 2 and "is a directory" in into.stderr and "Traceback" not in into.stderr
+        assert not tmp_path.with_name(tmp_path.name + ".partial").exists()
 
 
 async def test_a_key_on_its_last_instant_still_holds_its_month(

@@ -67,14 +67,23 @@ def _backup(args: argparse.Namespace, settings: config.Settings) -> int:
     if target.exists() and target.resolve() == Path(source).resolve():
         print(f"backup: {target} is the database itself; give another file", file=sys.stderr)
         return 2
+    if not target.name or target.is_dir():
+        print(f"backup: {args.file!r} is a directory; give the copy's file name", file=sys.stderr)
+        return 2
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
-    # The online backup API copies one consistent snapshot, however the service writes meanwhile
-    # (in one step: a step-wise copy would start again after each write). mode=rw: never created.
-    opened = sqlite3.connect(f"{Path(source).resolve().as_uri()}?mode=rw", uri=True)
-    with contextlib.closing(opened) as src, contextlib.closing(sqlite3.connect(partial)) as dst:
-        src.backup(dst)
-    os.replace(partial, target)
+    try:
+        # The online backup API copies one consistent snapshot, however the service writes meanwhile
+        # (in one step: a step-wise copy would start again after each write). mode=rw: never created.
+        opened = sqlite3.connect(f"{Path(source).resolve().as_uri()}?mode=rw", uri=True)
+        with contextlib.closing(opened) as src, contextlib.closing(sqlite3.connect(partial)) as dst:
+            src.backup(dst)
+        with partial.open("rb") as copy:
+            os.fsync(copy.fileno())  # on disk before it takes the name of a backup
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # a full disk, an interruption: no half copy left beside the target
+        raise
     print(f"backed up {source} to {target}")
     return 0
 
