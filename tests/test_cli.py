@@ -355,3 +355,12 @@ async def test_a_database_that_refuses_the_command_is_named_without_a_traceback(
     done = cli(refusing, *args)
     assert done.returncode == 1
     assert "refused" in done.stderr and words in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("args", [("--stores", "0"), ("--products", "0"), ("--sales", "-5")])
+async def test_a_demo_of_no_stores_products_or_negative_sales_is_refused(
+    database_url: str, settings: config.Settings, args: tuple[str, str]
+) -> None:
+    done = cli(database_url, "demo", *args)
+    assert done.returncode == 2 and "must be between" in done.stderr and "Traceback" not in done.stderr
+    assert await scalar(settings, sa.select(sa.func.count()).select_from(db.products)) == 0
