@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -355,6 +356,32 @@ async def test_a_database_that_refuses_the_command_is_named_without_a_traceback(
     done = cli(refusing, *args)
     assert done.returncode == 1
     assert "refused" in done.stderr and words in done.stderr and "Traceback" not in done.stderr
+
+
+def _demo_killed_after_its_first_chunk(database_url: str) -> str:
+    """Start ``demo`` with several chunks of sales, kill it once it reports the first; its stderr."""
+    env = {**os.environ, "DATABASE_URL": database_url}
+    argv = [sys.executable, "-m", "salesreport", "demo", "--sales", "150000", "--stores", "3", "--products", "5"]
+    with subprocess.Popen(argv, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stderr is not None
+        said = ""
+        while "50000 sales" not in said:
+            line = proc.stderr.readline()
+            assert line, f"demo ended before its first chunk: {said}"
+            said += line
+        proc.kill()
+    return said
+
+
+async def test_a_demo_interrupted_halfway_leaves_the_database_empty(
+    database_url: str, settings: config.Settings
+) -> None:
+    await asyncio.to_thread(_demo_killed_after_its_first_chunk, database_url)
+    assert await scalar(settings, sa.select(sa.func.count()).select_from(db.products)) == 0
+    assert await count_sales(settings) == 0
+    done = cli(database_url, "demo", "--sales", "100", "--stores", "3", "--products", "5")
+    assert done.returncode == 0 and done.stdout.startswith("demo chain"), done.stdout + done.stderr
+    assert await count_sales(settings) == 100
 
 
 @pytest.mark.parametrize("args", [("--stores", "0"), ("--products", "0"), ("--sales", "-5")])

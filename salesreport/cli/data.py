@@ -106,27 +106,27 @@ def _retire(args: argparse.Namespace, settings: config.Settings) -> int:
 
 def _demo(args: argparse.Namespace, settings: config.Settings) -> int:
     async def fill(database: db.Database) -> int:
-        async with database.reader.connect() as conn:
-            existing = await conn.scalar(sa.select(sa.func.count()).select_from(db.products))
-        if existing:
-            print("the database already has a catalog; demo data not loaded")
-            return 0
         store_rows, product_rows = demo.stores(args.stores), demo.products(args.products)
-        async with database.writer.begin() as conn:
-            await db.save_catalog(conn, product_rows, store_rows, effective=datetime.now(UTC))
         started = time.perf_counter()
-        chunk: list[dict[str, Any]] = []
-        done = 0
-        for row in demo.sales(store_rows, product_rows, args.sales, now=datetime.now(UTC)):
-            chunk.append(row)
-            if len(chunk) == 50_000:
-                async with database.writer.begin() as conn:
+        # One transaction: a run that fails or is interrupted leaves the database empty, to be filled by
+        # the next run, not a catalog without its sales that the next run would take for a chain.
+        async with database.writer.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                await conn.execute(sa.text("LOCK TABLE products IN EXCLUSIVE MODE"))  # two runs: one fills
+            if await conn.scalar(sa.select(sa.func.count()).select_from(db.products)):
+                print("the database already has a catalog; demo data not loaded")
+                return 0
+            await db.save_catalog(conn, product_rows, store_rows, effective=datetime.now(UTC))
+            chunk: list[dict[str, Any]] = []
+            done = 0
+            for row in demo.sales(store_rows, product_rows, args.sales, now=datetime.now(UTC)):
+                chunk.append(row)
+                if len(chunk) == 50_000:
                     await store_history(conn, chunk)
-                done += len(chunk)
-                chunk = []
-                print(f"  {done} sales…", file=sys.stderr)
-        if chunk:
-            async with database.writer.begin() as conn:
+                    done += len(chunk)
+                    chunk = []
+                    print(f"  {done} sales…", file=sys.stderr)
+            if chunk:
                 await store_history(conn, chunk)
         elapsed = time.perf_counter() - started
         rate = args.sales / elapsed if elapsed else 0
