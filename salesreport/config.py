@@ -40,15 +40,27 @@ def async_url(url: str, name: str = "DATABASE_URL") -> str:
     driver could not take (a port that is not a number, an option it does not know) stops with a
     message naming ``name``."""
     if url.startswith("sqlite:"):
-        return "sqlite+aiosqlite:" + url[len("sqlite:") :]
+        return _sqlite_url(name, "sqlite+aiosqlite:" + url[len("sqlite:") :], url)
     for prefix in ("postgresql:", "postgres:"):
         if url.startswith(prefix):
             return _postgres_url(name, "postgresql+asyncpg:" + url[len(prefix) :], url)
     if url.startswith("postgresql+asyncpg:"):
         return _postgres_url(name, url, url)
     if url.startswith("sqlite+aiosqlite:"):
-        return url
+        return _sqlite_url(name, url, url)
     raise SystemExit(f"{name} must start with sqlite:/// or postgresql://, got {url!r}")
+
+
+def _sqlite_url(name: str, url: str, raw: str) -> str:
+    """A SQLite URL that names a file: an in-memory database would be a new, empty one on each of the
+    service's connections, and gone when a command ends."""
+    from sqlalchemy.engine import make_url
+
+    if (make_url(url).database or ":memory:") == ":memory:":
+        raise SystemExit(
+            f"{name} must name a SQLite file (sqlite:///salesreport.db, sqlite:////srv/sales.db), got {raw!r}"
+        )
+    return url
 
 
 # What a PostgreSQL URL's query may hold besides what asyncpg.connect takes: SQLAlchemy's own option.

@@ -37,6 +37,13 @@ def test_database_urls(url: str, expected: str) -> None:
     assert config.async_url(url) == expected
 
 
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///:memory:", "sqlite+aiosqlite://"])
+def test_a_sqlite_url_without_a_file_stops_with_a_message(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    with pytest.raises(SystemExit, match="DATABASE_URL must name a SQLite file"):
+        config.load()
+
+
 def test_bad_settings_stop_with_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SALESREPORT_TIMEZONE", "Mars/Olympus")
     with pytest.raises(SystemExit, match="IANA"):
