@@ -228,17 +228,24 @@ assert _INSERT_STRICT.count("ON CONFLICT") == _INSERT.count("ON CONFLICT") - 1 a
 
 
 def _for_one_row(statement: str) -> str:
-    """``statement`` for a batch of one sale: the same steps without sorting or grouping its one row
-    (with one row, ``sum(x)`` is ``x`` and ``count(*)`` is 1, and the order is the row).
+    """``statement`` for a batch of one sale: its row as one value per parameter (``_scalars``) rather
+    than arrays to unnest, and the same steps without sorting or grouping that row (with one row,
+    ``sum(x)`` is ``x`` and ``count(*)`` is 1, and the order is the row).
 
     A lone sale's statement is what a till waits on when nothing shares its batch, and PostgreSQL
-    builds every Sort and Agg node of a statement again at each execution: with four rollups, a
-    sixth of the statement's instructions (BENCHMARKS.md, "Notes").
+    builds every Sort, Agg and function scan of a statement again at each execution, and parses each
+    array: with four rollups, about a quarter of the statement's instructions (BENCHMARKS.md, "Notes").
     """
-    one, sorts = re.subn(r"\s+ORDER BY ord\b", "", statement)
+    one, unnests = re.subn(
+        r"unnest\((.*?)\)\n(\s+)AS t\(",
+        lambda m: "(VALUES (" + m[1].replace("[]", "") + "))\n" + m[2] + "AS t(",
+        statement,
+        flags=re.DOTALL,
+    )
+    one, sorts = re.subn(r"\s+ORDER BY ord\b", "", one)
     one, groups = re.subn(r"\n    FROM inserted GROUP BY [\w, ]+ ORDER BY [\w, ]+\n", "\n    FROM inserted\n", one)
     one = re.sub(r"\bsum\((\w+)\)", r"\1", one).replace("count(*)", "1")
-    assert sorts == 3 and groups == 4 and "sum(" not in one and "GROUP BY" not in one
+    assert unnests == 1 and sorts == 3 and groups == 4 and "sum(" not in one and "GROUP BY" not in one
     return one
 
 
@@ -251,12 +258,16 @@ async def insert_sales(raw: Any, rows: Sequence[Row], slot: int, *, strict: bool
     A row whose key is stored already (or by another writer meanwhile) is left
     out, and its id is None; ``strict``: it fails the statement instead.
     """
+    columns = [c for c in INSERT_COLUMNS if c != "amount"]  # amount: computed in SQL
+    if strict and len(rows) == 1:
+        one: list[int | None] = await raw.fetchval(_INSERT_ONE, *_scalars(rows[0], columns), _preference(slot))
+        assert len(one) == 1
+        return one
     order = sorted(range(len(rows)), key=lambda i: key_order(rows[i]))
     ordered = [rows[i] for i in order]
-    arrays = _arrays(ordered, [c for c in INSERT_COLUMNS if c != "amount"])  # amount: computed in SQL
+    arrays = _arrays(ordered, columns)
     if strict:
-        statement = _INSERT_ONE if len(rows) == 1 else _INSERT_STRICT
-        ids: list[int | None] = await raw.fetchval(statement, *arrays, _preference(slot))
+        ids: list[int | None] = await raw.fetchval(_INSERT_STRICT, *arrays, _preference(slot))
         assert len(ids) == len(rows)
         return unsort(order, ids)
     records = await raw.fetch(_INSERT, *arrays, _preference(slot))
@@ -282,14 +293,26 @@ def _arrays(rows: Sequence[Row], columns: Sequence[str]) -> list[Any]:
         elif isinstance(values[0], datetime):
             for value in values:
                 if id(value) not in texts:
-                    if value.tzinfo is None:  # would be read in the session's time zone
-                        raise ValueError(f"a naive instant: {value!r}")
-                    texts[id(value)] = value.astimezone(UTC).isoformat()
+                    texts[id(value)] = _text(value)
             arrays.append("{" + ",".join([texts[id(value)] for value in values]) + "}")
         else:
             arrays.append("{" + ",".join(map(str, values)) + "}")
     arrays.append("{" + ",".join(map(str, range(len(rows)))) + "}")
     return arrays
+
+
+def _scalars(row: Row, columns: Sequence[str]) -> list[Any]:
+    """One row's input to ``_INSERT_ONE``: the parameters of ``_arrays``, a value each instead of an array."""
+    return [row[c] if c == "idempotency_key" else _text(row[c]) for c in columns] + ["0"]
+
+
+def _text(value: Any) -> str:
+    """A number or an aware instant as PostgreSQL reads it from text (an instant in UTC)."""
+    if not isinstance(value, datetime):
+        return str(value)
+    if value.tzinfo is None:  # would be read in the session's time zone
+        raise ValueError(f"a naive instant: {value!r}")
+    return value.astimezone(UTC).isoformat()
 
 
 # --- returns -------------------------------------------------------------------
