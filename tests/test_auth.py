@@ -152,6 +152,17 @@ async def test_key_commands_check_their_arguments(database_url: str) -> None:
     assert cli(database_url, "keys", "revoke", "999").returncode == 1
 
 
+async def test_a_pos_key_for_a_retired_store_is_made_saying_its_sales_are_refused(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    assert cli(database_url, "retire", "--store", "1").returncode == 0
+    created = cli(database_url, "keys", "create", "--role", "pos", "--store", "1")
+    assert created.returncode == 0, created.stderr
+    assert "store 1 is retired" in created.stderr and "--undo" in created.stderr
+    ordinary = cli(database_url, "keys", "create", "--role", "pos", "--store", "2")
+    assert ordinary.returncode == 0 and ordinary.stderr == ""
+
+
 async def test_serve_refuses_a_public_address_without_keys(database_url: str) -> None:
     refused = cli(database_url, "serve", "--host", "0.0.0.0", "--port", "1")
     assert refused.returncode == 2

@@ -96,10 +96,16 @@ def _keys(args: argparse.Namespace, settings: config.Settings) -> int:
                 return 2
             async with database.writer.begin() as conn:
                 if args.store is not None:
-                    found = await conn.scalar(sa.select(db.stores.c.id).where(db.stores.c.id == args.store))
-                    if found is None:
+                    retired = await conn.scalar(sa.select(db.stores.c.retired).where(db.stores.c.id == args.store))
+                    if retired is None:
                         print(f"keys create: no store {args.store}", file=sys.stderr)
                         return 1
+                    if retired:  # made all the same: the store may be brought back
+                        print(
+                            f"keys create: store {args.store} is retired: its sales are refused until it is brought "
+                            f"back (retire --store {args.store} --undo)",
+                            file=sys.stderr,
+                        )
                 key_id, key = await auth.create_key(conn, args.role, args.store)
             store = f" for store {args.store}" if args.store is not None else ""
             print(f"created key {key_id}: {args.role}{store}. It is shown once, here; keep it secret:")
