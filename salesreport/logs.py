@@ -58,6 +58,8 @@ def configure_logging(log_format: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
+    # Alembic names each of its plugins as it loads them, whenever a worker reads the schema's revision.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 class _Lines:

@@ -150,6 +150,7 @@ def test_serves_https_only_with_tls_cert_and_key(sqlite_url: str, tls: tuple[Pat
         assert code == 0, log
         assert "draining before shutdown" in log, log
         assert "without a drain" not in log, log
+        assert "setup plugin" not in log, log  # alembic's plugins, named as each worker reads the revision
 
 
 # --- argument errors -----------------------------------------------------------------------
