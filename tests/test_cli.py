@@ -206,6 +206,7 @@ async def test_a_command_on_a_database_without_the_schema_says_run_migrate(datab
         assert done.returncode == 1, (args, done.stderr)
         assert "the database has no schema" in done.stderr and "salesreport migrate" in done.stderr
         assert "Traceback" not in done.stderr
+    assert not (tmp_path / "a").exists()  # the archive's directory is made only for a database it can archive
 
 
 async def test_repair_spreads_a_sum_beyond_one_slot_over_several(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import sqlite3
@@ -24,11 +25,15 @@ def _archive(args: argparse.Namespace, settings: config.Settings) -> int:
         print(f"archive: --before {format_month(args.before)} is after this month", file=sys.stderr)
         return 2
     directory = Path(args.to)
-    directory.mkdir(parents=True, exist_ok=True)
 
     async def run(database: db.Database) -> int:
         async with database.reader.connect() as conn:
             months = await archive.months_to_archive(conn, args.before)
+        try:  # once the database is known to have the schema: a refused command leaves nothing behind
+            await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"archive: cannot make the directory {directory}: {exc.strerror}", file=sys.stderr)
+            return 1
         total = 0
         for month in months:
             try:
