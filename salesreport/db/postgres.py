@@ -250,6 +250,8 @@ def _for_one_row(statement: str) -> str:
 
 
 _INSERT_ONE = _for_one_row(_INSERT_STRICT)
+# The sales statements' input columns, $1 to $9 (and the rows' order, $10): ``amount`` is computed in SQL.
+_INPUT = tuple(c for c in INSERT_COLUMNS if c != "amount")
 
 
 async def insert_sales(raw: Any, rows: Sequence[Row], slot: int, *, strict: bool = False) -> list[int | None]:
@@ -258,14 +260,13 @@ async def insert_sales(raw: Any, rows: Sequence[Row], slot: int, *, strict: bool
     A row whose key is stored already (or by another writer meanwhile) is left
     out, and its id is None; ``strict``: it fails the statement instead.
     """
-    columns = [c for c in INSERT_COLUMNS if c != "amount"]  # amount: computed in SQL
     if strict and len(rows) == 1:
-        one: list[int | None] = await raw.fetchval(_INSERT_ONE, *_scalars(rows[0], columns), _preference(slot))
+        one: list[int | None] = await raw.fetchval(_INSERT_ONE, *_scalars(rows[0], _INPUT), _preference(slot))
         assert len(one) == 1
         return one
     order = sorted(range(len(rows)), key=lambda i: key_order(rows[i]))
     ordered = [rows[i] for i in order]
-    arrays = _arrays(ordered, columns)
+    arrays = _arrays(ordered, _INPUT)
     if strict:
         ids: list[int | None] = await raw.fetchval(_INSERT_STRICT, *arrays, _preference(slot))
         assert len(ids) == len(rows)
