@@ -209,6 +209,13 @@ async def test_a_command_on_a_database_without_the_schema_says_run_migrate(datab
     assert not (tmp_path / "a").exists()  # the archive's directory is made only for a database it can archive
 
 
+async def test_archive_into_a_directory_it_cannot_make_says_so(database_url: str, tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    done = cli(database_url, "archive", "--before", "2025-01", "--to", str(tmp_path / "a-file" / "archive"))
+    assert done.returncode == 1, done.stderr
+    assert "archive: cannot make the directory" in done.stderr and "Traceback" not in done.stderr
+
+
 async def test_repair_spreads_a_sum_beyond_one_slot_over_several(
     database_url: str, settings: config.Settings, clock: Clock
 ) -> None:
